@@ -1,0 +1,64 @@
+"""Shared test configuration: hardware markers skip cleanly where the machine lacks the part.
+
+* ``gpu``: needs NVML and at least one NVIDIA GPU (the real-hardware twin of the fake NVML tests).
+* ``podman``: needs podman, runc/crun and root (CI installs them; see tools/install).
+* ``netns``: needs root and ``ip netns``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+
+import pytest
+
+
+@functools.cache
+def gpu_available() -> str | None:
+    """None when a GPU is usable, else the reason it is not."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:  # NVML missing or broken: that is exactly the skip reason
+        return f"no usable NVML: {exc}"
+    return None if count > 0 else "NVML reports no GPU"
+
+
+@functools.cache
+def podman_available() -> str | None:
+    if shutil.which("podman") is None:
+        return "podman is not installed (tools/install installs it)"
+    if os.geteuid() != 0:
+        return "podman tests run as root (rootless storage is not configured)"
+    if shutil.which("runc") is None and shutil.which("crun") is None:
+        return "no OCI runtime (runc or crun) installed"
+    return None
+
+
+@functools.cache
+def netns_available() -> str | None:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return "needs root and iproute2"
+    name = f"cpn-probe-{os.getpid()}"
+    add = subprocess.run(["ip", "netns", "add", name], capture_output=True)
+    if add.returncode != 0:
+        return f"ip netns unavailable: {add.stderr.decode(errors='replace').strip()}"
+    subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    checks = {"gpu": gpu_available, "podman": podman_available, "netns": netns_available}
+    for item in items:
+        for marker, check in checks.items():
+            if item.get_closest_marker(marker) is not None:
+                reason = check()
+                if reason is not None:
+                    item.add_marker(pytest.mark.skip(reason=f"{marker}: {reason}"))
