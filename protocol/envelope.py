@@ -26,7 +26,6 @@ from typing import Generic, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from . import cbor
 from .errors import ProtocolError
@@ -38,6 +37,7 @@ __all__ = ["Signed", "seal", "open_envelope", "signing_bytes", "uvarint", "publi
 M = TypeVar("M", bound=Message)
 
 _ENVELOPE_KEYS = ("key", "payload", "sig", "type")
+_ENVELOPE_KEYSET = frozenset(_ENVELOPE_KEYS)
 
 
 @lru_cache(maxsize=4096)
@@ -46,6 +46,13 @@ def _verifier(raw_key: bytes) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(raw_key)
     except ValueError:
         raise ProtocolError("bad_key", "not a valid Ed25519 public key") from None
+
+
+@lru_cache(maxsize=4096)
+def _verifier_of_proto(proto: bytes) -> Ed25519PublicKey:
+    """``_verifier(public_key_from_proto(proto))``, cached by the envelope's key
+    bytes (errors are not cached, so they are raised every time)."""
+    return _verifier(public_key_from_proto(proto))
 
 
 def uvarint(n: int) -> bytes:
@@ -60,14 +67,21 @@ def uvarint(n: int) -> bytes:
             return bytes(out)
 
 
-def signing_bytes(domain: str, type_tag: int, payload: bytes) -> bytes:
+@lru_cache(maxsize=256)
+def _signing_prefix(domain: str, type_tag: int) -> bytes:
     d = domain.encode("utf-8")
     t = uvarint(type_tag)
-    return uvarint(len(d)) + d + uvarint(len(t)) + t + uvarint(len(payload)) + payload
+    return uvarint(len(d)) + d + uvarint(len(t)) + t
+
+
+def signing_bytes(domain: str, type_tag: int, payload: bytes) -> bytes:
+    return _signing_prefix(domain, type_tag) + uvarint(len(payload)) + payload
 
 
 def public_key_proto_of(key: Ed25519PrivateKey) -> bytes:
-    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    # public_bytes_raw(), not public_bytes(Encoding.Raw, ...): importing
+    # cryptography's serialization module pulls in ``random`` (via its SSH/RSA code).
+    raw = key.public_key().public_bytes_raw()
     return public_key_to_proto(raw)
 
 
@@ -110,12 +124,14 @@ def open_envelope(
     ``wrong_signer`` or any decoding reason of the payload.
     """
     env = cbor.decode(data, limits)
-    if not isinstance(env, dict) or sorted(env) != list(_ENVELOPE_KEYS):
+    # A set comparison, not sorted(): a map may mix int and text keys, and
+    # sorting those raised TypeError instead of a ProtocolError.
+    if not isinstance(env, dict) or env.keys() != _ENVELOPE_KEYSET:
         raise ProtocolError("malformed", "an envelope is a map with exactly key, payload, sig, type")
     proto, payload, sig, tag = env["key"], env["payload"], env["sig"], env["type"]
     if not (isinstance(proto, bytes) and isinstance(payload, bytes) and isinstance(sig, bytes)):
         raise ProtocolError("malformed", "envelope key, payload and sig must be byte strings")
-    if not isinstance(tag, int) or isinstance(tag, bool):
+    if not isinstance(tag, int) or isinstance(tag, bool) or tag < 0:
         raise ProtocolError("malformed", "envelope type must be an unsigned integer")
     cls = REGISTRY.get(tag)
     if cls is None:
@@ -125,11 +141,11 @@ def open_envelope(
         if cls not in allowed:
             names = ", ".join(c.__name__ for c in allowed)
             raise ProtocolError("unexpected_type", f"got {cls.__name__}, expected one of {names}")
-    raw_key = public_key_from_proto(proto)
+    verifier = _verifier_of_proto(proto)  # bad_key before bad_signature
     if len(sig) != 64:
         raise ProtocolError("bad_signature", "an Ed25519 signature is 64 bytes")
     try:
-        _verifier(raw_key).verify(sig, signing_bytes(cls.DOMAIN, tag, payload))
+        verifier.verify(sig, signing_bytes(cls.DOMAIN, tag, payload))
     except InvalidSignature:
         raise ProtocolError("bad_signature", f"signature does not verify for {cls.__name__}") from None
     peer = peer_id_from_proto_key(proto)

@@ -82,10 +82,13 @@ def peer_id_from_raw_key(raw: bytes) -> str:
 
 def validate_peer_id(text: str) -> str:
     """Check ``text`` is the peer ID of an Ed25519 key; return it unchanged."""
+    if not isinstance(text, str) or not 0 < len(text) <= 64:
+        raise ProtocolError("bad_peer_id", "a peer ID is 1 to 64 base58btc characters")
     raw = b58decode(text)
-    if len(raw) != 38 or raw[:2] != b"\x00\x24":
+    if len(raw) != 38 or raw[:2] != b"\x00\x24" or not raw[2:].startswith(_ED25519_PROTO_PREFIX):
         raise ProtocolError("bad_peer_id", f"{text!r} is not an Ed25519 libp2p peer ID")
-    public_key_from_proto(raw[2:])
+    if b58encode(raw) != text:  # defensive: base58 round trip must be exact
+        raise ProtocolError("bad_peer_id", f"{text!r} is not in canonical base58btc")
     return text
 
 

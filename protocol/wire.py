@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import types
 import typing
 from collections.abc import Callable
@@ -42,13 +43,15 @@ class Struct:
 
     __slots__ = ()
     _fields_: ClassVar[tuple[tuple[str, Any], ...]] = ()
+    _checks_: ClassVar[tuple[tuple[str, Callable[[Any, str], None]], ...]] = ()
+    _plan_: ClassVar[tuple[tuple[str, Callable[[Any, str], Any]], ...]] = ()
 
     def check(self) -> None:
         """Per-class rules; raise :class:`ValidationError`.  Default: none."""
 
     def __post_init__(self) -> None:
-        for name, hint in type(self)._fields_:
-            _check_type(getattr(self, name), hint, name)
+        for name, check in type(self)._checks_:
+            check(getattr(self, name), name)
         self.check()
 
     def to_wire(self) -> dict[str, Any]:
@@ -82,14 +85,18 @@ class Message(Struct):
 REGISTRY: dict[int, type[Message]] = {}
 
 
+@typing.dataclass_transform(kw_only_default=True, frozen_default=True)
 def struct(cls: type[S]) -> type[S]:
     """Make ``cls`` a frozen, slotted, keyword-only dataclass with a wire codec."""
     dc = dataclasses.dataclass(frozen=True, slots=True, kw_only=True)(cls)
     hints = typing.get_type_hints(dc)
     dc._fields_ = tuple((f.name, hints[f.name]) for f in dataclasses.fields(dc))  # type: ignore[arg-type]
+    dc._checks_ = tuple((name, _plan(hint)[0]) for name, hint in dc._fields_)
+    dc._plan_ = tuple((name, _plan(hint)[1]) for name, hint in dc._fields_)
     return dc
 
 
+@typing.dataclass_transform(kw_only_default=True, frozen_default=True)
 def message(tag: int, domain: str) -> Callable[[type[M]], type[M]]:
     """Register a message class under ``tag`` with signing ``domain``."""
 
@@ -108,64 +115,159 @@ def message(tag: int, domain: str) -> Callable[[type[M]], type[M]]:
 
 
 # --------------------------------------------------------------------------- type logic
+#
+# Each annotation is compiled once (``_plan``) into two closures: ``check`` (is
+# this Python value of that type?) and ``load`` (turn decoded CBOR into that
+# type, checking as it goes).  Decoding then does no typing introspection.
 
-
-def _origin(hint: Any) -> Any:
-    return typing.get_origin(hint)
-
-
-def _is_optional(hint: Any) -> tuple[bool, Any]:
-    if _origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(hint)) == 2:
-            return True, args[0]
-    return False, hint
+Check = Callable[[Any, str], None]
+Load = Callable[[Any, str], Any]
 
 
 def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint)
 
 
-def _check_type(value: Any, hint: Any, path: str) -> None:
-    optional, inner = _is_optional(hint)
-    if value is None:
-        if optional:
-            return
-        raise ValidationError(path, "is required")
-    hint = inner
-    origin = _origin(hint)
+def _required(path: str) -> None:
+    raise ValidationError(path, "is required")
+
+
+def _leaf_check(hint: Any) -> Check:
+    name = _type_name(hint)
+
+    def fail(value: Any, path: str) -> None:
+        if value is None:
+            _required(path)
+        raise ValidationError(path, f"must be {name}, got {type(value).__name__}")
+
+    if hint is int:
+
+        def check_int(value: Any, path: str) -> None:
+            if not isinstance(value, int) or isinstance(value, bool):
+                fail(value, path)
+            if not _INT_MIN <= value <= _INT_MAX:
+                raise ValidationError(path, "integer out of 64-bit range")
+
+        return check_int
     if hint is bool:
-        ok = isinstance(value, bool)
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        if ok and not _INT_MIN <= value <= _INT_MAX:
-            raise ValidationError(path, "integer out of 64-bit range")
-    elif hint is str:
-        ok = isinstance(value, str)
-    elif hint is bytes:
-        ok = isinstance(value, bytes)
-    elif origin is tuple:
-        if not isinstance(value, tuple):
-            raise ValidationError(path, "must be a tuple")
+
+        def check_bool(value: Any, path: str) -> None:
+            if value is not True and value is not False:
+                fail(value, path)
+
+        return check_bool
+    if hint in (str, bytes) or (isinstance(hint, type) and issubclass(hint, enum.Enum | Struct)):
+
+        def check_instance(value: Any, path: str) -> None:
+            if not isinstance(value, hint):
+                fail(value, path)
+
+        return check_instance
+    raise LocalProtocolError(f"unsupported wire annotation {hint!r}")
+
+
+@functools.cache
+def _plan(hint: Any) -> tuple[Check, Load]:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        inner = [a for a in args if a is not type(None)]
+        if len(args) != 2 or len(inner) != 1:
+            raise LocalProtocolError(f"unsupported union {hint!r}: only X | None")
+        check_inner, load_inner = _plan(inner[0])
+
+        def check_opt(value: Any, path: str) -> None:
+            if value is not None:
+                check_inner(value, path)
+
+        def load_opt(obj: Any, path: str) -> Any:
+            return None if obj is None else load_inner(obj, path)
+
+        return check_opt, load_opt
+
+    if origin is tuple:
         (item,) = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        for i, v in enumerate(value):
-            _check_type(v, item, f"{path}[{i}]")
-        return
-    elif origin is dict:
-        if not isinstance(value, dict):
-            raise ValidationError(path, "must be a mapping")
-        _, vt = typing.get_args(hint)
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise ValidationError(path, "mapping keys must be text")
-            _check_type(v, vt, f"{path}.{k}")
-        return
-    elif isinstance(hint, type) and issubclass(hint, enum.Enum | Struct):
-        ok = isinstance(value, hint)
-    else:  # pragma: no cover - a programming error in a struct definition
-        raise LocalProtocolError(f"unsupported wire annotation {hint!r} on {path}")
-    if not ok:
-        raise ValidationError(path, f"must be {_type_name(hint)}, got {type(value).__name__}")
+        check_item, load_item = _plan(item)
+
+        def check_tuple(value: Any, path: str) -> None:
+            if value is None:
+                _required(path)
+            if not isinstance(value, tuple):
+                raise ValidationError(path, "must be a tuple")
+            for i, v in enumerate(value):
+                check_item(v, f"{path}[{i}]")
+
+        def load_tuple(obj: Any, path: str) -> Any:
+            if obj is None:
+                raise ValidationError(path, "is required (null given)")
+            if not isinstance(obj, list):
+                raise ValidationError(path, "must be an array")
+            return tuple([load_item(v, f"{path}[{i}]") for i, v in enumerate(obj)])
+
+        return check_tuple, load_tuple
+
+    if origin is dict:
+        _, value_hint = typing.get_args(hint)
+        check_value, load_value = _plan(value_hint)
+
+        def check_dict(value: Any, path: str) -> None:
+            if value is None:
+                _required(path)
+            if not isinstance(value, dict):
+                raise ValidationError(path, "must be a mapping")
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise ValidationError(path, "mapping keys must be text")
+                check_value(v, f"{path}.{k}")
+
+        def load_dict(obj: Any, path: str) -> Any:
+            if obj is None:
+                raise ValidationError(path, "is required (null given)")
+            if not isinstance(obj, dict):
+                raise ValidationError(path, "must be a map")
+            out = {}
+            for k, v in obj.items():
+                if not isinstance(k, str):
+                    raise ValidationError(path, "map keys must be text")
+                out[k] = load_value(v, f"{path}.{k}")
+            return out
+
+        return check_dict, load_dict
+
+    check = _leaf_check(hint)
+
+    if isinstance(hint, type) and issubclass(hint, Struct):
+
+        def load_struct(obj: Any, path: str) -> Any:
+            if obj is None:
+                raise ValidationError(path, "is required (null given)")
+            return _struct_from_wire(hint, obj, path)
+
+        return check, load_struct
+
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+
+        def load_enum(obj: Any, path: str) -> Any:
+            if obj is None:
+                raise ValidationError(path, "is required (null given)")
+            try:
+                return hint(obj)
+            except ValueError:
+                raise ValidationError(path, f"unknown {hint.__name__} value {obj!r}") from None
+
+        return check, load_enum
+
+    def load_leaf(obj: Any, path: str) -> Any:
+        if obj is None:
+            raise ValidationError(path, "is required (null given)")
+        check(obj, path)
+        return obj
+
+    return check, load_leaf
+
+
+def _check_type(value: Any, hint: Any, path: str) -> None:
+    _plan(hint)[0](value, path)
 
 
 def _to_wire(value: Any) -> Any:
@@ -181,60 +283,39 @@ def _to_wire(value: Any) -> Any:
 
 
 def _from_wire(obj: Any, hint: Any, path: str) -> Any:
-    optional, inner = _is_optional(hint)
-    if obj is None:
-        if optional:
-            return None
-        raise ValidationError(path, "is required (null given)")
-    hint = inner
-    origin = _origin(hint)
-    if origin is tuple:
-        if not isinstance(obj, list):
-            raise ValidationError(path, "must be an array")
-        (item,) = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return tuple(_from_wire(v, item, f"{path}[{i}]") for i, v in enumerate(obj))
-    if origin is dict:
-        if not isinstance(obj, dict):
-            raise ValidationError(path, "must be a map")
-        _, vt = typing.get_args(hint)
-        out = {}
-        for k, v in obj.items():
-            if not isinstance(k, str):
-                raise ValidationError(path, "map keys must be text")
-            out[k] = _from_wire(v, vt, f"{path}.{k}")
-        return out
-    if isinstance(hint, type) and issubclass(hint, Struct):
-        return _struct_from_wire(hint, obj, path)
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        try:
-            return hint(obj)
-        except ValueError:
-            raise ValidationError(path, f"unknown {hint.__name__} value {obj!r}") from None
-    _check_type(obj, hint, path)
-    return obj
-
+    return _plan(hint)[1](obj, path)
 
 def _struct_from_wire(cls: type[S], obj: Any, path: str) -> S:
     where = path or cls.__name__
     if not isinstance(obj, dict):
         raise ValidationError(where, "must be a map")
-    names = [name for name, _ in cls._fields_]
-    unknown = sorted(str(k) for k in obj if k not in names)
-    if unknown:
-        raise ProtocolError("unknown_field", f"{where}: unknown field(s) {', '.join(unknown)}")
-    missing = [n for n in names if n not in obj]
-    if missing:
+    plan = cls._plan_
+    if len(obj) != len(plan) or any(name not in obj for name, _ in plan):
+        names = {name for name, _ in plan}
+        unknown = sorted(str(k) for k in obj if k not in names)
+        if unknown:
+            raise ProtocolError("unknown_field", f"{where}: unknown field(s) {', '.join(unknown)}")
+        missing = [n for n, _ in plan if n not in obj]
         raise ProtocolError("missing_field", f"{where}: missing field(s) {', '.join(missing)}")
-    kwargs = {
-        name: _from_wire(obj[name], hint, f"{path}.{name}" if path else name)
-        for name, hint in cls._fields_
-    }
+    # Values are type-checked while loading, so the instance is built without
+    # running __post_init__'s type pass a second time; check() still runs.
+    inst = object.__new__(cls)
+    prefix = f"{path}." if path else ""
+    for name, load in plan:
+        object.__setattr__(inst, name, load(obj[name], prefix + name))
     try:
-        return cls(**kwargs)
+        inst.check()
+    except ValidationError as exc:
+        # check() names fields relative to its own struct; a nested struct's
+        # error must name the full path ("image.manifest.digest").
+        if path and exc.field != path and not exc.field.startswith(path + "."):
+            raise ValidationError(f"{path}.{exc.field}", exc.rule) from None
+        raise
     except ProtocolError:
         raise
     except (TypeError, ValueError) as exc:  # a check() that raised the wrong type
         raise ValidationError(where, str(exc)) from None
+    return inst
 
 
 def to_wire(value: Struct) -> dict[str, Any]:

@@ -1,0 +1,777 @@
+"""Resource probe: what this host has, measured, never assumed.
+
+GPUs come from NVML through a pluggable backend: :class:`RealNvml` wraps
+``pynvml`` (nvidia-ml-py); :class:`FakeNvml` replays a JSON inventory so tests
+and a GPU-less testnet can present a realistic mix of providers, including MIG
+and failing calls.  CPU, memory and disk come from ``/proc``, the cgroup
+limits and ``statvfs`` of the data directory.
+
+A host without the NVML library, without a GPU, or with a failing driver
+still probes successfully: one clear log line, zero GPUs, no exception.  A GPU
+whose essential facts (name, UUID, memory, compute capability) cannot be read
+is left out rather than guessed; optional facts (PCI bus id, utilisation,
+MIG mode) become ``None``.
+
+The container capability is reported as ``"none"`` unless the caller passes
+the result of the execution engine's self-test (``container=``): a provider
+never claims what was not checked.
+
+The blocking NVML and file-system calls run in a worker thread
+(:func:`probe`); :func:`probe_sync` is the same without trio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from protocol.advert import NO_CONTAINER, ContainerCapability
+from protocol.identifiers import normalise_gpu_model
+from protocol.resources import COMPUTE_CAPABILITY_RE, GpuInfo, Metric, ResourceSet
+
+__all__ = [
+    "NvmlError",
+    "NvmlUnavailable",
+    "NvmlBackend",
+    "RealNvml",
+    "FakeNvml",
+    "FAKE_PRESETS",
+    "load_fake_nvml",
+    "make_backend",
+    "GpuReport",
+    "ProbeReport",
+    "probe",
+    "probe_sync",
+    "probe_gpus",
+    "describe",
+]
+
+log = logging.getLogger("cpn.probe")
+
+MIB = 1 << 20
+
+
+# --------------------------------------------------------------------------- backends
+
+
+class NvmlError(Exception):
+    """An NVML call failed (driver error, unsupported query, lost GPU...)."""
+
+
+class NvmlUnavailable(NvmlError):
+    """NVML itself cannot be used: no library, no driver, init failed."""
+
+
+class NvmlNotSupported(NvmlError):
+    """The query does not apply to this device (e.g. MIG on a non-MIG GPU)."""
+
+
+class NvmlBackend(Protocol):
+    """The NVML calls the probe needs, mirroring NVML one call per fact so that
+    error handling is exercised per call by the fake backend."""
+
+    def init(self) -> None: ...
+    def shutdown(self) -> None: ...
+    def driver_version(self) -> str: ...
+    def cuda_driver_version(self) -> int: ...  #: NVML form: 12040 = CUDA 12.4
+    def device_count(self) -> int: ...
+    def name(self, index: int) -> str: ...
+    def uuid(self, index: int) -> str: ...
+    def pci_bus_id(self, index: int) -> str: ...
+    def memory(self, index: int) -> tuple[int, int]: ...  #: (total, free) bytes
+    def compute_capability(self, index: int) -> tuple[int, int]: ...
+    def utilisation(self, index: int) -> tuple[int, int]: ...  #: (gpu %, memory %)
+    def mig_mode(self, index: int) -> tuple[bool, bool]: ...  #: (current, pending)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+class RealNvml:
+    """NVML through ``pynvml``; every pynvml error becomes :class:`NvmlError`."""
+
+    def __init__(self) -> None:
+        self._nv: Any = None
+        self._handles: dict[int, Any] = {}
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except self._nv.NVMLError_NotSupported as exc:
+            raise NvmlNotSupported(str(exc)) from None
+        except self._nv.NVMLError as exc:
+            raise NvmlError(str(exc)) from None
+
+    def init(self) -> None:
+        try:
+            import pynvml  # type: ignore[import-untyped]
+        except ImportError as exc:  # nvidia-ml-py is a dependency, but be honest if absent
+            raise NvmlUnavailable(f"pynvml not importable: {exc}") from None
+        self._nv = pynvml
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            raise NvmlUnavailable(str(exc)) from None
+
+    def shutdown(self) -> None:
+        self._handles.clear()
+        self._call(self._nv.nvmlShutdown)
+
+    def _h(self, index: int) -> Any:
+        if index not in self._handles:
+            self._handles[index] = self._call(self._nv.nvmlDeviceGetHandleByIndex, index)
+        return self._handles[index]
+
+    def driver_version(self) -> str:
+        return _text(self._call(self._nv.nvmlSystemGetDriverVersion))
+
+    def cuda_driver_version(self) -> int:
+        return int(self._call(self._nv.nvmlSystemGetCudaDriverVersion))
+
+    def device_count(self) -> int:
+        return int(self._call(self._nv.nvmlDeviceGetCount))
+
+    def name(self, index: int) -> str:
+        return _text(self._call(self._nv.nvmlDeviceGetName, self._h(index)))
+
+    def uuid(self, index: int) -> str:
+        return _text(self._call(self._nv.nvmlDeviceGetUUID, self._h(index)))
+
+    def pci_bus_id(self, index: int) -> str:
+        return _text(self._call(self._nv.nvmlDeviceGetPciInfo, self._h(index)).busId)
+
+    def memory(self, index: int) -> tuple[int, int]:
+        info = self._call(self._nv.nvmlDeviceGetMemoryInfo, self._h(index))
+        return int(info.total), int(info.free)
+
+    def compute_capability(self, index: int) -> tuple[int, int]:
+        major, minor = self._call(self._nv.nvmlDeviceGetCudaComputeCapability, self._h(index))
+        return int(major), int(minor)
+
+    def utilisation(self, index: int) -> tuple[int, int]:
+        rates = self._call(self._nv.nvmlDeviceGetUtilizationRates, self._h(index))
+        return int(rates.gpu), int(rates.memory)
+
+    def mig_mode(self, index: int) -> tuple[bool, bool]:
+        current, pending = self._call(self._nv.nvmlDeviceGetMigMode, self._h(index))
+        enabled = self._nv.NVML_DEVICE_MIG_ENABLE
+        return current == enabled, pending == enabled
+
+
+#: Presets for the compact fake spec ("h100:2,a100-40g:1"): NVML name, MiB, cc.
+FAKE_PRESETS: dict[str, tuple[str, int, str]] = {
+    "h100": ("NVIDIA H100 80GB HBM3", 81559, "9.0"),
+    "h100-pcie": ("NVIDIA H100 PCIe", 81559, "9.0"),
+    "h200": ("NVIDIA H200", 143771, "9.0"),
+    "a100-40g": ("NVIDIA A100-SXM4-40GB", 40960, "8.0"),
+    "a100-80g": ("NVIDIA A100-SXM4-80GB", 81920, "8.0"),
+    "l40s": ("NVIDIA L40S", 46068, "8.9"),
+    "l4": ("NVIDIA L4", 23034, "8.9"),
+    "a10": ("NVIDIA A10", 23028, "8.6"),
+    "rtx4090": ("NVIDIA GeForce RTX 4090", 24564, "8.9"),
+    "t4": ("Tesla T4", 15360, "7.5"),
+    "v100": ("Tesla V100-SXM2-32GB", 32768, "7.0"),
+}
+
+_FAKE_CALLS = (
+    "name",
+    "uuid",
+    "pci_bus_id",
+    "memory",
+    "compute_capability",
+    "utilisation",
+    "mig_mode",
+)
+
+
+def _fake_uuid(seed: str, index: int) -> str:
+    h = hashlib.sha256(f"cpn-fake-gpu:{seed}:{index}".encode()).hexdigest()
+    return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+@dataclass
+class FakeGpu:
+    name: str
+    memory_mib: int
+    cc: str
+    uuid: str
+    mig: bool | None = False  #: None: MIG not supported by this model
+    free_mib: int | None = None  #: default: all free
+    utilisation: int = 0
+    pci_bus_id: str = ""
+    fail: dict[str, str] = field(default_factory=dict)  #: call name -> error message
+
+    def problem(self) -> str | None:
+        """Why this entry cannot be a GPU, or None: a bad spec must fail at load
+        time with a readable message, not as a crash inside the probe."""
+        if not isinstance(self.name, str) or not self.name:
+            return "name must be a non-empty string"
+        if not isinstance(self.uuid, str) or not self.uuid:
+            return "uuid must be a non-empty string"
+        if not _is_int(self.memory_mib) or self.memory_mib < 1:
+            return "memory_mib must be a positive integer"
+        if not isinstance(self.cc, str) or not COMPUTE_CAPABILITY_RE.match(self.cc):
+            return 'cc must be "major.minor", e.g. "9.0"'
+        if self.mig is not None and not isinstance(self.mig, bool):
+            return "mig must be true, false or null"
+        if self.free_mib is not None and not (
+            _is_int(self.free_mib) and 0 <= self.free_mib <= self.memory_mib
+        ):
+            return "free_mib must be an integer between 0 and memory_mib"
+        if not _is_int(self.utilisation) or not 0 <= self.utilisation <= 100:
+            return "utilisation must be an integer percentage"
+        if not isinstance(self.pci_bus_id, str):
+            return "pci_bus_id must be a string"
+        if not isinstance(self.fail, dict) or not all(
+            isinstance(v, str) for v in self.fail.values()
+        ):
+            return "fail must map call names to error messages"
+        return None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class FakeNvml:
+    """An NVML stand-in built from a JSON-able inventory (see :func:`load_fake_nvml`).
+
+    Spec keys: ``gpus`` (list of {name, memory_mib, cc, uuid?, mig?, free_mib?,
+    utilisation?, pci_bus_id?, fail?: {call: message}}), ``driver_version``,
+    ``cuda_driver_version`` (int, 12040 = 12.4), ``fail`` ({"init" | "count" |
+    "driver_version" | "cuda_driver_version": message}).
+    """
+
+    def __init__(self, spec: dict[str, Any], *, seed: str = "") -> None:
+        if not isinstance(spec, dict):
+            raise ValueError("fake NVML spec must be a JSON object")
+        unknown = set(spec) - {"gpus", "driver_version", "cuda_driver_version", "fail"}
+        if unknown:
+            raise ValueError(f"fake NVML spec: unknown key(s) {sorted(unknown)}")
+        self.gpus: list[FakeGpu] = []
+        for i, g in enumerate(spec.get("gpus", [])):
+            if not isinstance(g, dict):
+                raise ValueError(f"fake NVML spec: gpus[{i}] must be an object")
+            try:
+                gpu = FakeGpu(**{"uuid": _fake_uuid(seed, i), **g})
+            except TypeError as exc:
+                raise ValueError(f"fake NVML spec: gpus[{i}]: {exc}") from None
+            problem = gpu.problem()
+            if problem:
+                raise ValueError(f"fake NVML spec: gpus[{i}]: {problem}")
+            if not gpu.pci_bus_id:
+                gpu.pci_bus_id = f"00000000:{0x10 + i:02X}:00.0"
+            bad = set(gpu.fail) - set(_FAKE_CALLS)
+            if bad:
+                raise ValueError(f"fake NVML spec: gpus[{i}].fail: unknown call(s) {sorted(bad)}")
+            self.gpus.append(gpu)
+        self._driver = str(spec.get("driver_version", "550.54.15"))
+        cuda = spec.get("cuda_driver_version", 12040)
+        if not _is_int(cuda) or cuda < 0:
+            raise ValueError("fake NVML spec: cuda_driver_version must be an integer like 12040")
+        self._cuda: int = cuda
+        fail = spec.get("fail", {})
+        if not isinstance(fail, dict) or set(fail) - {
+            "init",
+            "count",
+            "driver_version",
+            "cuda_driver_version",
+        }:
+            raise ValueError(
+                "fake NVML spec: fail keys are init, count, driver_version, cuda_driver_version"
+            )
+        self._fail: dict[str, str] = {k: str(v) for k, v in fail.items()}
+        self.initialised = False
+        self.calls: list[str] = []  #: call log, for tests
+
+    def _maybe_fail(self, what: str, gpu: FakeGpu | None = None) -> None:
+        self.calls.append(what)
+        table = gpu.fail if gpu is not None else self._fail
+        if what in table:
+            raise NvmlError(table[what])
+
+    def init(self) -> None:
+        if "init" in self._fail:
+            self.calls.append("init")
+            raise NvmlUnavailable(self._fail["init"])
+        self.calls.append("init")
+        self.initialised = True
+
+    def shutdown(self) -> None:
+        self.calls.append("shutdown")
+        self.initialised = False
+
+    def driver_version(self) -> str:
+        self._maybe_fail("driver_version")
+        return self._driver
+
+    def cuda_driver_version(self) -> int:
+        self._maybe_fail("cuda_driver_version")
+        return self._cuda
+
+    def device_count(self) -> int:
+        self._maybe_fail("count")
+        return len(self.gpus)
+
+    def _gpu(self, index: int, call: str) -> FakeGpu:
+        if not self.initialised:
+            raise NvmlError("Uninitialized")
+        gpu = self.gpus[index]
+        self._maybe_fail(call, gpu)
+        return gpu
+
+    def name(self, index: int) -> str:
+        return self._gpu(index, "name").name
+
+    def uuid(self, index: int) -> str:
+        return self._gpu(index, "uuid").uuid
+
+    def pci_bus_id(self, index: int) -> str:
+        return self._gpu(index, "pci_bus_id").pci_bus_id
+
+    def memory(self, index: int) -> tuple[int, int]:
+        g = self._gpu(index, "memory")
+        free = g.memory_mib if g.free_mib is None else g.free_mib
+        return g.memory_mib * MIB, free * MIB
+
+    def compute_capability(self, index: int) -> tuple[int, int]:
+        major, _, minor = self._gpu(index, "compute_capability").cc.partition(".")
+        return int(major), int(minor or 0)
+
+    def utilisation(self, index: int) -> tuple[int, int]:
+        g = self._gpu(index, "utilisation")
+        return g.utilisation, g.utilisation
+
+    def mig_mode(self, index: int) -> tuple[bool, bool]:
+        g = self._gpu(index, "mig_mode")
+        if g.mig is None:
+            raise NvmlNotSupported("Not Supported")
+        return g.mig, g.mig
+
+
+def _parse_compact(text: str) -> dict[str, Any]:
+    """ "h100:2,a100-40g+mig:1" -> spec dict.  ``+mig`` turns MIG mode on."""
+    gpus: list[dict[str, Any]] = []
+    if text.strip() == "none":  # explicitly a host without GPUs
+        return {"gpus": gpus}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, _, count_text = part.partition(":")
+        mig = kind.endswith("+mig")
+        kind = kind.removesuffix("+mig")
+        if kind not in FAKE_PRESETS:
+            raise ValueError(f"unknown fake GPU {kind!r}; known: {', '.join(sorted(FAKE_PRESETS))}")
+        try:
+            count = int(count_text or "1")
+        except ValueError:
+            raise ValueError(f"bad GPU count in {part!r}") from None
+        if not 0 <= count <= 64:
+            raise ValueError(f"GPU count in {part!r} must be 0..64")
+        name, mib, cc = FAKE_PRESETS[kind]
+        gpus += [{"name": name, "memory_mib": mib, "cc": cc, "mig": mig} for _ in range(count)]
+    return {"gpus": gpus}
+
+
+def load_fake_nvml(spec: str | Path | dict[str, Any], *, seed: str = "") -> FakeNvml:
+    """Build a :class:`FakeNvml` from a dict, a JSON file path, JSON text, or a
+    compact string like ``"h100:2,a100-40g:1"``.  ``seed`` makes the generated
+    UUIDs differ between testnet nodes while staying reproducible.
+    Raises ``ValueError`` with a readable message on a bad spec."""
+    if isinstance(spec, dict):
+        return FakeNvml(spec, seed=seed)
+    text = str(spec).strip()
+    if isinstance(spec, Path) or text.endswith(".json") or os.sep in text:
+        try:
+            text = Path(text).read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read fake NVML spec {spec}: {exc.strerror}") from None
+    if text.startswith("{"):
+        try:
+            return FakeNvml(json.loads(text), seed=seed)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"fake NVML spec is not valid JSON: {exc}") from None
+    return FakeNvml(_parse_compact(text), seed=seed)
+
+
+def make_backend(fake: str | None = None, *, seed: str = "") -> NvmlBackend:
+    """The backend the daemon should use: the fake one when configured, else NVML."""
+    return load_fake_nvml(fake, seed=seed) if fake else RealNvml()
+
+
+# --------------------------------------------------------------------------- reports
+
+
+@dataclass(frozen=True, slots=True)
+class GpuReport:
+    """Everything NVML told us about one GPU."""
+
+    index: int
+    name: str
+    uuid: str
+    pci_bus_id: str | None
+    memory_total_mib: int
+    memory_free_mib: int
+    compute_capability: str  #: "9.0"
+    utilisation_gpu_pct: int | None
+    utilisation_memory_pct: int | None
+    mig_mode: bool | None  #: None: MIG not supported (or query failed)
+    mig_pending: bool | None
+
+    def gpu_info(self) -> GpuInfo:
+        vendor, model = normalise_gpu_model(self.name)
+        return GpuInfo(
+            vendor=vendor,
+            model=model,
+            name=self.name,
+            uuid=self.uuid,
+            memory_mib=self.memory_total_mib,
+            compute_capability=self.compute_capability,
+            mig=bool(self.mig_mode),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeReport:
+    """A full probe.  :meth:`resource_set` is what goes into adverts."""
+
+    gpus: tuple[GpuReport, ...]
+    nvml_error: str | None  #: why NVML gave no GPUs at all, if it did not
+    gpu_errors: tuple[str, ...]  #: GPUs left out, one line each
+    driver_version: str | None
+    cuda_driver_version: str | None  #: "12.4"
+    cpu_model: str
+    cpu_cores: int  #: usable cores (affinity and cgroup quota)
+    memory_mib: int  #: usable memory (MemTotal or cgroup limit, whichever is lower)
+    memory_source: str  #: "meminfo" or "cgroup"
+    disk_free_mib: int
+    disk_total_mib: int
+    data_dir: str
+    container: ContainerCapability = NO_CONTAINER
+
+    def resource_set(self) -> ResourceSet:
+        return ResourceSet(
+            cpu_cores=self.cpu_cores,
+            cpu_model=self.cpu_model,
+            memory_mib=self.memory_mib,
+            disk_mib=self.disk_free_mib,
+            gpus=tuple(g.gpu_info() for g in self.gpus),
+        )
+
+    def metrics(self) -> tuple[Metric, ...]:
+        """CATS-style metrics (spec/discovery.md, "Metrics")."""
+        out = [
+            Metric(type="cpu-cores", unit="count", source="nominal", value=self.cpu_cores),
+            Metric(type="memory", unit="MiB", source="nominal", value=self.memory_mib),
+            Metric(type="storage-free", unit="MiB", source="measured", value=self.disk_free_mib),
+            Metric(type="gpu-count", unit="count", source="nominal", value=len(self.gpus)),
+        ]
+        if self.gpus:
+            total = sum(g.memory_total_mib for g in self.gpus)
+            free = sum(g.memory_free_mib for g in self.gpus)
+            out.append(Metric(type="gpu-memory", unit="MiB", source="nominal", value=total))
+            out.append(Metric(type="gpu-memory-free", unit="MiB", source="measured", value=free))
+            utils = [g.utilisation_gpu_pct for g in self.gpus if g.utilisation_gpu_pct is not None]
+            if utils:
+                avg = round(sum(utils) / len(utils))
+                out.append(
+                    Metric(type="gpu-utilisation", unit="percent", source="measured", value=avg)
+                )
+        return tuple(out)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["container"] = self.container.to_wire()
+        return d
+
+
+# --------------------------------------------------------------------------- GPU probe
+
+
+def _cuda_text(v: int) -> str:
+    return f"{v // 1000}.{(v % 1000) // 10}"
+
+
+def _optional(fn: Callable[[], Any], what: str, index: int) -> Any:
+    try:
+        return fn()
+    except NvmlNotSupported:
+        return None
+    except NvmlError as exc:
+        log.info("GPU %d: %s unavailable: %s", index, what, exc)
+        return None
+
+
+def _probe_one(nv: NvmlBackend, i: int) -> GpuReport:
+    """One GPU; an :class:`NvmlError` from an essential call propagates."""
+    name = nv.name(i)
+    uuid = nv.uuid(i)
+    total, free = nv.memory(i)
+    major, minor = nv.compute_capability(i)
+    util = _optional(lambda: nv.utilisation(i), "utilisation", i)
+    mig = _optional(lambda: nv.mig_mode(i), "MIG mode", i)
+    return GpuReport(
+        index=i,
+        name=name,
+        uuid=uuid,
+        pci_bus_id=_optional(lambda: nv.pci_bus_id(i), "PCI bus id", i),
+        memory_total_mib=total // MIB,
+        memory_free_mib=free // MIB,
+        compute_capability=f"{major}.{minor}",
+        utilisation_gpu_pct=None if util is None else util[0],
+        utilisation_memory_pct=None if util is None else util[1],
+        mig_mode=None if mig is None else mig[0],
+        mig_pending=None if mig is None else mig[1],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProbe:
+    gpus: tuple[GpuReport, ...]
+    nvml_error: str | None
+    gpu_errors: tuple[str, ...]
+    driver_version: str | None
+    cuda_driver_version: str | None
+
+
+def probe_gpus(nv: NvmlBackend) -> GpuProbe:
+    """Ask NVML about every GPU.  Never raises :class:`NvmlError`: failures are
+    logged once and reported in the result."""
+    try:
+        nv.init()
+    except NvmlError as exc:
+        log.warning("NVML unavailable (%s): advertising zero GPUs", exc)
+        return GpuProbe((), f"init: {exc}", (), None, None)
+    try:
+        try:
+            count = nv.device_count()
+        except NvmlError as exc:
+            log.warning("NVML cannot count GPUs (%s): advertising zero GPUs", exc)
+            return GpuProbe((), f"device count: {exc}", (), None, None)
+        driver = _optional(nv.driver_version, "driver version", -1)
+        cuda = _optional(nv.cuda_driver_version, "CUDA driver version", -1)
+        gpus: list[GpuReport] = []
+        errors: list[str] = []
+        for i in range(count):
+            try:
+                gpus.append(_probe_one(nv, i))
+            except NvmlError as exc:
+                line = f"GPU {i}: left out, NVML error: {exc}"
+                log.warning("%s", line)
+                errors.append(line)
+        if count == 0:
+            log.info("NVML reports no GPUs")
+        return GpuProbe(
+            tuple(gpus), None, tuple(errors), driver, None if cuda is None else _cuda_text(cuda)
+        )
+    finally:
+        try:
+            nv.shutdown()
+        except NvmlError as exc:
+            log.info("NVML shutdown failed: %s", exc)
+
+
+# --------------------------------------------------------------------------- host probe
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def cpu_model(root: Path) -> str:
+    text = _read(root / "proc/cpuinfo") or ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model", "cpu model", "Hardware") and value.strip():
+            return value.strip()
+    return "unknown"
+
+
+def _own_cgroups(root: Path) -> dict[str, str]:
+    """Controller -> cgroup path of this process, from /proc/self/cgroup
+    ("" is the unified v2 hierarchy)."""
+    out: dict[str, str] = {}
+    for line in (_read(root / "proc/self/cgroup") or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            for controller in parts[1].split(","):
+                out[controller] = parts[2]
+    return out
+
+
+def _cgroup_files(root: Path, mounts: Sequence[str], controller: str, name: str) -> list[Path]:
+    """``name`` in this process's cgroup and every ancestor, for each candidate
+    mount; the tightest limit anywhere on the path applies."""
+    rel = _own_cgroups(root).get(controller, "/").strip("/")
+    files: list[Path] = []
+    for mount in mounts:
+        base = root / "sys/fs/cgroup" / mount if mount else root / "sys/fs/cgroup"
+        parts = [p for p in rel.split("/") if p]
+        for depth in range(len(parts), -1, -1):
+            files.append(base.joinpath(*parts[:depth], name))
+    return list(dict.fromkeys(files))
+
+
+def _cgroup_cpu_limit(root: Path) -> float | None:
+    """The lowest CPU quota (in cores) on this process's cgroup path, if any."""
+    limits: list[float] = []
+    for f in _cgroup_files(root, [""], "", "cpu.max"):  # v2: "max 100000" or "200000 100000"
+        parts = (_read(f) or "").split()
+        if len(parts) == 2 and parts[0] != "max" and parts[0].isdigit() and parts[1].isdigit():
+            if int(parts[1]) > 0:
+                limits.append(int(parts[0]) / int(parts[1]))
+    for mount in ("cpu", "cpu,cpuacct"):
+        for f in _cgroup_files(root, [mount], "cpu", "cpu.cfs_quota_us"):
+            q = (_read(f) or "").strip()
+            per = (_read(f.with_name("cpu.cfs_period_us")) or "").strip()
+            if q.isdigit() and per.isdigit() and int(q) > 0 and int(per) > 0:
+                limits.append(int(q) / int(per))
+    return min(limits) if limits else None
+
+
+def cpu_cores(root: Path, affinity: int | None = None) -> int:
+    """Cores this process may use: CPU affinity, lowered by a cgroup CPU quota."""
+    cores = affinity if affinity is not None else len(os.sched_getaffinity(0))
+    limit = _cgroup_cpu_limit(root)
+    if limit is not None:
+        cores = min(cores, max(1, math.floor(limit)))
+    return max(1, cores)
+
+
+def memory_mib(root: Path) -> tuple[int, str]:
+    """(usable MiB, source): MemTotal, or the cgroup memory limit when lower."""
+    total = 0
+    for line in (_read(root / "proc/meminfo") or "").splitlines():
+        if line.startswith("MemTotal:"):
+            total = int(line.split()[1]) * 1024  # kB
+            break
+    limits: list[int] = []
+    files = _cgroup_files(root, [""], "", "memory.max")
+    files += _cgroup_files(root, ["memory"], "memory", "memory.limit_in_bytes")
+    for f in files:
+        text = (_read(f) or "").strip()
+        if text.isdigit() and int(text) > 0:
+            limits.append(int(text))
+    limit = min(limits) if limits else None
+    if limit is not None and 0 < limit < total:
+        return limit // MIB, "cgroup"
+    return total // MIB, "meminfo"
+
+
+def disk_mib(path: Path) -> tuple[int, int]:
+    """(free, total) MiB of the file system holding ``path`` (or its nearest parent)."""
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    usage = shutil.disk_usage(p)
+    return usage.free // MIB, usage.total // MIB
+
+
+def probe_sync(
+    data_dir: Path,
+    *,
+    backend: NvmlBackend | None = None,
+    container: ContainerCapability | None = None,
+    root: Path = Path("/"),
+    affinity: int | None = None,
+) -> ProbeReport:
+    """Probe everything (blocking).  ``root`` and ``affinity`` exist for tests."""
+    g = probe_gpus(backend if backend is not None else RealNvml())
+    mem, source = memory_mib(root)
+    free, total = disk_mib(Path(data_dir))
+    return ProbeReport(
+        gpus=g.gpus,
+        nvml_error=g.nvml_error,
+        gpu_errors=g.gpu_errors,
+        driver_version=g.driver_version,
+        cuda_driver_version=g.cuda_driver_version,
+        cpu_model=cpu_model(root),
+        cpu_cores=cpu_cores(root, affinity),
+        memory_mib=mem,
+        memory_source=source,
+        disk_free_mib=free,
+        disk_total_mib=total,
+        data_dir=str(data_dir),
+        container=container if container is not None else NO_CONTAINER,
+    )
+
+
+async def probe(
+    data_dir: Path,
+    *,
+    backend: NvmlBackend | None = None,
+    container: ContainerCapability | None = None,
+) -> ProbeReport:
+    """:func:`probe_sync` in a worker thread: NVML calls block (a lost GPU can
+    stall for seconds) and must not freeze the daemon's event loop."""
+    return await trio.to_thread.run_sync(
+        lambda: probe_sync(data_dir, backend=backend, container=container)
+    )
+
+
+def describe(report: ProbeReport) -> Sequence[str]:
+    """Human summary lines (for `cpn node probe` and logs)."""
+    lines = [
+        f"CPU: {report.cpu_model} ({report.cpu_cores} cores usable)",
+        f"Memory: {report.memory_mib} MiB ({report.memory_source})",
+        f"Disk free in {report.data_dir}: {report.disk_free_mib} MiB of {report.disk_total_mib} MiB",
+    ]
+    if report.nvml_error:
+        lines.append(f"GPUs: none (NVML: {report.nvml_error})")
+    else:
+        lines.append(
+            f"GPUs: {len(report.gpus)} (driver {report.driver_version}, CUDA {report.cuda_driver_version})"
+        )
+    for gpu in report.gpus:
+        mig = {None: "n/a", True: "on", False: "off"}[gpu.mig_mode]
+        lines.append(
+            f"  [{gpu.index}] {gpu.name} {gpu.uuid} bus {gpu.pci_bus_id} "
+            f"{gpu.memory_free_mib}/{gpu.memory_total_mib} MiB free, cc {gpu.compute_capability}, "
+            f"util {gpu.utilisation_gpu_pct}%, MIG {mig}"
+        )
+    lines += [f"  {e}" for e in report.gpu_errors]
+    lines.append(f"Container runtime: {report.container.runtime}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m node.probe [--fake SPEC] [--data-dir DIR] [--json]``: print
+    what this host would advertise (handy on a GPU machine)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m node.probe", description=main.__doc__)
+    parser.add_argument(
+        "--fake", help="fake NVML spec (compact, JSON text or file) instead of NVML"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("."), help="directory for the disk probe"
+    )
+    parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        backend = make_backend(args.fake, seed="cli")
+    except ValueError as exc:
+        parser.error(str(exc))
+    report = trio.run(lambda: probe(args.data_dir, backend=backend))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print("\n".join(describe(report)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

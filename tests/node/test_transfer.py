@@ -1,0 +1,397 @@
+"""Transfer service end to end: real py-libp2p hosts and data-plane sockets on 127.0.0.1.
+
+Senders that must die mid-blob, and receivers whose memory is measured, run
+as separate processes (tests/node/transfer_peer.py)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import types
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from node.blobstore import BlobMeta, QuotaExceeded
+from node.keys import peer_id_of
+from node.p2p import open_host
+from node.transfer import TransferFailed, TransferRefused, TransferService
+from protocol import cbor
+from protocol.envelope import open_envelope, seal
+from protocol.transfer import (
+    HEADER_SIZE,
+    ChunkRange,
+    DataError,
+    Direction,
+    FrameOpener,
+    FrameSealer,
+    FrameType,
+    GetChunkList,
+    Request,
+    TransferError,
+    decode_header,
+    derive_keys,
+    encode_preamble,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+PEER = Path(__file__).with_name("transfer_peer.py")
+CS = 64 << 10
+
+
+@asynccontextmanager
+async def services(tmp: Path, n: int, **kw: object) -> AsyncIterator[list[TransferService]]:
+    """n transfer services, each on its own libp2p host, all knowing each other's addresses."""
+    out: list[TransferService] = []
+    async with trio.open_nursery() as nursery:
+        hosts = []
+        for i in range(n):
+            key = Ed25519PrivateKey.generate()
+            cm = open_host(key, ["/ip4/127.0.0.1/tcp/0"])
+            host = await _enter(nursery, cm)
+            hosts.append(host)
+            node = types.SimpleNamespace(key=key, p2p=host, data_dir=tmp / f"n{i}")
+            out.append(await nursery.start(TransferService(**kw).run, node))  # type: ignore[arg-type]
+        for svc in out:
+            for h in hosts:
+                svc.addrs[h.peer_id] = h.listen_addrs
+        yield out
+        nursery.cancel_scope.cancel()
+
+
+async def _enter(nursery: trio.Nursery, cm):  # type: ignore[no-untyped-def]
+    """Run an async context manager in a nursery task; return what it yields."""
+
+    async def hold(task_status=trio.TASK_STATUS_IGNORED):  # type: ignore[no-untyped-def]
+        async with cm as value:
+            task_status.started(value)
+            await trio.sleep_forever()
+
+    return await nursery.start(hold)
+
+
+def pid(svc: TransferService) -> str:
+    return str(svc._p2p.peer_id)
+
+
+async def put(svc: TransferService, data: bytes, chunk_size: int = CS) -> BlobMeta:
+    assert svc.store is not None
+    return await trio.to_thread.run_sync(functools.partial(svc.store.import_bytes, data, chunk_size=chunk_size))
+
+
+async def test_fetch_verifies_and_reports_progress(tmp_path: Path) -> None:
+    async with services(tmp_path, 2) as (a, b):
+        data = os.urandom(40 * CS + 123)
+        meta = await put(a, data)
+        a.grant(pid(b), meta.digest, Direction.FETCH)
+        got = await b.fetch(meta, [pid(a)])
+        assert got.digest == meta.digest
+        assert b.store is not None and b.store.path_of(meta.digest).read_bytes() == data
+        snap = b.progress[meta.digest].snapshot()
+        assert snap["phase"] == "done" and snap["done_bytes"] == len(data)
+        assert snap["sources"] == {pid(a): len(data)}
+        assert b.stats["chunks_received"] == 41
+
+
+async def test_corrupt_chunk_from_one_of_two_sources(tmp_path: Path) -> None:
+    async with services(tmp_path, 3) as (good, bad, rx):
+        data = os.urandom(200 * CS)
+        meta = await put(good, data)
+        await put(bad, data)
+        assert bad.store is not None
+        path = bad.store.path_of(meta.digest)  # the bad peer's disk rots: every chunk differs
+        os.chmod(path, 0o644)
+        fd = os.open(path, os.O_RDWR)
+        for i in range(200):
+            os.pwrite(fd, b"\xff\x00\xff", i * CS + 5)
+        os.close(fd)
+        for s in (good, bad):
+            s.grant(pid(rx), meta.digest, Direction.FETCH)
+        await rx.fetch(meta, [pid(good), pid(bad)])
+        assert rx.store is not None and rx.store.path_of(meta.digest).read_bytes() == data
+        assert rx.stats["corrupt_chunks"] >= 1  # detected ...
+        assert rx.penalties.get(pid(bad), 0) >= 1 and pid(good) not in rx.penalties  # ... blamed
+        prog = rx.progress[meta.digest]
+        assert prog.penalised == [pid(bad)]
+        assert prog.sources == {pid(good): len(data)}  # ... and refetched from the good source
+        assert bad.dataplane is not None and bad.dataplane.stats["chunks_sent"] >= 1
+
+
+async def test_dedup_of_a_shared_layer(tmp_path: Path) -> None:
+    async with services(tmp_path, 2) as (a, b):
+        layer = await put(a, os.urandom(8 * CS))
+        a.grant(pid(b), layer.digest, Direction.FETCH)
+        await b.fetch(layer, [pid(a)])  # image 1 brings the base layer
+        assert a.dataplane is not None
+        sent = a.dataplane.stats["chunks_sent"]
+        await b.fetch(layer, [pid(a)])  # image 2 shares it: nothing moves
+        assert b.stats["dedup_hits"] == 1 and b.stats["fetches"] == 1
+        assert a.dataplane.stats["chunks_sent"] == sent
+        a.revoke(pid(b))
+        await b.fetch(layer, [pid(a)])  # a dedup needs no source at all
+
+
+async def test_unauthorised_peer_is_refused(tmp_path: Path) -> None:
+    async with services(tmp_path, 2) as (a, b):
+        meta = await put(a, os.urandom(3 * CS))
+        with pytest.raises(TransferFailed, match="unauthorized"):
+            await b.fetch(meta, [pid(a)])
+        stream = await b._open(pid(a))
+        with pytest.raises(TransferRefused) as exc:
+            await b._ask(stream, GetChunkList(digest=meta.digest), GetChunkList)
+        assert exc.value.reason == "unauthorized"
+        assert b.store is not None and not b.store.has(meta.digest)
+        a.grant(pid(b), meta.digest, Direction.FETCH)  # the node kept serving: now allowed
+        await b.fetch(meta, [pid(a)])
+
+
+async def test_malformed_and_oversized_control_requests(tmp_path: Path) -> None:
+    async with services(tmp_path, 2) as (a, b):
+        stream = await b._open(pid(a))
+        await stream.send_frame(cbor.encode({"not": "an envelope"}))
+        err = open_envelope(await stream.receive_frame(1 << 20), expected=TransferError, signer=pid(a))
+        assert err.message.reason == "malformed"
+
+        stream = await b._open(pid(a))
+        await stream._stream.write(bytes([0x81, 0x80, 0x80, 0x04]))  # announces 8 MiB + 1
+        err = open_envelope(await stream.receive_frame(1 << 20), expected=TransferError, signer=pid(a))
+        assert err.message.reason == "oversize"
+
+        stream = await b._open(pid(a))  # a message of the wrong type
+        await stream.send_frame(seal(TransferError(reason="x", detail=""), b._key).raw)
+        err = open_envelope(await stream.receive_frame(1 << 20), expected=TransferError, signer=pid(a))
+        assert err.message.reason == "unexpected_type"
+
+
+async def _data_conn(svc: TransferService, meta: BlobMeta, peer: str):  # type: ignore[no-untyped-def]
+    assert svc.dataplane is not None
+    ticket = svc.dataplane.issue(peer, meta)
+    stream = await trio.open_tcp_stream(ticket.host, ticket.port)
+    c2s, s2c = derive_keys(ticket.secret, ticket.ticket_id)
+    await stream.send_all(encode_preamble(ticket.ticket_id))
+    return stream, FrameSealer(c2s), FrameOpener(s2c), ticket
+
+
+async def _read_frame(stream: trio.SocketStream, opener: FrameOpener) -> tuple[FrameType, int, bytes]:
+    buf = b""
+    while len(buf) < HEADER_SIZE:
+        buf += await stream.receive_some(HEADER_SIZE - len(buf))
+    kind, index, length = decode_header(buf, from_server=True)
+    body = b""
+    while len(body) < length:
+        body += await stream.receive_some(length - len(body))
+    return kind, index, opener.open(buf, body)
+
+
+async def test_data_plane_rejects_bad_requests_and_tickets(tmp_path: Path) -> None:
+    async with services(tmp_path, 1) as (a,):
+        meta = await put(a, os.urandom(4 * CS))
+        # a request past the last chunk gets an ERROR frame naming the reason
+        stream, sealer, opener, _ = await _data_conn(a, meta, "peer")
+        await stream.send_all(b"".join(sealer.seal(FrameType.REQUEST, 0, Request(ranges=(ChunkRange(start=2, end=9),)).encode())))
+        kind, _, body = await _read_frame(stream, opener)
+        assert kind is FrameType.ERROR
+        assert DataError.decode(body).reason == "bad_chunk_index"
+        # a valid request is served, then END
+        stream, sealer, opener, ticket = await _data_conn(a, meta, "peer")
+        await stream.send_all(b"".join(sealer.seal(FrameType.REQUEST, 0, Request(ranges=(ChunkRange(start=1, end=2),)).encode())))
+        kind, index, body = await _read_frame(stream, opener)
+        assert (kind, index) == (FrameType.CHUNK, 1) and len(body) == CS
+        assert (await _read_frame(stream, opener))[0] is FrameType.END
+        # tickets are single use: replaying the preamble gets the connection closed
+        replay = await trio.open_tcp_stream(ticket.host, ticket.port)
+        await replay.send_all(encode_preamble(ticket.ticket_id))
+        assert await replay.receive_some(100) == b""
+        # an oversized frame header is refused before any body is read
+        stream, sealer, opener, _ = await _data_conn(a, meta, "peer")
+        await stream.send_all(bytes([1, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0]))
+        kind, _, body = await _read_frame(stream, opener)
+        assert kind is FrameType.ERROR and DataError.decode(body).reason == "oversize"
+        assert cbor.decode(body)["reason"] == "oversize"
+
+
+async def test_upload_is_authorised_and_size_limited(tmp_path: Path) -> None:
+    async with services(tmp_path, 2) as (submitter, provider):
+        data = os.urandom(6 * CS)
+        meta = await put(submitter, data)
+        with pytest.raises(TransferRefused) as exc:
+            await submitter.push(pid(provider), meta)
+        assert exc.value.reason == "unauthorized"
+        provider.grant(pid(submitter), meta.digest, Direction.UPLOAD, max_size=len(data) - 1)
+        with pytest.raises(TransferRefused) as exc:
+            await submitter.push(pid(provider), meta)
+        assert exc.value.reason == "too_large"
+        provider.grant(pid(submitter), meta.digest, Direction.UPLOAD, max_size=len(data))
+        await submitter.push(pid(provider), meta)
+        assert provider.store is not None and provider.store.path_of(meta.digest).read_bytes() == data
+        assert not submitter.authorize(pid(provider), meta.digest, Direction.FETCH)  # grant was temporary
+
+
+async def test_quota_exceeded_before_any_chunk_moves(tmp_path: Path) -> None:
+    async with services(tmp_path, 2) as (a, b):
+        assert b.store is not None
+        b.store.quota = 4 * CS
+        meta = await put(a, os.urandom(8 * CS))
+        a.grant(pid(b), meta.digest, Direction.FETCH)
+        with pytest.raises(QuotaExceeded, match="quota is 262144 bytes"):
+            await b.fetch(meta, [pid(a)])
+        assert b.stats["chunks_received"] == 0
+        assert a.dataplane is not None and a.dataplane.stats["chunks_sent"] == 0
+
+
+def _spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, str(PEER), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+
+
+def _info(p: subprocess.Popen[str]) -> dict:
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    assert line, f"peer process exited (rc {p.poll()})"
+    return json.loads(line)
+
+
+async def test_resume_after_sender_killed_moves_only_missing_chunks(tmp_path: Path) -> None:
+    blob = tmp_path / "blob"
+    data = os.urandom(256 * CS)  # 16 MiB, 256 chunks
+    blob.write_bytes(data)
+    async with services(tmp_path, 1) as (rx,):
+        me = pid(rx)
+        first = _spawn("serve", os.urandom(32).hex(), str(tmp_path / "s1"), str(blob), me)
+        try:
+            info = await trio.to_thread.run_sync(_info, first)
+            rx.addrs[info["peer_id"]] = info["addrs"]
+            meta = BlobMeta(info["digest"], info["size"], info["chunk_size"], info["chunk_root"])
+
+            def kill_midway(prog) -> None:  # type: ignore[no-untyped-def]
+                if prog.done_bytes >= 20 * CS and first.poll() is None:
+                    os.kill(first.pid, signal.SIGKILL)
+                    first.wait()
+
+            rx.on_progress = kill_midway
+            with pytest.raises(TransferFailed, match="kept"):
+                await rx.fetch(meta, [info["peer_id"]])
+        finally:
+            first.kill()
+            first.wait()
+        rx.on_progress = None
+        moved_first = rx.stats["chunks_received"]
+        assert rx.store is not None
+        held = rx.store.held_chunks(meta.digest)
+        assert held is not None and held[1] is not None
+        kept = len(held[1])
+        assert 20 <= moved_first == kept < 256  # mid-blob; everything verified was kept
+
+        second = _spawn("serve", os.urandom(32).hex(), str(tmp_path / "s2"), str(blob), me)
+        try:
+            info2 = await trio.to_thread.run_sync(_info, second)
+            rx.addrs[info2["peer_id"]] = info2["addrs"]
+            await rx.fetch(meta, [info2["peer_id"]])
+        finally:
+            assert second.stdin is not None
+            second.stdin.close()
+            second.wait()
+        assert rx.stats["chunks_received"] - moved_first == 256 - kept  # only the missing chunks moved
+        assert rx.store.path_of(meta.digest).read_bytes() == data
+
+
+async def test_big_blob_with_bounded_receiver_memory(tmp_path: Path) -> None:
+    blob = tmp_path / "blob"
+    size = 200 << 20
+    block = bytearray(os.urandom(1 << 20))
+    fd = os.open(blob, os.O_WRONLY | os.O_CREAT, 0o600)
+    for i in range(size >> 20):
+        block[:4] = i.to_bytes(4, "big")  # distinct chunks, cheap to make
+        os.write(fd, block)
+    os.close(fd)
+    seed_rx = os.urandom(32).hex()
+    rx_id = peer_id_of(Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed_rx)))
+    sender = _spawn("serve", os.urandom(32).hex(), str(tmp_path / "s"), str(blob), rx_id)
+    try:
+        info = await trio.to_thread.run_sync(_info, sender)
+        blob.unlink()
+        rx = _spawn("fetch", seed_rx, str(tmp_path / "r"), json.dumps([info]))
+        res = await trio.to_thread.run_sync(_info, rx)
+        rx.wait()
+    finally:
+        assert sender.stdin is not None
+        sender.stdin.close()
+        sender.wait()
+    assert res["stored"] and res["stats"]["bytes_received"] == size + (256 << 10)  # + warm-up
+    growth_mib = (res["peak_rss_kib"] - res["rss_before_kib"]) / 1024
+    # a few chunk buffers, thread arenas and hash blocks: bounded, far below the blob
+    assert growth_mib < 40, f"receiver RSS grew {growth_mib:.0f} MiB for a 200 MiB blob: {res}"
+
+
+async def test_daemon_runs_the_service_with_config_and_progress_api(tmp_path: Path) -> None:
+    from node.apiclient import ApiClient
+    from node.config import load_config
+    from node.daemon import run_node
+
+    cfg = load_config(None, {"node.data_dir": str(tmp_path / "d"), "node.listen": ["/ip4/127.0.0.1/tcp/0"]})
+    cfg.raw["transfer"] = {"quota_mib": 64}
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(functools.partial(run_node, cfg, services=["node.transfer:TransferService"]))
+        svc: TransferService = node.transfer
+        assert svc.store is not None and svc.store.quota == 64 << 20
+        async with services(tmp_path, 1) as (src,):
+            meta = await put(src, os.urandom(5 * CS))
+            src.grant(node.peer_id, meta.digest, Direction.FETCH)
+            svc.addrs[pid(src)] = src._p2p.listen_addrs
+            await svc.fetch(meta, [pid(src)])
+        client = ApiClient(tmp_path / "d")
+        listing = await trio.to_thread.run_sync(client.get, "/v1/transfers")
+        assert listing["stats"]["chunks_received"] == 5
+        one = await trio.to_thread.run_sync(client.get, f"/v1/transfers/{meta.digest}")
+        assert one["phase"] == "done" and one["done_bytes"] == 5 * CS and one["eta_s"] is None
+        from node.commands.transfers import render
+
+        assert "100.0%" in render(one) and "#" * 30 in render(one)  # the CLI's progress bar
+        assert "cpn_transfer_bytes_received_total" in node.metrics.render()
+        node.stop()
+
+
+async def test_cancelled_fetch_keeps_verified_chunks_and_resumes(tmp_path: Path) -> None:
+    async with services(tmp_path, 2) as (a, b):
+        data = os.urandom(96 * CS)
+        meta = await put(a, data)
+        a.grant(pid(b), meta.digest, Direction.FETCH)
+        with trio.CancelScope() as scope:
+            b.on_progress = lambda p: scope.cancel() if p.done_bytes >= 16 * CS else None
+            await b.fetch(meta, [pid(a)])
+        assert scope.cancelled_caught
+        b.on_progress = None
+        first = b.stats["chunks_received"]
+        assert 16 <= first < 96 and b.progress[meta.digest].phase == "failed"
+        await b.fetch(meta, [pid(a)])  # e.g. the job asks again after a restart
+        assert b.stats["chunks_received"] == 96  # the first run's chunks did not move again
+        assert b.store is not None and b.store.path_of(meta.digest).read_bytes() == data
+
+
+async def test_fetch_many_pins_dedups_and_fetches_in_parallel(tmp_path: Path) -> None:
+    async with services(tmp_path, 2) as (a, b):
+        base_data = os.urandom(6 * CS)
+        base = await put(a, base_data)
+        await put(b, base_data)  # a shared base layer b already holds
+        top = await put(a, os.urandom(9 * CS))
+        cfg = await put(a, b'{"config": true}')
+        assert b.store is not None
+        for m in (base, top, cfg):
+            a.grant(pid(b), m.digest, Direction.FETCH)
+        got = await b.fetch_many([cfg, base, top, base], [pid(a)], owner="job-7")
+        assert [m.digest for m in got] == [cfg.digest, base.digest, top.digest, base.digest]
+        assert b.stats["fetches"] == 2 and b.stats["dedup_hits"] == 1  # base did not move
+        assert all(b.store.pinned(m.digest) == ["job-7"] for m in (base, top, cfg))
+        await trio.to_thread.run_sync(b.store.gc)
+        assert all(b.store.has(m.digest) for m in (base, top, cfg))  # pinned: kept
+        b.store.unpin("job-7")
+        await trio.to_thread.run_sync(b.store.gc)
+        assert not b.store.has(top.digest)
