@@ -183,7 +183,7 @@ async def test_ping_on_open_connection_and_none_without_one() -> None:
     async with hosts(2) as (a, b):
         with trio.fail_after(10):
             rtt = await a.ping(b.peer_id)
-        assert isinstance(rtt, float) and rtt >= 0  # measured round trip in seconds
+        assert isinstance(rtt, float) and rtt >= 0  # a round trip was measured
         stranger = peer_id_of(Ed25519PrivateKey.generate())
         assert await a.ping(stranger) is None  # no connection: caller does a full request
 
