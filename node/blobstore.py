@@ -7,9 +7,13 @@ Layout under ``<data_dir>/blobs/``::
     tmp/              imports in progress
     store.sqlite      sizes, chunk lists, partial bitmaps, pins (WAL)
 
-Why it is crash-safe: a blob reaches ``sha256/`` only by ``rename`` after its
-whole-blob sha256 was verified and the file fsynced, so a complete-looking blob
-is never partial or corrupt.  A partial blob's bitmap is persisted only after
+Why it is crash-safe: a blob reaches ``sha256/`` only by ``rename`` after every
+chunk was verified and the file fsynced, so a complete-looking blob is never
+partial or corrupt.  The chunk list chains SHA-256 across chunks
+(protocol/chunks.py): verifying the last chunk computes the whole blob's
+SHA-256, so the whole-blob check needs no second pass over the data.  Chunks
+kept from an interrupted transfer are read back and verified again when the
+transfer resumes.  A partial blob's bitmap is persisted only after
 ``fdatasync`` of its data, so a chunk marked present after a crash really is
 on disk; chunks written after the last checkpoint are simply fetched again.
 
@@ -19,24 +23,21 @@ verifying the chunk), and the final fsync then writes it all again.  Chunks
 whose offset and length are block-aligned are written with ``O_DIRECT`` from
 the receiver's page-aligned buffers (~0.1 ms of CPU per MiB, the device does
 the copy); anything else (the last chunk, unaligned test buffers, file systems
-without ``O_DIRECT``) takes the ordinary buffered path.  The whole-blob sha256
-is fed from the chunk in memory as chunks land in order; chunks that land
-ahead of the hash are read back later (only with several sources or resume).
+without ``O_DIRECT``) takes the ordinary buffered path.
 
 Sizes count against an optional quota; a partial blob reserves its full size
 when it starts, so a transfer cannot run out of quota half way.  Blobs that
 nobody pins (``pin(digest, owner)``) are collected by :meth:`BlobStore.gc`.
 
 Methods are synchronous and cheap except the ones named as blocking
-(``import_file``, ``PartialBlob.write_chunk``, ``verify_chunk``,
-``write_verified``, ``hash_chunk``, ``hash_prefix``, ``finish``,
-``checkpoint``): the daemon runs those in worker threads.
+(``import_file``, ``begin``, ``PartialBlob.write_chunk``, ``verify_chunk``,
+``write_verified``, ``finish``, ``checkpoint``): the daemon runs those in
+worker threads.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import mmap
 import os
 import sqlite3
@@ -46,7 +47,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from protocol.chunks import DEFAULT_CHUNK_SIZE, check_digest, chunk_count, chunk_root
+from protocol.chunks import (
+    DEFAULT_CHUNK_SIZE,
+    ChunkListBuilder,
+    check_digest,
+    chunk_count,
+    chunk_matches,
+    chunk_root,
+)
 from protocol.transfer import bitmap_from_indexes, indexes_from_bitmap
 
 __all__ = [
@@ -314,9 +322,7 @@ class BlobStore:
         Dedup: an already stored blob is not copied again."""
         src = Path(path)
         size = src.stat().st_size
-        chunk_count(size, chunk_size)  # validates chunk_size
-        whole = hashlib.sha256()
-        hashes: list[bytes] = []
+        builder = ChunkListBuilder(chunk_size)  # validates chunk_size; one SHA-256 pass
         tmp = self.root / "tmp" / f"import-{os.getpid()}-{threading.get_ident()}-{id(src)}"
         try:
             with open(src, "rb") as fin, open(tmp, "wb") as fout:
@@ -324,12 +330,11 @@ class BlobStore:
                     block = fin.read(chunk_size)
                     if not block:
                         break
-                    whole.update(block)
-                    hashes.append(hashlib.sha256(block).digest())
+                    builder.update(block)
                     fout.write(block)
                 fout.flush()
                 os.fsync(fout.fileno())
-            digest = "sha256:" + whole.hexdigest()
+            digest, hashes = builder.finish()
             meta = BlobMeta(digest=digest, size=size, chunk_size=chunk_size, chunk_root=chunk_root(hashes))
             if self.has(digest):
                 return self.meta(digest) or meta
@@ -372,6 +377,9 @@ class BlobStore:
         n = chunk_count(meta.size, meta.chunk_size)
         if len(hashes) != n or chunk_root(hashes) != meta.chunk_root:
             raise BlobStoreError("chunk list does not match the blob's chunk root")
+        if n and hashes[-1].hex() != digest[7:]:
+            raise CorruptBlob(f"{digest}: the chunk list's last entry is not the blob digest"
+                              " (the blob reference's root and digest disagree)")
         rows = self._q("SELECT chunk_size, chunk_root, bitmap FROM blobs WHERE digest=?", digest)
         durable: set[int] = set()
         path = self._partial_path(digest)
@@ -389,6 +397,8 @@ class BlobStore:
                 bitmap_from_indexes((), n),
             )
         partial = PartialBlob(self, meta, list(hashes), path, durable)
+        if durable:
+            partial.reverify_resumed()
         self._open[digest] = partial
         return partial
 
@@ -408,7 +418,7 @@ class BlobStore:
 
 
 class PartialBlob:
-    """A blob being received: verified chunks in, whole-blob check and rename at the end."""
+    """A blob being received: verified chunks in, atomic rename at the end."""
 
     def __init__(self, store: BlobStore, meta: BlobMeta, hashes: list[bytes], path: Path, durable: set[int]) -> None:
         self.store = store
@@ -421,16 +431,7 @@ class PartialBlob:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.ftruncate(self._fd, meta.size)
         self._dfd = _open_direct(path)  # bulk writes; None: buffered only
-        self._whole = hashlib.sha256()
-        self._hashed = 0  # bytes of the prefix fed to _whole (changed only by the hash owner)
-        self._block: memoryview | None = None  # page-aligned read-back buffer (hash owner only)
-        # Whole-blob hashing from worker threads (hash_chunk, hash_prefix): at
-        # most one thread at a time (the "owner") feeds _whole; writers only
-        # record that their chunk landed, so the owner may read it back.
-        self._hcond = threading.Condition()
-        self._landed = set(durable)  #: chunks whose pwrite returned (any thread)
-        self._hash_owner = False
-        self.read_back = 0  #: chunks the whole-blob hash had to read back from the file
+        self.read_back = 0  #: chunks read back from the file to be verified again (resume)
         self._closed = False
 
     @property
@@ -447,8 +448,9 @@ class PartialBlob:
         self.write_verified(index, data)
 
     def verify_chunk(self, index: int, data: bytes | memoryview) -> None:
-        """Blocking (hash): raise CorruptChunk unless ``data`` is chunk ``index``."""
-        if not 0 <= index < self.n or hashlib.sha256(data).digest() != self.hashes[index]:
+        """Blocking (one SHA-256 pass): raise CorruptChunk unless ``data`` is chunk
+        ``index``.  For the last chunk this is the whole-blob SHA-256 check."""
+        if not chunk_matches(index, data, self.hashes, size=self.meta.size, chunk_size=self.meta.chunk_size):
             raise CorruptChunk(self.meta.digest, index)
 
     def write_verified(self, index: int, data: bytes | memoryview) -> None:
@@ -458,40 +460,22 @@ class PartialBlob:
         offset = index * self.meta.chunk_size
         if self._pwrite(data, offset) != len(data):
             raise BlobStoreError(f"short write of chunk {index} of {self.meta.digest}")
-        with self._hcond:
-            self._landed.add(index)
 
-    def hash_chunk(self, index: int, data: bytes | memoryview) -> bool:
-        """Blocking: feed a verified chunk to the whole-blob hash from memory if
-        it is the next one the hash needs (a thread of its own can run this
-        while another runs :meth:`write_verified` on the same buffer).  Landed
-        chunks before it that the hash has not seen (several sources deliver
-        out of order) are read back first, so the hash keeps up with the
-        transfer.  Returns whether it hashed ``data``; a chunk it skips is read
-        back later (here or by :meth:`hash_prefix`)."""
-        cs = self.meta.chunk_size
-        with self._hcond:
-            if self._hash_owner or self._hashed > index * cs:
-                return False
-            self._hash_owner = True
-        try:
-            while True:
-                with self._hcond:
-                    nxt = self._hashed // cs
-                    if nxt != index and nxt not in self._landed:
-                        return False  # a gap still in flight
-                if nxt == index:
-                    self._whole.update(data)
-                    self._hashed += len(data)
-                    return True
-                block = self._read_back(nxt)
-                self.read_back += 1
-                self._whole.update(block)
-                self._hashed += len(block)
-        finally:
-            with self._hcond:
-                self._hash_owner = False
-                self._hcond.notify_all()
+    def reverify_resumed(self) -> list[int]:
+        """Blocking: read back every chunk kept from an earlier session and verify
+        it again, forgetting the ones that fail (the disk changed under us: they
+        are fetched again).  Returns the indexes forgotten."""
+        bad = []
+        for index in sorted(self.written):
+            self.read_back += 1
+            if not chunk_matches(index, self._read_back(index), self.hashes, size=self.meta.size,
+                                 chunk_size=self.meta.chunk_size):
+                bad.append(index)
+        if bad:
+            self.written.difference_update(bad)
+            self.durable.difference_update(bad)
+            self.store._checkpoint(self, self.durable)
+        return bad
 
     def _pwrite(self, data: bytes | memoryview, offset: int) -> int:
         if self._dfd is not None and offset % _DIO_ALIGN == 0 and len(data) % _DIO_ALIGN == 0:
@@ -502,36 +486,12 @@ class PartialBlob:
                     raise
         return os.pwrite(self._fd, data, offset)
 
-    def _drain_hash(self) -> None:
-        """As the hash owner: feed _whole every landed chunk in order (read back
-        from the file), then give up ownership."""
-        cs = self.meta.chunk_size
-        try:
-            while True:
-                with self._hcond:
-                    nxt = self._hashed // cs
-                    if self._hashed >= self.meta.size or nxt not in self._landed:
-                        self._hash_owner = False
-                        self._hcond.notify_all()
-                        return
-                block = self._read_back(nxt)
-                self.read_back += 1
-                self._whole.update(block)
-                self._hashed += len(block)
-        except BaseException:
-            with self._hcond:
-                self._hash_owner = False
-                self._hcond.notify_all()
-            raise
-
     def _read_back(self, index: int) -> memoryview:
-        """Blocking: chunk ``index`` from the file (written earlier, maybe not by us)."""
+        """Blocking: chunk ``index`` from the file (written in an earlier session)."""
         cs = self.meta.chunk_size
         offset = index * cs
         length = min(cs, self.meta.size - offset)
-        if self._block is None or len(self._block) < cs:
-            self._block = memoryview(mmap.mmap(-1, max(cs, _DIO_ALIGN)))  # page-aligned
-        view = self._block[:length]
+        view = memoryview(mmap.mmap(-1, max(cs, _DIO_ALIGN)))[:length]  # page-aligned
         done = 0
         if self._dfd is not None and offset % _DIO_ALIGN == 0:  # no page-cache copy
             aligned = length - length % _DIO_ALIGN
@@ -562,38 +522,15 @@ class PartialBlob:
         self.store._checkpoint(self, snapshot)
         self.durable = snapshot
 
-    def contiguous_bytes(self) -> int:
-        i = self._hashed // self.meta.chunk_size if self.meta.chunk_size else 0
-        while i < self.n and i in self.written:
-            i += 1
-        return min(i * self.meta.chunk_size, self.meta.size)
-
-    def hash_prefix(self, *, wait: bool = False) -> int:
-        """Blocking: feed the whole-blob hash with every landed chunk it has not
-        seen (read back from the file: resumed chunks, or chunks that arrived
-        ahead of a slower source).  Chunks arriving in order are hashed from
-        memory by :meth:`hash_chunk`, so during a transfer this is usually a
-        no-op.  With ``wait``, first wait for a writer thread that is hashing.
-        Returns bytes hashed so far."""
-        with self._hcond:
-            if wait:
-                while self._hash_owner:
-                    self._hcond.wait()
-            elif self._hash_owner:
-                return self._hashed
-            self._hash_owner = True
-        self._drain_hash()
-        return self._hashed
-
     def finish(self) -> BlobMeta:
-        """Blocking: verify the whole-blob sha256, fsync, and atomically publish."""
+        """Blocking: fsync and atomically publish a blob whose every chunk is verified.
+
+        Every chunk was checked against the chained chunk list (received ones in
+        memory before their write, resumed ones read back at :meth:`begin`), the
+        last one by finishing the blob's SHA-256 and comparing it with the
+        digest (protocol/chunks.py), so this is the whole-blob check."""
         if len(self.written) != self.n:
             raise BlobStoreError(f"{self.meta.digest}: {self.n - len(self.written)} chunks missing")
-        self.hash_prefix(wait=True)
-        if self._hashed != self.meta.size or "sha256:" + self._whole.hexdigest() != self.meta.digest:
-            self.close()
-            self.store.delete(self.meta.digest)
-            raise CorruptBlob(f"{self.meta.digest}: chunks verified but the whole blob hash differs")
         os.fsync(self._fd)
         self._close_fds()
         self.store._finished(self)

@@ -12,7 +12,7 @@ so the event loop pays one switch per request rather than several per chunk.
 Each side is a pipeline of threads over a ring of SLOTS chunk buffers: the
 server reads + seals in one thread while another sends; the client receives
 in one thread, decrypts + verifies in a second, and writes (O_DIRECT, see
-node/blobstore.py) and feeds the whole-blob SHA-256 in a third and fourth.
+node/blobstore.py) in a third.
 AES-GCM, SHA-256 and the socket and file calls release the GIL, so the stages
 run on different cores.  Requests are pipelined (WINDOW outstanding per
 source) so the pipe never drains while the event loop does bookkeeping.
@@ -20,10 +20,10 @@ Memory is SLOTS ciphertext and SLOTS plaintext chunk buffers per connection
 and side (24 MiB for 1 MiB chunks), independent of the blob size.  Twelve
 slots rather than six absorb the O_DIRECT write latency: +10-30 % at 1 GiB.
 
-Measured (docs/benchmarks.md, "Transfer"): on two shared cores the receiver
-needs ~2 ms of CPU per MiB, over half of it the two SHA-256 passes (chunk
-verification and whole blob, each ~0.6 ms/MiB at SHA-NI speed); writing
-through the page cache used to add 1-4 ms/MiB more.
+Measured (docs/benchmarks.md, "Transfer"): one SHA-256 pass per chunk
+(~0.6 ms/MiB at SHA-NI speed) is the largest cost; the chained chunk list
+(protocol/chunks.py) makes it also the whole-blob check, so there is no
+second pass.  Writing through the page cache used to add 1-4 ms/MiB more.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import mmap
 import os
 import socket
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -79,6 +80,8 @@ TICKET_TTL = 60  #: seconds a ticket stays valid (single use)
 BATCH = 16  #: chunks per Request frame
 WINDOW = 3  #: Request frames outstanding per source (keeps the pipe full)
 SLOTS = 12  #: chunk buffers per connection and side, in a ring (received/sealed, in work, being written)
+#: threads decrypting + verifying chunks per connection (the receiver's heaviest stage)
+OPENERS = max(1, min(4, os.cpu_count() or 1))
 #: Memory per connection: SLOTS ciphertext and SLOTS plaintext chunk buffers on each side.
 _CONTROL_LIMITS = cbor.Limits(max_size=64 << 10, max_depth=8, max_items=2048)
 
@@ -167,13 +170,22 @@ class DataPlaneServer:
         opener, sealer = FrameOpener(c2s), FrameSealer(s2c)
         meta = grant.meta
         fd = os.open(self.store.path_of(meta.digest), os.O_RDONLY)
+        # Complete blobs are immutable (read-only, replaced only by rename), so
+        # the sealer can encrypt straight from a read-only mapping of the page
+        # cache: no read() copy.  An empty blob has no chunks to map.
+        mapped = mmap.mmap(fd, meta.size, prot=mmap.PROT_READ) if meta.size else None
+        if mapped is not None:
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
         try:
             send_req, recv_req = trio.open_memory_channel[Request | DataError](16)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_requests, conn, opener, meta, send_req)
-                await self._send_chunks(conn, sealer, fd, meta, recv_req)
+                await self._send_chunks(conn, sealer, mapped, meta, recv_req)
                 nursery.cancel_scope.cancel()
         finally:
+            if mapped is not None:
+                with contextlib.suppress(BufferError):  # a view still referenced (a traceback): GC unmaps it
+                    mapped.close()
             os.close(fd)
 
     async def _read_requests(self, conn: ThreadSocket, opener: FrameOpener, meta: BlobMeta,
@@ -204,14 +216,14 @@ class DataPlaneServer:
                     return
                 await out.send(req)
 
-    async def _send_chunks(self, conn: ThreadSocket, sealer: FrameSealer, fd: int, meta: BlobMeta,
+    async def _send_chunks(self, conn: ThreadSocket, sealer: FrameSealer, blob: mmap.mmap | None, meta: BlobMeta,
                            requests: trio.MemoryReceiveChannel[Request | DataError]) -> None:
         """Serve requests in order.  A whole request runs in one worker thread
-        that sends frames while a sealer thread reads and seals the next ones
-        (SLOTS frame buffers in a ring), so reading + AES-GCM and the socket
-        copy use different cores."""
+        that sends frames while a sealer thread seals the next ones straight
+        from the mapped blob (SLOTS frame buffers in a ring), so AES-GCM and
+        the socket copy use different cores."""
         frames = [memoryview(bytearray(HEADER_SIZE + meta.chunk_size + TAG_SIZE)) for _ in range(SLOTS)]
-        chunks = [memoryview(bytearray(meta.chunk_size)) for _ in range(SLOTS)]  # reused: no allocation
+        view_of_blob = memoryview(blob) if blob is not None else memoryview(b"")
 
         def control(kind: FrameType, body: bytes) -> bytes:
             header = encode_header(kind, 0, len(body) + TAG_SIZE)
@@ -221,8 +233,8 @@ class DataPlaneServer:
             """Sealer thread: read chunk ``index`` and seal it into frame buffer ``slot``."""
             start = index * meta.chunk_size
             length = min(meta.chunk_size, meta.size - start)
-            data = chunks[slot][:length]
-            if os.preadv(fd, [data], start) != length:
+            data = view_of_blob[start : start + length]
+            if len(data) != length:
                 raise OSError(f"short read of chunk {index} of {meta.digest}")
             header = encode_header(FrameType.CHUNK, index, length + TAG_SIZE)
             view = frames[slot]
@@ -382,36 +394,38 @@ async def _fetch_on(conn: ThreadSocket, state: FetchState, source: str, ticket: 
             outstanding += 1
 
     # Pipeline over a ring of SLOTS buffer pairs: this worker thread receives
-    # frames; an opener thread decrypts and verifies them; then a hasher
-    # thread feeds the whole-blob hash from memory while a writer thread
-    # writes the chunk.  Plaintext buffers are page-aligned (mmap) so the
+    # frames; opener threads decrypt and verify them; a writer thread
+    # writes the verified chunk.  Plaintext buffers are page-aligned (mmap) so the
     # store can write them with O_DIRECT, bypassing the page cache.
     cipher = [memoryview(bytearray(chunk_size + TAG_SIZE)) for _ in range(SLOTS)]
     plains = [memoryview(mmap.mmap(-1, chunk_size)) for _ in range(SLOTS)]
-    Write = tuple[concurrent.futures.Future[None], ...]
+    Write = concurrent.futures.Future[None]
     jobs: list[concurrent.futures.Future[Write | None] | None] = [None] * SLOTS
-    opener_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cpn-chunk-opener")
+    # Chunks verify independently (chained chunk list), so OPENERS threads
+    # decrypt + verify in parallel; each has its own AES-GCM context.
+    opener_pool = concurrent.futures.ThreadPoolExecutor(OPENERS, thread_name_prefix="cpn-chunk-opener")
+    local = threading.local()
     writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cpn-chunk-writer")
-    hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cpn-blob-hasher")
 
     def open_chunk(slot: int, index: int, nonce: bytes, header: bytes, body: memoryview) -> Write | None:
         """Opener thread: decrypt and verify; hand a verified chunk to the writer.
         Returns its write, or None if the chunk is corrupt (nothing written)."""
         plain = plains[slot][: len(body) - TAG_SIZE]
-        opener.open_into(nonce, header, body, plain)  # a bad tag raises: not the ticket's peer
+        mine = getattr(local, "opener", None)
+        if mine is None:
+            mine = local.opener = FrameOpener(s2c)
+        mine.open_into(nonce, header, body, plain)  # a bad tag raises: not the ticket's peer
         try:
             partial.verify_chunk(index, plain)
         except CorruptChunk:
             return None
-        return (hasher.submit(partial.hash_chunk, index, plain),
-                writer.submit(partial.write_verified, index, plain))
+        return writer.submit(partial.write_verified, index, plain)
 
     def settle(slot: int) -> None:
         """Wait until the slot's chunk is opened and written (its buffers are free)."""
         job, jobs[slot] = jobs[slot], None
         if job is not None and (write := job.result()) is not None:
-            for fut in concurrent.futures.wait(write).done:
-                fut.result()
+            write.result()
 
     def settle_all() -> None:
         first: BaseException | None = None
@@ -423,36 +437,55 @@ async def _fetch_on(conn: ThreadSocket, state: FetchState, source: str, ticket: 
         if first is not None:
             raise first
 
-    def run_batch(sends: list[bytes]) -> list[tuple[int, int, bool]]:
+    Job = concurrent.futures.Future[Write | None]
+    carry: list[tuple[int, int, Job]] = []  #: received chunks still being opened/written
+    ring = 0  #: next slot; persists across batches so the pipeline never drains between them
+
+    def landed(job: Job) -> bool:
+        """The chunk's pipeline is over: opened and either refused or written."""
+        if not job.done():
+            return False
+        if job.exception() is not None or (write := job.result()) is None:
+            return True
+        return write.done()
+
+    def run_batch(sends: list[bytes], drain: bool) -> list[tuple[int, int, bool]]:
         """Worker thread: send queued requests, then read frames up to the next
-        END, passing every chunk down the pipeline; every chunk is opened,
-        verified and written (a failed write raises here) before this returns,
-        so nothing is reported written that is not.  Returns (index, bytes,
-        verified) per chunk."""
+        END, passing every chunk down the pipeline.  Returns (index, bytes,
+        verified) for every chunk whose pipeline is over (a failed open or write
+        raises here), so nothing is reported written that is not; chunks still
+        in the pipeline are reported by a later call.  With ``drain`` (no
+        further request outstanding) it first waits for all of them."""
+        nonlocal ring
         for frame in sends:
             conn.send_all(frame)
-        got: list[tuple[int, int, concurrent.futures.Future[Write | None]]] = []
-        slot = 0
+        ok = False
         try:
             while True:
-                settle(slot)  # the ring wrapped: this slot's previous chunk must be done
-                kind, header, body = conn.read_frame(True, chunk_size + TAG_SIZE, into=cipher[slot])
+                settle(ring)  # the ring wrapped: this slot's previous chunk must be done
+                kind, header, body = conn.read_frame(True, chunk_size + TAG_SIZE, into=cipher[ring])
                 if kind is FrameType.CHUNK:
                     index = int.from_bytes(header[4:8], "big")
                     # nonces are taken here, in arrival order; opening may lag behind
-                    job = opener_pool.submit(open_chunk, slot, index, opener.next_nonce(), header, body)
-                    jobs[slot] = job
-                    got.append((index, len(body) - TAG_SIZE, job))
-                    slot = (slot + 1) % SLOTS
+                    job = opener_pool.submit(open_chunk, ring, index, opener.next_nonce(), header, body)
+                    jobs[ring] = job
+                    carry.append((index, len(body) - TAG_SIZE, job))
+                    ring = (ring + 1) % SLOTS
                     continue
                 text = opener.open(header, body)
                 if kind is FrameType.ERROR:
                     err = DataError.decode(text, _CONTROL_LIMITS)
                     raise ProtocolError(err.reason, f"sender refused: {err.detail}")
                 break  # END
+            ok = True
         finally:
-            settle_all()
-        return [(index, length, job.result() is not None) for index, length, job in got]
+            if drain or not ok:
+                settle_all()
+        done, waiting = [], []
+        for c in carry:  # one landed() per chunk: it may land while we look
+            (done if landed(c[2]) else waiting).append(c)
+        carry[:] = waiting
+        return [(index, length, job.result() is not None) for index, length, job in done]
 
     queue_requests()
     try:
@@ -470,7 +503,7 @@ async def _fetch_on(conn: ThreadSocket, state: FetchState, source: str, ticket: 
                 if outstanding == 0:
                     break
             sends, to_send = to_send, []
-            results = await trio.to_thread.run_sync(run_batch, sends)
+            results = await trio.to_thread.run_sync(run_batch, sends, outstanding == 1)
             outstanding -= 1
             banned = False
             for index, nbytes, ok in results:
@@ -488,7 +521,6 @@ async def _fetch_on(conn: ThreadSocket, state: FetchState, source: str, ticket: 
     finally:
         opener_pool.shutdown(wait=True)
         writer.shutdown(wait=True)
-        hasher.shutdown(wait=True)
     header, ct = sealer.seal(FrameType.STOP, 0, b"")
     with contextlib.suppress(OSError):
         await trio.to_thread.run_sync(conn.send_all, header + ct)

@@ -12,7 +12,6 @@ it wrote the TOML, not the CBOR.  The format is described in spec/jobspec.md §4
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from node.cli import CliError
-from protocol.chunks import DEFAULT_CHUNK_SIZE, DIGEST_RE, chunk_root
+from protocol.chunks import DEFAULT_CHUNK_SIZE, DIGEST_RE, ChunkListBuilder, chunk_root
 from protocol.errors import ValidationError
 from protocol.identifiers import normalise_gpu_model
 from protocol.jobspec import (
@@ -65,16 +64,14 @@ class LoadedJob:
 
 
 def hash_file(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[str, int, str]:
-    """``(digest, size, chunk_root)`` of a file, reading one chunk at a time."""
-    whole = hashlib.sha256()
-    hashes: list[bytes] = []
-    size = 0
+    """``(digest, size, chunk_root)`` of a file, reading one chunk at a time
+    (one SHA-256 pass gives both: protocol/chunks.py)."""
+    builder = ChunkListBuilder(chunk_size)
     with path.open("rb") as f:
         while chunk := f.read(chunk_size):
-            whole.update(chunk)
-            hashes.append(hashlib.sha256(chunk).digest())
-            size += len(chunk)
-    return "sha256:" + whole.hexdigest(), size, chunk_root(hashes)
+            builder.update(chunk)
+    digest, hashes = builder.finish()
+    return digest, builder.size, chunk_root(hashes)
 
 
 class _Loader:

@@ -425,7 +425,10 @@ class TransferService:
             if hashes is None:
                 raise TransferFailed(f"no valid chunk list for {digest}: " + "; ".join(errors))
 
-            partial = await trio.to_thread.run_sync(self.store.begin, blob, hashes)
+            try:  # begin also re-verifies chunks kept from an interrupted transfer
+                partial = await trio.to_thread.run_sync(self.store.begin, blob, hashes)
+            except CorruptBlob as exc:  # the BlobRef itself is inconsistent: no peer is at fault
+                raise TransferFailed(str(exc)) from None
             prog.done_bytes = sum(_chunk_len(blob, i) for i in partial.written)
             sched = ChunkScheduler(n, done=partial.written)
             tickets: dict[str, Ticket] = {}
@@ -500,18 +503,17 @@ class TransferService:
                 sched.source_failed(peer)
                 state.notify()
 
-        async def hasher() -> None:
-            """Whole-blob hash and durable checkpoints, off the receive path."""
+        async def checkpointer() -> None:
+            """Durable checkpoints of the chunks written, off the receive path."""
             last = len(partial.written)
             while True:
                 await state.changed.wait()
-                await trio.to_thread.run_sync(partial.hash_prefix)
                 if len(partial.written) - last >= CHECKPOINT_EVERY:
                     last = len(partial.written)
                     await trio.to_thread.run_sync(partial.checkpoint, set(partial.written))
 
         async with trio.open_nursery() as outer:
-            outer.start_soon(hasher)
+            outer.start_soon(checkpointer)
             async with trio.open_nursery() as inner:
                 for peer, ticket in tickets.items():
                     inner.start_soon(run_source, peer, ticket)

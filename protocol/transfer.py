@@ -23,7 +23,6 @@ TCP moves >1 GiB/s; the control plane stays on libp2p (authenticated peers).
 from __future__ import annotations
 
 import enum
-import hashlib
 import struct as _struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import cbor
-from .chunks import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, check_digest, chunk_count
+from .chunks import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, check_digest, chunk_count, chunk_matches
 from .errors import LocalProtocolError, ProtocolError, ValidationError
 from .wire import Message, Struct, message, struct
 
@@ -423,11 +422,13 @@ class FrameOpener:
 # --------------------------------------------------------------------------- helpers
 
 
-def check_chunk(index: int, data: bytes | memoryview, hashes: Sequence[bytes]) -> None:
-    """A received chunk MUST hash to its entry in the (root-verified) chunk list."""
+def check_chunk(index: int, data: bytes | memoryview, hashes: Sequence[bytes], *, size: int,
+                chunk_size: int) -> None:
+    """A received chunk MUST match its entry in the (root-verified) chunk list:
+    SHA-256 resumed from the previous entry (protocol/chunks.py)."""
     if not 0 <= index < len(hashes):
         raise ProtocolError("bad_chunk_index", f"chunk {index} of a blob with {len(hashes)} chunks")
-    if hashlib.sha256(data).digest() != hashes[index]:
+    if not chunk_matches(index, data, hashes, size=size, chunk_size=chunk_size):
         raise ProtocolError("corrupt_chunk", f"chunk {index} does not match the chunk list")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -102,20 +103,39 @@ def test_corrupt_chunk_is_rejected_without_writing(tmp_path: Path) -> None:
     assert os.pread(os.open(p.path, os.O_RDONLY), CS, CS) == bytes(CS)  # nothing written
 
 
-def test_whole_blob_hash_mismatch_never_publishes(tmp_path: Path) -> None:
+def test_blob_ref_whose_digest_disagrees_with_its_chunk_list_is_refused(tmp_path: Path) -> None:
+    """The last chunk list entry is the blob's SHA-256: a (signed but wrong) blob
+    reference whose digest is not that entry is refused before any byte is written."""
     data = os.urandom(2 * CS)
     _, hashes = _blob(data)
-    # a (signed but wrong) blob reference whose digest does not match its chunks
     meta = BlobMeta("sha256:" + "ab" * 32, len(data), CS, chunk_root(hashes))
     store = BlobStore(tmp_path)
-    p = store.begin(meta, hashes)
-    for i, c in enumerate(_chunks(data)):
-        p.write_chunk(i, c)
-        p.mark_written(i)
-    with pytest.raises(CorruptBlob):
-        p.finish()
-    assert not store.has(meta.digest)
+    with pytest.raises(CorruptBlob, match="last entry is not the blob digest"):
+        store.begin(meta, hashes)
+    assert not store.has(meta.digest) and store.meta(meta.digest) is None
     assert list((tmp_path / "blobs" / "sha256").iterdir()) == []
+
+
+def test_last_chunk_check_is_the_whole_blob_sha256(tmp_path: Path) -> None:
+    """Chunks verify on their own, in any order, and a last chunk that differs in
+    its final byte is refused: its check finishes the blob's SHA-256."""
+    data = os.urandom(3 * CS + 10)
+    meta, hashes = _blob(data)
+    assert hashes[-1] == hashlib.sha256(data).digest()
+    store = BlobStore(tmp_path)
+    p = store.begin(meta, hashes)
+    chunks = _chunks(data)
+    bad = bytearray(chunks[3])
+    bad[-1] ^= 1
+    with pytest.raises(CorruptChunk):
+        p.verify_chunk(3, bytes(bad))
+    with pytest.raises(CorruptChunk):
+        p.verify_chunk(2, chunks[1])  # right bytes, wrong place
+    for i in (3, 1, 0, 2):
+        p.write_chunk(i, chunks[i])
+        p.mark_written(i)
+    p.finish()
+    assert store.path_of(meta.digest).read_bytes() == data
 
 
 def test_quota_exceeded_is_clear_and_gc_frees_unpinned(tmp_path: Path) -> None:
@@ -160,48 +180,35 @@ def test_recovery_after_crash_between_rename_and_row_update(tmp_path: Path) -> N
     for i, c in enumerate(_chunks(data)):
         p.write_chunk(i, c)
         p.mark_written(i)
-    p.hash_prefix()
     os.replace(p.path, tmp_path / "blobs" / "sha256" / meta.digest[7:])  # renamed, then "crash"
     store2 = BlobStore(tmp_path)
     assert store2.has(meta.digest)
     assert store2.path_of(meta.digest).read_bytes() == data
 
 
-def test_whole_hash_from_memory_in_order_and_read_back_out_of_order(tmp_path: Path) -> None:
-    """The receive pipeline's calls: hash_chunk from memory (page-aligned
-    buffers, so the O_DIRECT path is taken where the file system has it) and
-    write_verified, with chunks landing out of order as from two sources."""
+def test_page_aligned_buffers_out_of_order(tmp_path: Path) -> None:
+    """The receive pipeline's calls: verify_chunk then write_verified from
+    page-aligned buffers (so the O_DIRECT path is taken where the file system
+    has it), chunks landing out of order as from two sources."""
     import mmap
 
     data = os.urandom(7 * CS + 100)
     meta, hashes = _blob(data)
     store = BlobStore(tmp_path)
     p = store.begin(meta, hashes)
-
-    def deliver(i: int) -> bool:
+    for i in (0, 1, 4, 5, 2, 7, 3, 6):
         chunk = _chunks(data)[i]
         buf = memoryview(mmap.mmap(-1, CS))[: len(chunk)]
         buf[:] = chunk
         p.verify_chunk(i, buf)
-        hashed = p.hash_chunk(i, buf)
         p.write_verified(i, buf)
         p.mark_written(i)
-        return hashed
-
-    assert [deliver(i) for i in (0, 1)] == [True, True]  # in order: from memory
-    assert [deliver(i) for i in (4, 5)] == [False, False]  # ahead of a gap: skipped
-    assert deliver(2) is True
-    assert deliver(3) is True  # fills the gap ...
-    assert p.read_back == 0
-    assert deliver(6) is True  # ... so 4 and 5 are read back before 6 is hashed
-    assert p.read_back == 2
-    assert deliver(7) is True
-    assert p.hash_prefix() == len(data)
+    assert p.read_back == 0  # nothing read back: no second pass over the data
     p.finish()
     assert store.path_of(meta.digest).read_bytes() == data
 
 
-def test_resumed_chunks_are_hashed_from_the_file(tmp_path: Path) -> None:
+def test_resumed_chunks_are_verified_again_from_the_file(tmp_path: Path) -> None:
     data = os.urandom(4 * CS)
     meta, hashes = _blob(data)
     store = BlobStore(tmp_path)
@@ -214,5 +221,27 @@ def test_resumed_chunks_are_hashed_from_the_file(tmp_path: Path) -> None:
     for i in (2, 3):
         p.write_chunk(i, _chunks(data)[i])
         p.mark_written(i)
+    assert p.read_back == 2  # the two kept chunks, read back and verified at resume
     p.finish()
-    assert p.read_back == 4 and store.path_of(meta.digest).read_bytes() == data
+    assert store.path_of(meta.digest).read_bytes() == data
+
+
+def test_kept_chunk_damaged_on_disk_is_fetched_again(tmp_path: Path) -> None:
+    data = os.urandom(4 * CS)
+    meta, hashes = _blob(data)
+    store = BlobStore(tmp_path)
+    p = store.begin(meta, hashes)
+    for i in (0, 1):
+        p.write_chunk(i, _chunks(data)[i])
+        p.mark_written(i)
+    p.close()
+    fd = os.open(p.path, os.O_WRONLY)
+    os.pwrite(fd, b"\xff", CS + 5)  # bit rot in chunk 1 between sessions
+    os.close(fd)
+    p = store.begin(meta, hashes)
+    assert p.missing() == [1, 2, 3] and p.read_back == 2
+    for i in (1, 2, 3):
+        p.write_chunk(i, _chunks(data)[i])
+        p.mark_written(i)
+    p.finish()
+    assert store.path_of(meta.digest).read_bytes() == data

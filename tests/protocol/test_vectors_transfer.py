@@ -59,7 +59,7 @@ def _run(v: dict[str, Any]) -> dict[str, Any]:
     if op == "transfer.chunk_list.verify":
         raw = bytes.fromhex(inp["hashes_hex"])
         verify_chunk_list([raw[i : i + 32] for i in range(0, len(raw), 32)], size=inp["size"],
-                          chunk_size=inp["chunk_size"], root=inp["root"])
+                          chunk_size=inp["chunk_size"], root=inp["root"], digest=inp["digest"])
         return {"outcome": "accept"}
     if op == "transfer.keys.derive":
         c2s, s2c = derive_keys(bytes.fromhex(inp["secret_hex"]), bytes.fromhex(inp["ticket_id_hex"]))
@@ -79,7 +79,8 @@ def _run(v: dict[str, Any]) -> dict[str, Any]:
         plain = opener.open(header, body)
         if kind is FrameType.CHUNK:
             raw = bytes.fromhex(inp["chunk_hashes_hex"])
-            check_chunk(index, plain, [raw[i : i + 32] for i in range(0, len(raw), 32)])
+            check_chunk(index, plain, [raw[i : i + 32] for i in range(0, len(raw), 32)],
+                        size=inp["blob_size"], chunk_size=inp["chunk_size"])
         return {"outcome": "accept", "type": kind.name, "index": index, "body_hex": plain.hex()}
     raise AssertionError(f"unknown operation {op}")
 

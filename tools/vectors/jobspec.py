@@ -227,12 +227,14 @@ def _chunk_vectors() -> list[dict[str, Any]]:
         ("one-byte", b"x", 4096),
         ("exactly-one-chunk", bytes(4096), 4096),
         ("two-chunks", bytes(range(256)) * 20, 4096),
+        ("two-full-chunks", bytes(range(256)) * 32, 4096),
+        ("three-chunks", bytes(range(255)) * 40, 4096),
     ):
         hashes = chunk_hashes(data, size)
         out.append(
             vector(
                 f"chunk-root-{name}",
-                "digest and chunk root of a blob (root = sha256 of the concatenated raw chunk hashes)",
+                "digest, chunk list (SHA-256 chaining values at chunk boundaries, then the digest) and chunk root (sha256 of the concatenated entries)",
                 "blob.chunk_root",
                 {"data_hex": data.hex(), "chunk_size": size},
                 accept(

@@ -5,14 +5,16 @@ Operations (see spec/transfer.md, "Test vectors"):
 * ``transfer.message.open``: open the signed control message in ``envelope_hex``
   (any transfer type, signer ``signer``); accept gives ``type`` and the
   decoded ``fields`` (lossless JSON form).
-* ``transfer.chunk_list.verify``: the concatenated 32-byte hashes in
-  ``hashes_hex`` must match ``size``, ``chunk_size`` and ``root``.
+* ``transfer.chunk_list.verify``: the concatenated 32-byte entries in
+  ``hashes_hex`` must match ``size``, ``chunk_size`` and ``root``, and the
+  last entry must be ``digest``.
 * ``transfer.keys.derive``: per-direction frame keys from a ticket.
 * ``transfer.preamble.decode``: the data-connection preamble; gives ``ticket_id_hex``.
 * ``transfer.frame.open``: open data frame ``frame_hex`` (header || ciphertext)
   sent by ``sender`` ("client" or "server") as frame number ``counter`` of
   that direction, under the keys of ``secret_hex``/``ticket_id_hex``; for a
-  CHUNK frame, check the plaintext against ``chunk_hashes_hex``.  Accept gives
+  CHUNK frame, check the plaintext against ``chunk_hashes_hex`` (the chunk
+  list of a blob of ``blob_size`` bytes in ``chunk_size`` chunks).  Accept gives
   ``type``, ``index`` and ``body_hex``.
 """
 
@@ -102,9 +104,9 @@ def generate() -> dict[str, Any]:
     v.append(_open_vec("message-wrong-signer", "a valid Want signed by another peer than the stream's", seal(Want(digests=(digest,)), other).raw, signer, reject("wrong_signer")))
 
     # ---- chunk lists
-    def cl_vec(name: str, desc: str, hs: bytes, exp: dict[str, Any], size: int = len(data)) -> None:
+    def cl_vec(name: str, desc: str, hs: bytes, exp: dict[str, Any], size: int = len(data), rt: str = root) -> None:
         v.append(vector(f"chunk-list-{name}", desc, "transfer.chunk_list.verify",
-                        {"hashes_hex": hs.hex(), "size": size, "chunk_size": CS, "root": root}, exp))
+                        {"hashes_hex": hs.hex(), "size": size, "chunk_size": CS, "root": rt, "digest": digest}, exp))
 
     cl_vec("valid", "the chunk list matches the signed root", b"".join(hashes), accept())
     swapped = b"".join([hashes[1], hashes[0], hashes[2]])
@@ -112,6 +114,9 @@ def generate() -> dict[str, Any]:
     forged = b"".join([hashes[0], hashlib.sha256(b"evil").digest(), hashes[2]])
     cl_vec("forged-hash", "one hash replaced (a source lying about chunk 1)", forged, reject("bad_chunk_list"))
     cl_vec("too-few", "two hashes for a three-chunk blob", b"".join(hashes[:2]), reject("bad_chunk_list"))
+    inconsistent = [hashes[0], hashes[1], hashlib.sha256(b"other blob").digest()]
+    cl_vec("last-not-digest", "a list matching its root whose last entry is not the blob digest (root and digest disagree)",
+           b"".join(inconsistent), reject("bad_chunk_list"), rt=chunk_root(inconsistent))
 
     # ---- keys and preamble
     v.append(vector("keys-derive", "HKDF-SHA256(secret, salt=ticket_id, info='cpn/transfer/data/v1'), 64 bytes split in two",
@@ -126,7 +131,8 @@ def generate() -> dict[str, Any]:
                     {"bytes_hex": (pre[:4] + b"\x02" + pre[5:]).hex()}, reject("bad_version")))
 
     # ---- frames
-    base = {"secret_hex": secret.hex(), "ticket_id_hex": ticket_id.hex(), "chunk_hashes_hex": b"".join(hashes).hex()}
+    base = {"secret_hex": secret.hex(), "ticket_id_hex": ticket_id.hex(), "chunk_hashes_hex": b"".join(hashes).hex(),
+            "blob_size": len(data), "chunk_size": CS}
 
     def fr(name: str, desc: str, frame: bytes, sender: str, counter: int, exp: dict[str, Any]) -> None:
         v.append(vector(f"frame-{name}", desc, "transfer.frame.open",
@@ -152,6 +158,10 @@ def generate() -> dict[str, Any]:
     wrong[0] ^= 0xFF
     fr("chunk-corrupt", "an authentic frame whose chunk does not match the chunk list (a lying source)",
        _frame(FrameSealer(s2c), FrameType.CHUNK, 0, bytes(wrong)), "server", 0, reject("corrupt_chunk"))
+    wrong_last = bytearray(last)
+    wrong_last[-1] ^= 1
+    fr("chunk-last-corrupt", "an authentic last chunk with its final byte changed (fails the whole-blob SHA-256)",
+       _frame(FrameSealer(s2c), FrameType.CHUNK, 2, bytes(wrong_last)), "server", 0, reject("corrupt_chunk"))
     fr("chunk-wrong-direction", "a CHUNK frame sent by the client", _frame(FrameSealer(c2s), FrameType.CHUNK, 0, chunk0), "client", 0, reject("bad_frame"))
     fr("chunk-wrong-key", "a server frame sealed with the client-to-server key", _frame(FrameSealer(c2s), FrameType.END, 0, b""), "server", 0, reject("bad_frame_tag"))
     fr("oversize", "a header announcing a body beyond 16 MiB + 16", encode_header(FrameType.CHUNK, 0, (16 << 20) + 17), "server", 0, reject("oversize"))
