@@ -38,6 +38,7 @@ worker threads.
 from __future__ import annotations
 
 import errno
+import logging
 import mmap
 import os
 import sqlite3
@@ -83,6 +84,12 @@ def _open_direct(path: Path) -> int | None:
         if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
             return None
         raise
+
+
+log = logging.getLogger("cpn.blobstore")
+
+#: On-disk format of store.sqlite (PRAGMA user_version); see BlobStore._upgrade.
+STORE_VERSION = 2
 
 
 class BlobStoreError(Exception):
@@ -173,6 +180,7 @@ class BlobStore:
         self._db.executescript(_SCHEMA)
         self._open: dict[str, PartialBlob] = {}
         self._recover()
+        self._upgrade()
 
     def close(self) -> None:
         for p in list(self._open.values()):
@@ -193,6 +201,45 @@ class BlobStore:
                 self._partial_path(digest).unlink(missing_ok=True)
             elif complete and not final.exists():  # removed behind our back
                 self._x("DELETE FROM blobs WHERE digest=?", digest)
+
+    def _upgrade(self) -> None:
+        """Bring a store written by an older CPN to :data:`STORE_VERSION`.
+
+        Version 1 (v0.1 before 2026-11-24) kept per-chunk SHA-256 lists; version
+        2 keeps chained lists (protocol/chunks.py).  Complete blobs are read once
+        and their lists recomputed (a file whose digest no longer matches is
+        dropped); partial blobs are dropped, since their kept chunks cannot be
+        checked against the new list without the rest of the blob."""
+        version = int(self._q("PRAGMA user_version")[0][0])
+        if version > STORE_VERSION:
+            raise BlobStoreError(
+                f"{self.root} was written by a newer CPN (store version {version}, this one reads "
+                f"up to {STORE_VERSION}); upgrade CPN or point it at another data dir")
+        if version == STORE_VERSION:
+            return
+        rows = self._q("SELECT digest, chunk_size, complete FROM blobs")
+        if rows:
+            log.warning("blob store %s: upgrading %d blobs to store version %d (chained chunk lists)",
+                        self.root, len(rows), STORE_VERSION)
+        for digest, chunk_size, complete in rows:
+            d = str(digest)
+            if not complete:
+                self._x("DELETE FROM blobs WHERE digest=?", d)
+                self._partial_path(d).unlink(missing_ok=True)
+                continue
+            builder = ChunkListBuilder(int(chunk_size))
+            with open(self._final(d), "rb") as f:
+                while block := f.read(int(chunk_size)):
+                    builder.update(block)
+            got, hashes = builder.finish()
+            if got != d:
+                log.warning("blob store: %s does not match its digest; dropped", d)
+                self._x("DELETE FROM blobs WHERE digest=?", d)
+                self._final(d).unlink(missing_ok=True)
+                continue
+            self._x("UPDATE blobs SET chunk_root=?, hashes=? WHERE digest=?",
+                    chunk_root(hashes), b"".join(hashes), d)
+        self._x(f"PRAGMA user_version={STORE_VERSION}")
 
     # ---- sqlite helpers (one connection, serialised: callers may be worker threads)
 

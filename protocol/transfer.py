@@ -482,7 +482,7 @@ class ChunkScheduler:
     """Which source fetches which chunk of one blob.  Pure state, no clock.
 
     Chunks are handed out in ascending runs so a single source streams the
-    blob in order (the whole-blob hash then trails right behind).  A corrupt
+    blob in order (sequential reads and writes).  A corrupt
     chunk strikes its source, is never again asked from that source, and goes
     back to the pool; ``max_strikes`` strikes ban the source.
     """

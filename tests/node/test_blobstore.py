@@ -245,3 +245,37 @@ def test_kept_chunk_damaged_on_disk_is_fetched_again(tmp_path: Path) -> None:
         p.mark_written(i)
     p.finish()
     assert store.path_of(meta.digest).read_bytes() == data
+
+
+def test_store_from_before_chained_chunk_lists_is_upgraded(tmp_path: Path) -> None:
+    """A version-1 store (per-chunk SHA-256 lists) is rewritten on open: complete
+    blobs get chained lists, partial ones are dropped; a newer store is refused."""
+    import sqlite3
+
+    data = os.urandom(3 * CS + 5)
+    store = BlobStore(tmp_path)
+    meta = store.import_bytes(data, chunk_size=CS)
+    partial_meta, partial_hashes = _blob(os.urandom(2 * CS))
+    p = store.begin(partial_meta, partial_hashes)
+    p.close()
+    store.close()
+    old = [hashlib.sha256(data[i : i + CS]).digest() for i in range(0, len(data), CS)]
+    db = sqlite3.connect(tmp_path / "blobs" / "store.sqlite")
+    db.execute("UPDATE blobs SET hashes=?, chunk_root=? WHERE digest=?", (b"".join(old), chunk_root(old), meta.digest))
+    db.execute("PRAGMA user_version=0")
+    db.commit()
+    db.close()
+
+    store = BlobStore(tmp_path)
+    assert store.chunk_list(meta.digest) == _blob(data)[1]
+    assert store.meta(meta.digest) == meta
+    assert store.meta(partial_meta.digest) is None
+    assert not (tmp_path / "blobs" / "partial" / partial_meta.digest[7:]).exists()
+    store.close()
+
+    db = sqlite3.connect(tmp_path / "blobs" / "store.sqlite")
+    db.execute("PRAGMA user_version=3")
+    db.commit()
+    db.close()
+    with pytest.raises(BlobStoreError, match="newer CPN"):
+        BlobStore(tmp_path)

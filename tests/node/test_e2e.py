@@ -337,14 +337,15 @@ async def test_cancel_stops_the_container_on_the_provider(tmp_path: Path, hello_
 async def test_provider_killed_mid_transfer_resumes_without_resending_verified_chunks(
     tmp_path: Path, podman_env: Any
 ) -> None:
-    """The provider dies while pulling a 24 MiB input; it comes back within the
+    """The provider dies while pulling a 48 MiB input; it comes back within the
     submitter's grace period, resumes the same agreement, and only the chunks it
-    had not verified move again."""
+    had not verified move again.  (48 chunks: three 16-chunk requests, so the
+    kill lands before the last one whatever the batch in which 8 MiB is reported.)"""
     import os
 
     d = tmp_path / "bigjob"
     build_busybox_image(d / "image")
-    (d / "big.bin").write_bytes(os.urandom(24 << 20))
+    (d / "big.bin").write_bytes(os.urandom(48 << 20))
     (d / "job.toml").write_text(
         'name = "big"\nimage = "image"\ncommand = ["/bin/sh", "-c"]\nargs = ["wc -c < /data/big.bin > /out/n"]\n'
         'outputs = ["/out"]\nmax_price = 100000\n'
@@ -372,7 +373,7 @@ async def test_provider_killed_mid_transfer_resumes_without_resending_verified_c
         run = await run_to_end(sub, run.id)
         assert run.state == "finished", run.detail
         assert len(run.attempts) == 1  # the same agreement, resumed
-        assert (Path(run.output_dir) / "out" / "n").read_text().strip() == str(24 << 20)
+        assert (Path(run.output_dir) / "out" / "n").read_text().strip() == str(48 << 20)
         moved = prov.transfer.progress[big.digest].moved_bytes  # type: ignore[attr-defined]
         assert 0 < moved <= big.size - cut_at
 
