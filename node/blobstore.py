@@ -118,7 +118,8 @@ class CorruptChunk(BlobStoreError):
 
 
 class CorruptBlob(BlobStoreError):
-    """All chunks verified but the whole-blob sha256 differs (a bad chunk list or root)."""
+    """A blob reference whose chunk list does not end in its digest (root and
+    digest disagree: signed wrongly); nothing of it is written."""
 
 
 class BlobLike(Protocol):
