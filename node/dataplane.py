@@ -485,7 +485,13 @@ async def _fetch_on(conn: ThreadSocket, state: FetchState, source: str, ticket: 
         for c in carry:  # one landed() per chunk: it may land while we look
             (done if landed(c[2]) else waiting).append(c)
         carry[:] = waiting
-        return [(index, length, job.result() is not None) for index, length, job in done]
+        out = []
+        for index, length, job in done:
+            write = job.result()  # raises if opening failed (a bad tag)
+            if write is not None:
+                write.result()  # raises if the write failed: never report such a chunk written
+            out.append((index, length, write is not None))
+        return out
 
     queue_requests()
     try:

@@ -395,3 +395,56 @@ async def test_fetch_many_pins_dedups_and_fetches_in_parallel(tmp_path: Path) ->
         b.store.unpin("job-7")
         await trio.to_thread.run_sync(b.store.gc)
         assert not b.store.has(top.digest)
+
+
+async def test_local_write_error_fails_clearly_keeps_verified_chunks_and_blames_no_peer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver's disk fails under one chunk (ENOSPC): the fetch fails naming
+    the error, the source is not penalised (not its fault), no chunk is recorded
+    that was not written, and the next fetch moves only what is missing.
+
+    The failing chunk ends a request, and the request's END is held back until
+    that write has failed, so the failure is still in the receive pipeline when
+    the batch is reported: the case where a report must not call it written."""
+    import errno
+    import threading
+
+    from node import blobstore, dataplane
+
+    async with services(tmp_path, 2) as (a, b):
+        data = os.urandom(64 * CS)
+        meta = await put(a, data)
+        a.grant(pid(b), meta.digest, Direction.FETCH)
+        real_write = blobstore.PartialBlob.write_verified
+        real_read = dataplane.ThreadSocket.read_frame
+        failed: list[int] = []
+        write_failed = threading.Event()
+        seen_47 = threading.Event()
+
+        def flaky(self: blobstore.PartialBlob, index: int, chunk: bytes | memoryview) -> None:
+            if index == 47 and not failed:
+                failed.append(index)
+                write_failed.set()
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_write(self, index, chunk)
+
+        def read_frame(self: dataplane.ThreadSocket, from_server: bool, *args: object, **kw: object) -> object:
+            kind, header, body = real_read(self, from_server, *args, **kw)  # type: ignore[arg-type]
+            if from_server and kind is FrameType.CHUNK and int.from_bytes(header[4:8], "big") == 47:
+                seen_47.set()
+            elif from_server and kind is FrameType.END and seen_47.is_set() and not failed:
+                assert write_failed.wait(10)  # bounded: the writer thread gets to chunk 47 first
+            return kind, header, body
+
+        monkeypatch.setattr(blobstore.PartialBlob, "write_verified", flaky)
+        monkeypatch.setattr(dataplane.ThreadSocket, "read_frame", read_frame)
+        with pytest.raises(TransferFailed, match="No space left on device"):
+            await b.fetch(meta, [pid(a)])
+        assert failed == [47] and pid(a) not in b.penalties
+        assert b.store is not None and not b.store.has(meta.digest)
+        first = b.stats["chunks_received"]
+        assert 0 < first < 64
+        await b.fetch(meta, [pid(a)])
+        assert b.stats["chunks_received"] == 64  # kept chunks did not move again, chunk 47 did
+        assert b.store.path_of(meta.digest).read_bytes() == data
