@@ -365,34 +365,28 @@ def _finish(res: dict, send_cpu_s: float) -> dict:
             "cpu_ms_per_mib": round((res["cpu_s"] + send_cpu_s) * 1000 / mib, 2)}
 
 
-def bench_raw(size: int, mode: str = "tuned") -> dict:
-    r = _spawn("raw-recv", str(size), mode)
+def _tcp_pair(recv: list[str], send: list[str]) -> dict:
+    """Start a receiver role (which prints its port), then a sender role given
+    that port; return the row."""
+    r = _spawn(recv[0], *recv[1:])
     port = _line(r)["port"]
-    s = _spawn("raw-send", str(port), str(size))
+    s = _spawn(send[0], str(port), *send[1:])
     res = _line(r)
     sent = _line(s)
     s.wait(), r.wait()
     return _finish(res, sent["cpu_s"])
+
+
+def bench_raw(size: int, mode: str = "tuned") -> dict:
+    return _tcp_pair(["raw-recv", str(size), mode], ["raw-send", str(size)])
 
 
 def bench_floor(size: int, blob: Path) -> dict:
-    r = _spawn("floor-recv", str(size))
-    port = _line(r)["port"]
-    s = _spawn("floor-send", str(port), str(blob))
-    res = _line(r)
-    sent = _line(s)
-    s.wait(), r.wait()
-    return _finish(res, sent["cpu_s"])
+    return _tcp_pair(["floor-recv", str(size)], ["floor-send", str(blob)])
 
 
 def bench_raw_disk(size: int, path: Path) -> dict:
-    r = _spawn("raw-disk-recv", str(size), str(path))
-    port = _line(r)["port"]
-    s = _spawn("raw-send", str(port), str(size))
-    res = _line(r)
-    sent = _line(s)
-    s.wait(), r.wait()
-    return _finish(res, sent["cpu_s"])
+    return _tcp_pair(["raw-disk-recv", str(size), str(path)], ["raw-send", str(size)])
 
 
 def bench_p2p(size: int) -> dict:
