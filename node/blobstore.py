@@ -288,6 +288,17 @@ class BlobStore:
         raw = bytes(rows[0][0])
         return [raw[i : i + 32] for i in range(0, len(raw), 32)]
 
+    def open_for_serving(self, digest: str) -> tuple[int, bool]:
+        """Blocking: ``(read-only fd, complete)`` of a stored blob, complete or
+        partial (a partial blob's file holds its verified chunks at their
+        offsets).  Raises BlobNotFound if neither exists."""
+        for path, complete in ((self._final(digest), True), (self._partial_path(digest), False)):
+            try:
+                return os.open(path, os.O_RDONLY), complete
+            except FileNotFoundError:
+                continue
+        raise BlobNotFound(f"{digest} is not in the blob store")
+
     def held_chunks(self, digest: str) -> tuple[BlobMeta, set[int] | None] | None:
         """(meta, chunk indexes held; None = complete), or None if absent."""
         m = self.meta(digest)
@@ -297,7 +308,7 @@ class BlobStore:
             return m, None
         p = self._open.get(digest)
         if p is not None:
-            return m, set(p.durable)
+            return m, set(p.written)  # verified and written (maybe not yet fsynced)
         rows = self._q("SELECT bitmap FROM blobs WHERE digest=?", digest)
         return m, indexes_from_bitmap(bytes(rows[0][0]), chunk_count(m.size, m.chunk_size))
 

@@ -39,7 +39,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -108,13 +108,16 @@ class _Grant:
     meta: BlobMeta
     secret: bytes
     expires_at: float
+    #: for a partial blob: the chunks held now (asked per request); None: complete
+    held: Callable[[], Collection[int]] | None = None
 
 
 # --------------------------------------------------------------------------- server
 
 
 class DataPlaneServer:
-    """Serves chunks of complete blobs to holders of tickets issued by :meth:`issue`."""
+    """Serves chunks of stored blobs (complete, or the held chunks of a partial one)
+    to holders of tickets issued by :meth:`issue`."""
 
     def __init__(self, store: BlobStore, *, host: str = "127.0.0.1", port: int = 0,
                  now: Callable[[], float] = time.time) -> None:
@@ -125,13 +128,14 @@ class DataPlaneServer:
         self._tickets: dict[bytes, _Grant] = {}
         self.stats = {"connections": 0, "rejected": 0, "chunks_sent": 0, "bytes_sent": 0}
 
-    def issue(self, peer: str, meta: BlobMeta) -> Ticket:
-        """A single-use ticket for ``peer`` to fetch chunks of ``meta`` (caller authorised it)."""
+    def issue(self, peer: str, meta: BlobMeta, held: Callable[[], Collection[int]] | None = None) -> Ticket:
+        """A single-use ticket for ``peer`` to fetch chunks of ``meta`` (caller
+        authorised it); ``held`` for a partial blob: which chunks may be served."""
         now = self._now()
         for tid in [t for t, g in self._tickets.items() if g.expires_at < now]:
             del self._tickets[tid]
         tid, secret = os.urandom(16), os.urandom(32)
-        self._tickets[tid] = _Grant(peer, meta, secret, now + TICKET_TTL)
+        self._tickets[tid] = _Grant(peer, meta, secret, now + TICKET_TTL, held)
         return Ticket(ticket_id=tid, secret=secret, digest=meta.digest, host=self.host,
                       port=self.port, expires_at=int(now + TICKET_TTL))
 
@@ -169,18 +173,21 @@ class DataPlaneServer:
         c2s, s2c = derive_keys(grant.secret, tid)
         opener, sealer = FrameOpener(c2s), FrameSealer(s2c)
         meta = grant.meta
-        fd = os.open(self.store.path_of(meta.digest), os.O_RDONLY)
+        fd, complete = await trio.to_thread.run_sync(self.store.open_for_serving, meta.digest)
+        held = None if complete else grant.held  # completed since the ticket: serve it whole
         # Complete blobs are immutable (read-only, replaced only by rename), so
         # the sealer can encrypt straight from a read-only mapping of the page
-        # cache: no read() copy.  An empty blob has no chunks to map.
-        mapped = mmap.mmap(fd, meta.size, prot=mmap.PROT_READ) if meta.size else None
+        # cache: no read() copy.  A partial blob is still being written (by
+        # O_DIRECT, which bypasses any mapping), so its held chunks are read
+        # with preadv.  An empty blob has no chunks to map.
+        mapped = mmap.mmap(fd, meta.size, prot=mmap.PROT_READ) if meta.size and held is None else None
         if mapped is not None:
             mapped.madvise(mmap.MADV_SEQUENTIAL)
         try:
             send_req, recv_req = trio.open_memory_channel[Request | DataError](16)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_requests, conn, opener, meta, send_req)
-                await self._send_chunks(conn, sealer, mapped, meta, recv_req)
+                nursery.start_soon(self._read_requests, conn, opener, meta, held, send_req)
+                await self._send_chunks(conn, sealer, mapped, fd, meta, recv_req)
                 nursery.cancel_scope.cancel()
         finally:
             if mapped is not None:
@@ -189,6 +196,7 @@ class DataPlaneServer:
             os.close(fd)
 
     async def _read_requests(self, conn: ThreadSocket, opener: FrameOpener, meta: BlobMeta,
+                             held: Callable[[], Collection[int]] | None,
                              out: trio.MemorySendChannel[Request | DataError]) -> None:
         n = (meta.size + meta.chunk_size - 1) // meta.chunk_size
         first = True
@@ -211,19 +219,28 @@ class DataPlaneServer:
                     req = Request.decode(plain, _CONTROL_LIMITS)
                     if any(r.end > n for r in req.ranges):
                         raise ProtocolError("bad_chunk_index", f"blob has {n} chunks")
+                    if held is not None:
+                        have = held()
+                        missing = [i for i in req.indexes() if i not in have]
+                        if missing:
+                            raise ProtocolError("not_held", f"chunk {missing[0]} is not held here yet"
+                                                f" ({len(missing)} of the request)")
                 except ProtocolError as exc:
                     await out.send(DataError(reason=exc.reason, detail=exc.detail))
                     return
                 await out.send(req)
 
-    async def _send_chunks(self, conn: ThreadSocket, sealer: FrameSealer, blob: mmap.mmap | None, meta: BlobMeta,
+    async def _send_chunks(self, conn: ThreadSocket, sealer: FrameSealer, blob: mmap.mmap | None, fd: int,
+                           meta: BlobMeta,
                            requests: trio.MemoryReceiveChannel[Request | DataError]) -> None:
         """Serve requests in order.  A whole request runs in one worker thread
         that sends frames while a sealer thread seals the next ones straight
         from the mapped blob (SLOTS frame buffers in a ring), so AES-GCM and
         the socket copy use different cores."""
         frames = [memoryview(bytearray(HEADER_SIZE + meta.chunk_size + TAG_SIZE)) for _ in range(SLOTS)]
-        view_of_blob = memoryview(blob) if blob is not None else memoryview(b"")
+        view_of_blob = memoryview(blob) if blob is not None else None
+        # without a mapping (a partial blob): read into per-slot buffers
+        chunks = [memoryview(bytearray(meta.chunk_size)) for _ in range(SLOTS)] if blob is None and meta.size else []
 
         def control(kind: FrameType, body: bytes) -> bytes:
             header = encode_header(kind, 0, len(body) + TAG_SIZE)
@@ -233,7 +250,12 @@ class DataPlaneServer:
             """Sealer thread: read chunk ``index`` and seal it into frame buffer ``slot``."""
             start = index * meta.chunk_size
             length = min(meta.chunk_size, meta.size - start)
-            data = view_of_blob[start : start + length]
+            if view_of_blob is not None:
+                data = view_of_blob[start : start + length]
+            else:
+                data = chunks[slot][:length]
+                if os.preadv(fd, [data], start) != length:
+                    raise OSError(f"short read of chunk {index} of {meta.digest}")
             if len(data) != length:
                 raise OSError(f"short read of chunk {index} of {meta.digest}")
             header = encode_header(FrameType.CHUNK, index, length + TAG_SIZE)

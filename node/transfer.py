@@ -20,8 +20,9 @@ request and one answer per frame); bulk data on the direct data plane
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from protocol.transfer import (
     TicketRequest,
     TransferError,
     Want,
+    bitmap_from_indexes,
 )
 from protocol.wire import Message
 
@@ -234,10 +236,6 @@ class TransferService:
         with trio.fail_after(CONTROL_TIMEOUT):
             await stream.send_frame(seal(msg, self._key).raw)
 
-    def _held(self, digest: str) -> BlobMeta | None:
-        assert self.store is not None
-        return self.store.meta(digest) if self.store.has(digest) else None
-
     async def _answer(self, peer: str, msg: Message) -> Message:
         assert self.store is not None and self.dataplane is not None
         if isinstance(msg, Want):
@@ -246,10 +244,17 @@ class TransferService:
             if not allowed:
                 raise ProtocolError("unauthorized", "no agreement lets you fetch these blobs")
             for d in allowed:
-                m = self._held(d)
-                if m is not None:
+                held = self.store.held_chunks(d)
+                if held is None:
+                    continue
+                m, chunks = held
+                if chunks is None:
                     entries.append(HaveEntry(digest=d, size=m.size, chunk_size=m.chunk_size,
                                              complete=True, bitmap=b""))
+                elif chunks:  # a partial blob: the verified chunks it holds so far
+                    bitmap = bitmap_from_indexes(chunks, chunk_count(m.size, m.chunk_size))
+                    entries.append(HaveEntry(digest=d, size=m.size, chunk_size=m.chunk_size,
+                                             complete=False, bitmap=bitmap))
             return Have(blobs=tuple(entries))
         if isinstance(msg, Offer):
             return await self._accept_offer(peer, msg)
@@ -257,13 +262,25 @@ class TransferService:
         digest = msg.digest
         if not self.authorize(peer, digest, Direction.FETCH):
             raise ProtocolError("unauthorized", f"no agreement lets you fetch {digest}")
-        m = self._held(digest)
-        if m is None:
+        held = self.store.held_chunks(digest)
+        if held is None or (held[1] is not None and not held[1]):
             raise ProtocolError("not_found", f"{digest} is not stored here")
+        m, chunks = held
         if isinstance(msg, GetChunkList):
             hashes = self.store.chunk_list(digest)
             return ChunkList(digest=digest, size=m.size, chunk_size=m.chunk_size, hashes=b"".join(hashes))
-        return self.dataplane.issue(peer, m)
+        if chunks is None:
+            return self.dataplane.issue(peer, m)
+        # a partial blob: serve what it holds when each request arrives
+        return self.dataplane.issue(peer, m, held=functools.partial(self._held_now, digest))
+
+    def _held_now(self, digest: str) -> Collection[int]:
+        assert self.store is not None
+        held = self.store.held_chunks(digest)
+        if held is None:
+            return ()
+        m, chunks = held
+        return range(chunk_count(m.size, m.chunk_size)) if chunks is None else chunks
 
     async def _accept_offer(self, peer: str, offer: Offer) -> Message:
         if not self.authorize(peer, offer.digest, Direction.UPLOAD):

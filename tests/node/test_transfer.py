@@ -448,3 +448,49 @@ async def test_local_write_error_fails_clearly_keeps_verified_chunks_and_blames_
         await b.fetch(meta, [pid(a)])
         assert b.stats["chunks_received"] == 64  # kept chunks did not move again, chunk 47 did
         assert b.store.path_of(meta.digest).read_bytes() == data
+
+
+async def test_partial_holder_serves_only_the_chunks_it_holds(tmp_path: Path) -> None:
+    """A peer that has part of a blob (an interrupted fetch) says which chunks in
+    its Have bitmap and serves exactly those: a third peer fetching only from it
+    gets those chunks (verified) and a clear failure for the rest, then finishes
+    from a complete holder without moving them again.  A data-plane request for
+    a chunk the partial holder lacks gets ERROR not_held."""
+    async with services(tmp_path, 3) as (a, b, c):
+        data = os.urandom(96 * CS)
+        meta = await put(a, data)
+        for holder in (a, b):
+            holder.grant(pid(b), meta.digest, Direction.FETCH)
+            holder.grant(pid(c), meta.digest, Direction.FETCH)
+        with trio.CancelScope() as scope:
+            b.on_progress = lambda p: scope.cancel() if p.done_bytes >= 16 * CS else None
+            await b.fetch(meta, [pid(a)])
+        assert b.store is not None and not b.store.has(meta.digest)
+        held_b = b.store.held_chunks(meta.digest)
+        assert held_b is not None and held_b[1] is not None
+        held = set(held_b[1])
+        assert 16 <= len(held) < 96
+
+        with pytest.raises(TransferFailed, match="missing"):
+            await c.fetch(meta, [pid(b)])  # b cannot provide the rest: a clear failure, no penalty
+        assert pid(b) not in c.penalties
+        assert c.store is not None
+        kept = c.store.held_chunks(meta.digest)
+        assert kept is not None and kept[1] == held  # exactly what b holds, all verified
+        assert c.progress[meta.digest].sources == {pid(b): len(held) * CS}
+        await c.fetch(meta, [pid(a)])
+        assert c.stats["chunks_received"] == 96  # b's chunks did not move again
+        assert c.store.path_of(meta.digest).read_bytes() == data
+
+        # the data plane refuses a chunk the partial holder does not have
+        lacking = min(set(range(96)) - held)
+        bmeta = held_b[0]
+        assert b.dataplane is not None
+        ticket = b.dataplane.issue("peer", bmeta, held=lambda: held)
+        stream = await trio.open_tcp_stream(ticket.host, ticket.port)
+        c2s, s2c = derive_keys(ticket.secret, ticket.ticket_id)
+        await stream.send_all(encode_preamble(ticket.ticket_id))
+        req = Request(ranges=(ChunkRange(start=lacking, end=lacking + 1),)).encode()
+        await stream.send_all(b"".join(FrameSealer(c2s).seal(FrameType.REQUEST, 0, req)))
+        kind, _, body = await _read_frame(stream, FrameOpener(s2c))
+        assert kind is FrameType.ERROR and DataError.decode(body).reason == "not_held"
