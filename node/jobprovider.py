@@ -128,6 +128,7 @@ class ProviderSide:
         if self.negotiation.provider is not None:
             self.negotiation.provider.on_agreement.append(self._on_agreement)
         self.transfer.add_authorizer(self._authorize)
+        self.transfer.owners.append(self._owned_by)
         self._resume()
 
     def _resume(self) -> None:
@@ -236,7 +237,9 @@ class ProviderSide:
                         raise TransferFailed("the job's transfer_s ran out")
                     pj.progress, pj.fetching = t.progress, blob.digest
                     with trio.fail_after(left):
-                        await t.fetch(blob, [pj.submitter])
+                        # the submitter may name other providers that hold the blob
+                        # (its earlier jobs): they become extra sources
+                        await t.fetch(blob, [pj.submitter], discover=True)
                     break
                 except (TransferFailed, trio.TooSlowError) as exc:
                     if trio.current_time() + delay >= deadline:
@@ -294,6 +297,12 @@ class ProviderSide:
 
     def _authorize(self, peer: str, digest: str, direction: Direction) -> bool:
         return False  # every grant is explicit (transfer.grant in _publish)
+
+    def _owned_by(self, owner: str, digest: str) -> bool:
+        """``owner`` submitted a job here that used ``digest``: it may let another
+        peer fetch that blob from us (a FetchGrant it signed, spec/transfer.md)."""
+        return any(pj.submitter == owner and any(b.digest == digest for b in pj.job.blobs())
+                   for pj in self.jobs.values())
 
     # ---- the watch protocol (requests from the submitter)
 

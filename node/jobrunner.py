@@ -182,6 +182,7 @@ class JobRunner:
         self.provider = ProviderSide(node, negotiation)
         self.provider.start()
         node.transfer.add_authorizer(self._authorize)
+        node.transfer.holders_of = self._holders_of
         node.p2p.set_stream_handler(PROTOCOL_ID, self._handle)
         self._routes(node.api)
         for r in reversed(self.store.all()):  # oldest first: self.runs keeps submission order
@@ -228,6 +229,19 @@ class JobRunner:
             if cur is not None and cur["provider"] == peer and digest in r.blobs:
                 return True
         return False
+
+    def _holders_of(self, digest: str) -> list[tuple[str, list[str]]]:
+        """Providers that finished one of our jobs using ``digest`` (so they fetched
+        it, and may still hold it), most recent first: named to the provider of a
+        new job that needs the same blob (WhoHas), with a grant to fetch it there."""
+        seen: dict[str, list[str]] = {}
+        for r in reversed(list(self.runs.values())):
+            if digest not in r.blobs:
+                continue
+            for a in reversed(r.attempts):
+                if a["state"] == "done" and a["provider"] not in seen:
+                    seen[a["provider"]] = list(a.get("addrs") or self.node.transfer.addrs.get(a["provider"], []))
+        return list(seen.items())[:8]
 
     # ---- events
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,19 +36,25 @@ from protocol.errors import ProtocolError
 from protocol.transfer import (
     CONTROL_LIMITS,
     MAX_CONTROL_FRAME,
+    MAX_GRANT_TTL,
     PROTOCOL_ID,
     ChunkList,
     ChunkScheduler,
     Direction,
+    FetchGrant,
     GetChunkList,
     Have,
     HaveEntry,
+    HolderEntry,
+    Holders,
     Offer,
     OfferResult,
+    Present,
     Ticket,
     TicketRequest,
     TransferError,
     Want,
+    WhoHas,
     bitmap_from_indexes,
 )
 from protocol.wire import Message
@@ -71,6 +78,9 @@ log = logging.getLogger("cpn.transfer")
 CONTROL_TIMEOUT = 30.0  #: seconds for one control request and its answer
 UPLOAD_TIMEOUT = 3600.0  #: seconds an uploader waits for the receiver to pull
 CHECKPOINT_EVERY = 64  #: chunks between durable bitmap checkpoints
+GRANT_TTL = 600  #: seconds a FetchGrant we sign stays valid
+MAX_GRANTS = 16  #: holders named in one answer to WhoHas
+HOLDER_TIMEOUT = 5.0  #: seconds to reach a named holder before fetching without it
 PENALTY_SKIP = 3  #: penalties after which a peer is used only as a last resort
 
 Authorizer = Callable[[str, str, Direction], bool]
@@ -149,6 +159,15 @@ class TransferService:
         self.dataplane: DataPlaneServer | None = None
         self._key: Any = None
         self._p2p: Any = None
+        #: owner side: other peers known to hold a blob, ``digest -> [(peer, addrs)]``
+        #: (the job runner registers the providers of its finished jobs)
+        self.holders_of: Callable[[str], list[tuple[str, list[str]]]] = lambda digest: []
+        #: holder side: may ``owner`` (a FetchGrant's signer) hand out ``digest``?
+        #: Default: if ``owner`` may fetch it from us itself; the job provider adds
+        #: "``owner`` submitted a job here that used it".
+        self.owners: list[Callable[[str, str], bool]] = []
+        self._delegated: dict[tuple[str, str], float] = {}  #: (grantee, digest) -> expires_at
+        self.now: Callable[[], float] = time.time
 
     # ---- lifecycle
 
@@ -206,7 +225,13 @@ class TransferService:
     def authorize(self, peer: str, digest: str, direction: Direction) -> bool:
         if (peer, digest, direction) in self._grants:
             return True
+        if direction is Direction.FETCH and self._delegated.get((peer, digest), 0) > self.now():
+            return True
         return any(fn(peer, digest, direction) for fn in self._authorizers)
+
+    def _owns(self, owner: str, digest: str) -> bool:
+        """May ``owner`` delegate fetching ``digest`` from us (sign FetchGrants for it)?"""
+        return self.authorize(owner, digest, Direction.FETCH) or any(fn(owner, digest) for fn in self.owners)
 
     def _upload_limit(self, peer: str, digest: str) -> int | None:
         return self._grants.get((peer, digest, Direction.UPLOAD))
@@ -219,7 +244,7 @@ class TransferService:
             try:
                 with trio.fail_after(CONTROL_TIMEOUT):
                     raw = await stream.receive_frame(MAX_CONTROL_FRAME)
-                signed = open_envelope(raw, expected=(Want, GetChunkList, TicketRequest, Offer),
+                signed = open_envelope(raw, expected=(Want, GetChunkList, TicketRequest, Offer, WhoHas, Present),
                                        signer=peer, limits=CONTROL_LIMITS)
                 reply = await self._answer(peer, signed.message)
             except StreamClosed:
@@ -258,6 +283,10 @@ class TransferService:
             return Have(blobs=tuple(entries))
         if isinstance(msg, Offer):
             return await self._accept_offer(peer, msg)
+        if isinstance(msg, WhoHas):
+            return self._who_has(peer, msg)
+        if isinstance(msg, Present):
+            return self._present(peer, msg)
         assert isinstance(msg, GetChunkList | TicketRequest)
         digest = msg.digest
         if not self.authorize(peer, digest, Direction.FETCH):
@@ -281,6 +310,52 @@ class TransferService:
             return ()
         m, chunks = held
         return range(chunk_count(m.size, m.chunk_size)) if chunks is None else chunks
+
+    def _who_has(self, peer: str, msg: WhoHas) -> Holders:
+        """As a blob's owner: name other holders of blobs ``peer`` may fetch from
+        us, each with a FetchGrant that lets ``peer`` fetch it from them."""
+        allowed = [d for d in msg.digests if self.authorize(peer, d, Direction.FETCH)]
+        if not allowed:
+            raise ProtocolError("unauthorized", "no agreement lets you fetch these blobs")
+        me = str(self._p2p.peer_id)
+        expires = int(self.now()) + GRANT_TTL
+        entries: list[HolderEntry] = []
+        for d in allowed:
+            for holder, addrs in self.holders_of(d):
+                if holder in (peer, me) or len(entries) >= MAX_GRANTS:
+                    continue
+                grant = seal(FetchGrant(digest=d, grantee=peer, holder=holder, expires_at=expires), self._key)
+                entries.append(HolderEntry(grant=grant.raw, addrs=tuple(a for a in addrs[:8] if 0 < len(a) <= 256)))
+        return Holders(holders=tuple(entries))
+
+    def _present(self, peer: str, msg: Present) -> Have:
+        """As a holder: accept a FetchGrant naming us and ``peer`` from an owner of the
+        blob, then answer what we hold of it."""
+        assert self.store is not None
+        signed = open_envelope(msg.grant, expected=FetchGrant, limits=CONTROL_LIMITS)
+        g: FetchGrant = signed.message
+        now = self.now()
+        if g.grantee != peer:
+            raise ProtocolError("unauthorized", "the grant names another peer")
+        if g.holder != str(self._p2p.peer_id):
+            raise ProtocolError("unauthorized", "the grant names another holder")
+        if not now < g.expires_at <= now + MAX_GRANT_TTL:
+            raise ProtocolError("expired", "the grant has expired (or expires too far ahead)")
+        if not self._owns(signed.signer, g.digest):
+            raise ProtocolError("unauthorized", f"{signed.signer} cannot grant {g.digest} here")
+        self._delegated[(peer, g.digest)] = float(g.expires_at)
+        for key in [k for k, t in self._delegated.items() if t <= now]:
+            del self._delegated[key]
+        held = self.store.held_chunks(g.digest)
+        if held is None or (held[1] is not None and not held[1]):
+            return Have(blobs=())
+        m, chunks = held
+        if chunks is None:
+            entry = HaveEntry(digest=g.digest, size=m.size, chunk_size=m.chunk_size, complete=True, bitmap=b"")
+        else:
+            entry = HaveEntry(digest=g.digest, size=m.size, chunk_size=m.chunk_size, complete=False,
+                              bitmap=bitmap_from_indexes(chunks, chunk_count(m.size, m.chunk_size)))
+        return Have(blobs=(entry,))
 
     async def _accept_offer(self, peer: str, offer: Offer) -> Message:
         if not self.authorize(peer, offer.digest, Direction.UPLOAD):
@@ -333,8 +408,13 @@ class TransferService:
         stream: FramedStream = await self._p2p.open_stream(peer, PROTOCOL_ID, self.addrs.get(peer))
         return stream
 
-    async def fetch(self, blob: BlobLike, sources: Sequence[str]) -> BlobMeta:
+    async def fetch(self, blob: BlobLike, sources: Sequence[str], *, discover: bool = False) -> BlobMeta:
         """Fetch ``blob`` from ``sources`` (peer IDs) into the store; return it.
+
+        With ``discover``, the first source is taken as the blob's owner and
+        asked which other peers hold it (WhoHas); those it vouches for with a
+        FetchGrant become extra sources (a holder that cannot be reached in
+        HOLDER_TIMEOUT is skipped).
 
         Raises :class:`TransferFailed` (verified chunks are kept for a later
         resume), :class:`~node.blobstore.QuotaExceeded` before moving any byte
@@ -353,7 +433,7 @@ class TransferService:
         prog = self.progress[digest] = Progress(digest, blob.size)
         self.stats["fetches"] += 1
         try:
-            meta = await self._fetch(blob, sources, prog)
+            meta = await self._fetch(blob, sources, prog, discover)
         except BaseException as exc:
             prog.phase, prog.error, prog.finished = "failed", str(exc) or type(exc).__name__, trio.current_time()
             raise
@@ -395,7 +475,8 @@ class TransferService:
             raise failures[0]
         return [results[b.digest] for b in blobs]
 
-    async def _fetch(self, blob: BlobLike, sources: Sequence[str], prog: Progress) -> BlobMeta:
+    async def _fetch(self, blob: BlobLike, sources: Sequence[str], prog: Progress,
+                     discover: bool = False) -> BlobMeta:
         assert self.store is not None
         digest, n = blob.digest, chunk_count(blob.size, blob.chunk_size)
         ordered = sorted(dict.fromkeys(sources), key=lambda p: self.penalties.get(p, 0))
@@ -419,6 +500,8 @@ class TransferService:
             async with trio.open_nursery() as nursery:
                 for peer in ordered:
                     nursery.start_soon(ask_have, peer)
+            if discover and sources:
+                ordered += await self._discover_holders(digest, sources[0], streams, haves, errors)
             usable = [p for p in ordered if p in haves]
             if not usable:
                 raise TransferFailed(f"no source holds {digest}: " + "; ".join(errors or ["none asked"]))
@@ -483,6 +566,48 @@ class TransferService:
             return await trio.to_thread.run_sync(partial.finish)
         except (CorruptBlob, BlobStoreError) as exc:
             raise TransferFailed(str(exc)) from None
+
+    async def _discover_holders(self, digest: str, owner: str, streams: dict[str, FramedStream],
+                                haves: dict[str, set[int] | None], errors: list[str]) -> list[str]:
+        """Ask ``owner`` who else holds ``digest``; present its grants to them.
+        Returns the holders that answered with a usable Have (added to
+        ``streams`` and ``haves``).  Never fails the fetch."""
+        stream = streams.get(owner)
+        if stream is None:
+            return []
+        try:
+            answer: Holders = await self._ask(stream, WhoHas(digests=(digest,)), Holders)
+        except (TransferFailed, ProtocolError, StreamClosed, trio.TooSlowError) as exc:
+            errors.append(f"{owner}: who-has: {exc}")
+            return []
+        me = str(self._p2p.peer_id)
+        found: list[str] = []
+
+        async def present(entry: HolderEntry) -> None:
+            holder = "?"
+            try:
+                g: FetchGrant = open_envelope(entry.grant, expected=FetchGrant, signer=owner,
+                                              limits=CONTROL_LIMITS).message
+                holder = g.holder
+                if g.digest != digest or g.grantee != me or holder in streams:
+                    return
+                if entry.addrs and holder not in self.addrs:
+                    self.addrs[holder] = list(entry.addrs)
+                with trio.fail_after(HOLDER_TIMEOUT):
+                    s = await self._open(holder)
+                streams[holder] = s
+                have: Have = await self._ask(s, Present(grant=entry.grant), Have)
+                for e in have.blobs:
+                    if e.digest == digest:
+                        haves[holder] = None if e.complete else e.indexes()
+                        found.append(holder)
+            except (TransferFailed, ProtocolError, StreamClosed, trio.TooSlowError, OSError) as exc:
+                errors.append(f"{holder}: {exc}")
+
+        async with trio.open_nursery() as nursery:
+            for entry in answer.holders:
+                nursery.start_soon(present, entry)
+        return found
 
     async def _run_sources(self, partial: PartialBlob, sched: ChunkScheduler, tickets: dict[str, Ticket],
                            prog: Progress, errors: list[str]) -> None:

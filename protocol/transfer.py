@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from . import cbor
 from .chunks import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, check_digest, chunk_count, chunk_matches
 from .errors import LocalProtocolError, ProtocolError, ValidationError
+from .identity import validate_peer_id
 from .wire import Message, Struct, message, struct
 
 __all__ = [
@@ -52,6 +53,12 @@ __all__ = [
     "Offer",
     "OfferResult",
     "TransferError",
+    "WhoHas",
+    "Holders",
+    "HolderEntry",
+    "FetchGrant",
+    "Present",
+    "MAX_GRANT_TTL",
     "ChunkRange",
     "Request",
     "DataError",
@@ -82,6 +89,8 @@ MAX_CHUNKS = 1 << 17
 CONTROL_LIMITS = cbor.Limits(max_size=MAX_CONTROL_FRAME, max_depth=8, max_items=4096)
 MAX_WANT = 256
 MAX_RANGES = 1024
+MAX_GRANTS = 64  #: FetchGrants in one Holders answer
+MAX_GRANT_TTL = 3600  #: seconds a holder accepts between now and a grant's expires_at
 
 
 class Direction(enum.Enum):
@@ -235,6 +244,75 @@ class OfferResult(Message):
 
     def check(self) -> None:
         check_digest(self.digest)
+
+
+@message(tag=73, domain="cpn/transfer/who-has")
+class WhoHas(Message):
+    """To a blob's owner (the submitter): which other peers hold these blobs?"""
+
+    digests: tuple[str, ...]
+
+    def check(self) -> None:
+        if not 1 <= len(self.digests) <= MAX_WANT:
+            raise ValidationError("digests", f"1..{MAX_WANT} entries")
+        for d in self.digests:
+            check_digest(d)
+
+
+@struct
+class HolderEntry(Struct):
+    grant: bytes  #: the owner's signed FetchGrant envelope
+    addrs: tuple[str, ...]  #: multiaddrs where the owner last saw the holder (may be empty)
+
+    def check(self) -> None:
+        if not 0 < len(self.grant) <= 1024:
+            raise ValidationError("grant", "a signed envelope of at most 1024 bytes")
+        if len(self.addrs) > 8 or any(not 0 < len(a) <= 256 for a in self.addrs):
+            raise ValidationError("addrs", "at most 8 multiaddrs of 1..256 characters")
+
+
+@message(tag=74, domain="cpn/transfer/holders")
+class Holders(Message):
+    """Answer to WhoHas: one entry per (blob, holder) the owner vouches for,
+    each with a FetchGrant for the asker; empty if it knows of none."""
+
+    holders: tuple[HolderEntry, ...]
+
+    def check(self) -> None:
+        if len(self.holders) > MAX_GRANTS:
+            raise ValidationError("holders", f"at most {MAX_GRANTS}")
+
+
+@message(tag=75, domain="cpn/transfer/fetch-grant")
+class FetchGrant(Message):
+    """Signed by a blob's owner: ``grantee`` may fetch ``digest`` from ``holder``
+    until ``expires_at``.  Only ever carried inside Holders and Present."""
+
+    digest: str
+    grantee: str  #: peer ID allowed to fetch
+    holder: str  #: peer ID asked to serve
+    expires_at: int  #: unix seconds
+
+    def check(self) -> None:
+        check_digest(self.digest)
+        validate_peer_id(self.grantee)
+        validate_peer_id(self.holder)
+        if self.grantee == self.holder:
+            raise ValidationError("holder", "must differ from grantee")
+        if self.expires_at <= 0:
+            raise ValidationError("expires_at", "must be > 0")
+
+
+@message(tag=76, domain="cpn/transfer/present")
+class Present(Message):
+    """To a holder: a FetchGrant naming it and the sender; answered with Have
+    for the granted blob (or TransferError)."""
+
+    grant: bytes  #: the owner's signed FetchGrant envelope
+
+    def check(self) -> None:
+        if not 0 < len(self.grant) <= 1024:
+            raise ValidationError("grant", "a signed envelope of at most 1024 bytes")
 
 
 @message(tag=72, domain="cpn/transfer/error")

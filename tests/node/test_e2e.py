@@ -437,3 +437,40 @@ async def test_fake_gpus_never_claim_cdi_even_where_a_cdi_spec_exists(tmp_path: 
         advert = next(s for s in node.services if type(s).__name__ == "AdvertiseService").report
         assert advert.container.gpu_cdi is False and advert.container.runtime == "podman/runc"
         nursery.cancel_scope.cancel()
+
+
+async def test_second_provider_is_told_of_the_first_and_may_fetch_from_it(tmp_path: Path, podman_env: Any) -> None:
+    """The submitter's second job with the same image and input goes to another
+    provider: asked WhoHas, the submitter names the provider of the first job with
+    a FetchGrant, the second provider presents it, the first accepts (it ran a job
+    of this submitter with these blobs) and becomes a source; the job finishes."""
+    import os
+
+    d = tmp_path / "shared"
+    build_busybox_image(d / "image")
+    (d / "big.bin").write_bytes(os.urandom(8 << 20))
+    (d / "job.toml").write_text(
+        'name = "shared"\nimage = "image"\ncommand = ["/bin/sh", "-c"]\nargs = ["wc -c < /data/big.bin > /out/n"]\n'
+        'outputs = ["/out"]\nmax_price = 100000\n'
+        "[resources]\ncpus = 0.5\nmemory_mib = 64\ndisk_mib = 16\n"
+        "[timeouts]\ntransfer_s = 120\nqueue_s = 60\nrun_s = 60\n"
+        '[[inputs]]\nfile = "big.bin"\npath = "/data/big.bin"\n'
+    )
+    big = next(i.blob for i in load_job(d / "job.toml").spec.inputs)
+    async with network(tmp_path, podman_env) as net:
+        first = await net.start("p1", execution=True)
+        second = await net.start("p2", execution=True)
+        sub = await net.start("sub", execution=False)
+        runner = sub.jobrunner  # type: ignore[attr-defined]
+        run1 = await run_to_end(sub, (await runner.submit(body_for(d / "job.toml", tmp_path / "r1",
+                                                                     peers=peers_of(first)))).id)
+        assert run1.state == "finished", run1.detail
+        assert first.transfer.store.has(big.digest)  # type: ignore[attr-defined]
+        run2 = await run_to_end(sub, (await runner.submit(body_for(d / "job.toml", tmp_path / "r2",
+                                                                     peers=peers_of(second)))).id)
+        assert run2.state == "finished", run2.detail
+        assert run2.attempts[-1]["provider"] == second.peer_id
+        # the first provider honoured the submitter's grant for the second one
+        delegated = first.transfer._delegated  # type: ignore[attr-defined]
+        assert (second.peer_id, big.digest) in delegated
+        assert (Path(run2.output_dir) / "out" / "n").read_text().strip() == str(8 << 20)

@@ -494,3 +494,50 @@ async def test_partial_holder_serves_only_the_chunks_it_holds(tmp_path: Path) ->
         await stream.send_all(b"".join(FrameSealer(c2s).seal(FrameType.REQUEST, 0, req)))
         kind, _, body = await _read_frame(stream, FrameOpener(s2c))
         assert kind is FrameType.ERROR and DataError.decode(body).reason == "not_held"
+
+
+async def test_owner_names_other_holders_and_grants_fetching_from_them(tmp_path: Path) -> None:
+    """A blob's owner (a submitter) answers WhoHas with the peers it knows hold
+    the blob (providers of its earlier jobs), each with a FetchGrant it signed;
+    the fetcher presents the grant and fetches from the owner and the holder at
+    once.  A holder accepts only grants naming it and the presenter, unexpired,
+    signed by a peer that owns the blob there."""
+    from protocol.transfer import FetchGrant, Present, WhoHas
+
+    async with services(tmp_path, 4) as (owner, holder, fetcher, stranger):
+        data = os.urandom(400 * CS)
+        meta = await put(owner, data)
+        owner.grant(pid(holder), meta.digest, Direction.FETCH)  # an earlier job ran on holder
+        await holder.fetch(meta, [pid(owner)])
+        holder.owners.append(lambda who, digest: who == pid(owner) and digest == meta.digest)
+        owner.holders_of = lambda digest: [(pid(holder), [])] if digest == meta.digest else []
+        owner.grant(pid(fetcher), meta.digest, Direction.FETCH)  # the new job's provider
+
+        await fetcher.fetch(meta, [pid(owner)], discover=True)
+        assert fetcher.store is not None and fetcher.store.path_of(meta.digest).read_bytes() == data
+        sources = fetcher.progress[meta.digest].sources
+        assert set(sources) == {pid(owner), pid(holder)} and sum(sources.values()) == len(data)
+        assert holder.dataplane is not None and holder.dataplane.stats["chunks_sent"] > 0
+
+        # the holder refuses grants it must not honour; each refusal is clear
+        now = int(holder.now())
+
+        async def present(by: TransferService, signer: TransferService, **fields: object) -> str:
+            g = {"digest": meta.digest, "grantee": pid(by), "holder": pid(holder), "expires_at": now + 60, **fields}
+            stream = await by._open(pid(holder))
+            with pytest.raises(TransferRefused) as exc:
+                await by._ask(stream, Present(grant=seal(FetchGrant(**g), signer._key).raw), Present)  # type: ignore[arg-type]
+            return exc.value.reason
+
+        assert await present(stranger, stranger) == "unauthorized"  # signed by a non-owner
+        assert await present(stranger, owner, grantee=pid(fetcher)) == "unauthorized"  # names another peer
+        assert await present(stranger, owner, holder=pid(fetcher)) == "unauthorized"  # another holder
+        assert await present(stranger, owner, grantee=pid(stranger), expires_at=now - 1) == "expired"
+        assert await present(stranger, owner, grantee=pid(stranger), expires_at=now + 7200) == "expired"
+        # a stranger with no agreement gets no names from the owner
+        stream = await stranger._open(pid(owner))
+        with pytest.raises(TransferRefused) as exc:
+            await stranger._ask(stream, WhoHas(digests=(meta.digest,)), WhoHas)
+        assert exc.value.reason == "unauthorized"
+        with pytest.raises(TransferFailed, match="unauthorized"):
+            await stranger.fetch(meta, [pid(holder)])  # no grant presented: the holder refuses

@@ -17,16 +17,20 @@ from protocol.transfer import (
     CONTROL_LIMITS,
     HEADER_SIZE,
     ChunkList,
+    FetchGrant,
     FrameOpener,
     FrameType,
     GetChunkList,
     Have,
+    Holders,
     Offer,
     OfferResult,
+    Present,
     Ticket,
     TicketRequest,
     TransferError,
     Want,
+    WhoHas,
     check_chunk,
     decode_header,
     decode_preamble,
@@ -36,7 +40,8 @@ from protocol.transfer import (
 ROOT = Path(__file__).resolve().parents[2]
 CONTENT = json.loads((ROOT / "spec" / "vectors" / "transfer.json").read_text())
 VECTORS: list[dict[str, Any]] = CONTENT["vectors"]
-TYPES = (Want, Have, GetChunkList, ChunkList, TicketRequest, Ticket, Offer, OfferResult, TransferError)
+TYPES = (Want, Have, GetChunkList, ChunkList, TicketRequest, Ticket, Offer, OfferResult, TransferError,
+         WhoHas, Holders, FetchGrant, Present)
 
 
 def _json(value: Any) -> Any:

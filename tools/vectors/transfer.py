@@ -30,13 +30,18 @@ from protocol.identity import peer_id_from_proto_key
 from protocol.transfer import (
     ChunkList,
     ChunkRange,
+    FetchGrant,
     FrameSealer,
     FrameType,
     Have,
     HaveEntry,
+    HolderEntry,
+    Holders,
+    Present,
     Request,
     Ticket,
     Want,
+    WhoHas,
     derive_keys,
     encode_header,
     encode_preamble,
@@ -92,8 +97,32 @@ def generate() -> dict[str, Any]:
         ("chunk-list", "the chunk list of a 3-chunk blob", ChunkList(digest=digest, size=len(data), chunk_size=CS, hashes=b"".join(hashes))),
         ("ticket", "a data-plane ticket", Ticket(ticket_id=ticket_id, secret=secret, digest=digest, host="127.0.0.1", port=40123, expires_at=NOW + 60)),
     ]
+    # owner-vouched sources: the owner (signer) grants `other` to fetch from `holder`
+    grantee = peer_id_from_proto_key(public_key_proto_of(other))
+    holder = peer_id_from_proto_key(public_key_proto_of(key_from_seed(seed("transfer/holder"))))
+    grant = FetchGrant(digest=digest, grantee=grantee, holder=holder, expires_at=NOW + 600)
+    grant_env = seal(grant, key).raw
+    msgs += [
+        ("who-has", "WhoHas: which other peers hold this blob", WhoHas(digests=(digest,))),
+        ("fetch-grant", "FetchGrant signed by the blob's owner: grantee may fetch it from holder", grant),
+        ("holders", "Holders: one holder with the owner's grant and an address",
+         Holders(holders=(HolderEntry(grant=grant_env, addrs=("/ip4/127.0.0.1/tcp/4001",)),))),
+        ("present", "Present: the owner's grant, shown to the holder", Present(grant=grant_env)),
+    ]
     for name, desc, msg in msgs:
         v.append(_open_vec(f"message-{name}", desc, seal(msg, key).raw, signer, _accept_msg(msg)))
+    g = grant.to_wire()
+    v.append(_open_vec("message-fetch-grant-self", "a FetchGrant whose grantee is the holder",
+                       _raw_envelope(key, dict(g, grantee=holder), 75, "cpn/transfer/fetch-grant"), signer,
+                       reject("invalid_field")))
+    v.append(_open_vec("message-fetch-grant-bad-peer", "a FetchGrant whose grantee is not a peer ID",
+                       _raw_envelope(key, dict(g, grantee="not-a-peer"), 75, "cpn/transfer/fetch-grant"), signer,
+                       reject("bad_peer_id")))
+    h = Holders(holders=(HolderEntry(grant=grant_env, addrs=()),)).to_wire()
+    many = [dict(h["holders"][0], addrs=["/ip4/127.0.0.1/tcp/1"] * 9)]
+    v.append(_open_vec("message-holders-too-many-addrs", "a holder entry with 9 addresses",
+                       _raw_envelope(key, dict(h, holders=many), 74, "cpn/transfer/holders"), signer,
+                       reject("invalid_field")))
     cl = ChunkList(digest=digest, size=len(data), chunk_size=CS, hashes=b"".join(hashes)).to_wire()
     bad = dict(cl, hashes=cl["hashes"][:-1])
     v.append(_open_vec("message-chunk-list-short", "a chunk list one byte short of 3 hashes", _raw_envelope(key, bad, 67, "cpn/transfer/chunk-list"), signer, reject("invalid_field")))
