@@ -80,7 +80,9 @@ UPLOAD_TIMEOUT = 3600.0  #: seconds an uploader waits for the receiver to pull
 CHECKPOINT_EVERY = 64  #: chunks between durable bitmap checkpoints
 GRANT_TTL = 600  #: seconds a FetchGrant we sign stays valid
 MAX_GRANTS = 16  #: holders named in one answer to WhoHas
-HOLDER_TIMEOUT = 5.0  #: seconds to reach a named holder before fetching without it
+HOLDER_TIMEOUT = 2.0  #: seconds to reach a named holder before fetching without it
+HOLDER_RETRY_AFTER = 600.0  #: seconds an unreachable holder is not tried again
+DISCOVER_MIN_BYTES = 4 << 20  #: smaller blobs are fetched from the given sources only
 PENALTY_SKIP = 3  #: penalties after which a peer is used only as a last resort
 
 Authorizer = Callable[[str, str, Direction], bool]
@@ -167,6 +169,7 @@ class TransferService:
         #: "``owner`` submitted a job here that used it".
         self.owners: list[Callable[[str, str], bool]] = []
         self._delegated: dict[tuple[str, str], float] = {}  #: (grantee, digest) -> expires_at
+        self._unreachable: dict[str, float] = {}  #: holder -> when to try it again
         self.now: Callable[[], float] = time.time
 
     # ---- lifecycle
@@ -500,7 +503,7 @@ class TransferService:
             async with trio.open_nursery() as nursery:
                 for peer in ordered:
                     nursery.start_soon(ask_have, peer)
-            if discover and sources:
+            if discover and sources and blob.size >= DISCOVER_MIN_BYTES and sources[0] in haves:
                 ordered += await self._discover_holders(digest, sources[0], streams, haves, errors)
             usable = [p for p in ordered if p in haves]
             if not usable:
@@ -572,12 +575,15 @@ class TransferService:
         """Ask ``owner`` who else holds ``digest``; present its grants to them.
         Returns the holders that answered with a usable Have (added to
         ``streams`` and ``haves``).  Never fails the fetch."""
-        stream = streams.get(owner)
-        if stream is None:
-            return []
-        try:
-            answer: Holders = await self._ask(stream, WhoHas(digests=(digest,)), Holders)
-        except (TransferFailed, ProtocolError, StreamClosed, trio.TooSlowError) as exc:
+        try:  # on a stream of its own: a refusal closes the stream it arrives on
+            with trio.fail_after(CONTROL_TIMEOUT):
+                stream = await self._open(owner)
+            try:
+                answer: Holders = await self._ask(stream, WhoHas(digests=(digest,)), Holders)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(CONTROL_TIMEOUT):
+                    await stream.close()
+        except (TransferFailed, ProtocolError, StreamClosed, trio.TooSlowError, OSError) as exc:
             errors.append(f"{owner}: who-has: {exc}")
             return []
         me = str(self._p2p.peer_id)
@@ -591,10 +597,16 @@ class TransferService:
                 holder = g.holder
                 if g.digest != digest or g.grantee != me or holder in streams:
                     return
+                if self._unreachable.get(holder, 0.0) > self.now():
+                    return
                 if entry.addrs and holder not in self.addrs:
                     self.addrs[holder] = list(entry.addrs)
-                with trio.fail_after(HOLDER_TIMEOUT):
-                    s = await self._open(holder)
+                try:
+                    with trio.fail_after(HOLDER_TIMEOUT):
+                        s = await self._open(holder)
+                except (StreamClosed, trio.TooSlowError, OSError):
+                    self._unreachable[holder] = self.now() + HOLDER_RETRY_AFTER
+                    raise
                 streams[holder] = s
                 have: Have = await self._ask(s, Present(grant=entry.grant), Have)
                 for e in have.blobs:

@@ -510,10 +510,13 @@ async def test_owner_names_other_holders_and_grants_fetching_from_them(tmp_path:
         owner.grant(pid(holder), meta.digest, Direction.FETCH)  # an earlier job ran on holder
         await holder.fetch(meta, [pid(owner)])
         holder.owners.append(lambda who, digest: who == pid(owner) and digest == meta.digest)
-        owner.holders_of = lambda digest: [(pid(holder), [])] if digest == meta.digest else []
+        ghost = peer_id_of(Ed25519PrivateKey.generate())  # a former provider, now offline
+        owner.holders_of = lambda digest: (
+            [(pid(holder), []), (ghost, ["/ip4/127.0.0.1/tcp/1"])] if digest == meta.digest else [])
         owner.grant(pid(fetcher), meta.digest, Direction.FETCH)  # the new job's provider
 
         await fetcher.fetch(meta, [pid(owner)], discover=True)
+        assert ghost in fetcher._unreachable  # skipped, and not dialled again for a while
         assert fetcher.store is not None and fetcher.store.path_of(meta.digest).read_bytes() == data
         sources = fetcher.progress[meta.digest].sources
         assert set(sources) == {pid(owner), pid(holder)} and sum(sources.values()) == len(data)
