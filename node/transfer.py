@@ -170,6 +170,8 @@ class TransferService:
         self.owners: list[Callable[[str, str], bool]] = []
         self._delegated: dict[tuple[str, str], float] = {}  #: (grantee, digest) -> expires_at
         self._unreachable: dict[str, float] = {}  #: holder -> when to try it again
+        #: serve cached blobs to peers holding the owner's FetchGrant ([transfer] serve_granted)
+        self.serve_granted = True
         self.now: Callable[[], float] = time.time
 
     # ---- lifecycle
@@ -179,7 +181,7 @@ class TransferService:
         raw = getattr(config, "raw", {}).get("transfer", {}) if config is not None else {}
         from .config import ConfigError
 
-        unknown = sorted(set(raw) - {"quota_mib", "data_host"})
+        unknown = sorted(set(raw) - {"quota_mib", "data_host", "serve_granted"})
         if unknown:
             raise ConfigError(f"transfer.{unknown[0]}: unknown key")
         if "quota_mib" in raw:
@@ -187,6 +189,10 @@ class TransferService:
             if not isinstance(q, int) or isinstance(q, bool) or q <= 0:
                 raise ConfigError("transfer.quota_mib: must be a positive integer")
             self.quota_bytes = q << 20
+        if "serve_granted" in raw:
+            if not isinstance(raw["serve_granted"], bool):
+                raise ConfigError("transfer.serve_granted: must be true or false")
+            self.serve_granted = raw["serve_granted"]
         if "data_host" in raw:
             if not isinstance(raw["data_host"], str) or not raw["data_host"]:
                 raise ConfigError("transfer.data_host: must be an IP address")
@@ -335,6 +341,8 @@ class TransferService:
         """As a holder: accept a FetchGrant naming us and ``peer`` from an owner of the
         blob, then answer what we hold of it."""
         assert self.store is not None
+        if not self.serve_granted:
+            raise ProtocolError("unauthorized", "this node does not serve granted fetches (serve_granted = false)")
         signed = open_envelope(msg.grant, expected=FetchGrant, limits=CONTROL_LIMITS)
         g: FetchGrant = signed.message
         now = self.now()

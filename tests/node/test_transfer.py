@@ -532,6 +532,9 @@ async def test_owner_names_other_holders_and_grants_fetching_from_them(tmp_path:
                 await by._ask(stream, Present(grant=seal(FetchGrant(**g), signer._key).raw), Present)  # type: ignore[arg-type]
             return exc.value.reason
 
+        holder.serve_granted = False  # the operator opted out: even a valid grant is refused
+        assert await present(stranger, owner, grantee=pid(stranger)) == "unauthorized"
+        holder.serve_granted = True
         assert await present(stranger, stranger) == "unauthorized"  # signed by a non-owner
         assert await present(stranger, owner, grantee=pid(fetcher)) == "unauthorized"  # names another peer
         assert await present(stranger, owner, holder=pid(fetcher)) == "unauthorized"  # another holder
@@ -544,3 +547,16 @@ async def test_owner_names_other_holders_and_grants_fetching_from_them(tmp_path:
         assert exc.value.reason == "unauthorized"
         with pytest.raises(TransferFailed, match="unauthorized"):
             await stranger.fetch(meta, [pid(holder)])  # no grant presented: the holder refuses
+
+
+def test_serve_granted_config() -> None:
+    from node.config import ConfigError
+
+    svc = TransferService()
+    assert svc.serve_granted is True
+    svc._configure(types.SimpleNamespace(raw={"transfer": {"serve_granted": False}}))
+    assert svc.serve_granted is False
+    with pytest.raises(ConfigError, match="serve_granted: must be true or false"):
+        TransferService()._configure(types.SimpleNamespace(raw={"transfer": {"serve_granted": "no"}}))
+    with pytest.raises(ConfigError, match="unknown key"):
+        TransferService()._configure(types.SimpleNamespace(raw={"transfer": {"serve_grant": True}}))
