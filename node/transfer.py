@@ -273,22 +273,10 @@ class TransferService:
     async def _answer(self, peer: str, msg: Message) -> Message:
         assert self.store is not None and self.dataplane is not None
         if isinstance(msg, Want):
-            entries = []
             allowed = [d for d in msg.digests if self.authorize(peer, d, Direction.FETCH)]
             if not allowed:
                 raise ProtocolError("unauthorized", "no agreement lets you fetch these blobs")
-            for d in allowed:
-                held = self.store.held_chunks(d)
-                if held is None:
-                    continue
-                m, chunks = held
-                if chunks is None:
-                    entries.append(HaveEntry(digest=d, size=m.size, chunk_size=m.chunk_size,
-                                             complete=True, bitmap=b""))
-                elif chunks:  # a partial blob: the verified chunks it holds so far
-                    bitmap = bitmap_from_indexes(chunks, chunk_count(m.size, m.chunk_size))
-                    entries.append(HaveEntry(digest=d, size=m.size, chunk_size=m.chunk_size,
-                                             complete=False, bitmap=bitmap))
+            entries = [e for d in allowed if (e := self._have_entry(d)) is not None]
             return Have(blobs=tuple(entries))
         if isinstance(msg, Offer):
             return await self._accept_offer(peer, msg)
@@ -357,16 +345,21 @@ class TransferService:
         self._delegated[(peer, g.digest)] = float(g.expires_at)
         for key in [k for k, t in self._delegated.items() if t <= now]:
             del self._delegated[key]
-        held = self.store.held_chunks(g.digest)
+        entry = self._have_entry(g.digest)
+        return Have(blobs=() if entry is None else (entry,))
+
+    def _have_entry(self, digest: str) -> HaveEntry | None:
+        """What we hold of ``digest`` for a Have: all of it, the verified chunks of
+        a partial blob, or None."""
+        assert self.store is not None
+        held = self.store.held_chunks(digest)
         if held is None or (held[1] is not None and not held[1]):
-            return Have(blobs=())
+            return None
         m, chunks = held
         if chunks is None:
-            entry = HaveEntry(digest=g.digest, size=m.size, chunk_size=m.chunk_size, complete=True, bitmap=b"")
-        else:
-            entry = HaveEntry(digest=g.digest, size=m.size, chunk_size=m.chunk_size, complete=False,
-                              bitmap=bitmap_from_indexes(chunks, chunk_count(m.size, m.chunk_size)))
-        return Have(blobs=(entry,))
+            return HaveEntry(digest=digest, size=m.size, chunk_size=m.chunk_size, complete=True, bitmap=b"")
+        return HaveEntry(digest=digest, size=m.size, chunk_size=m.chunk_size, complete=False,
+                         bitmap=bitmap_from_indexes(chunks, chunk_count(m.size, m.chunk_size)))
 
     async def _accept_offer(self, peer: str, offer: Offer) -> Message:
         if not self.authorize(peer, offer.digest, Direction.UPLOAD):

@@ -113,6 +113,13 @@ def _check_common(digest: str, size: int, chunk_size: int) -> None:
 # --------------------------------------------------------------------------- control messages
 
 
+def _check_digests(digests: tuple[str, ...]) -> None:
+    if not 1 <= len(digests) <= MAX_WANT:
+        raise ValidationError("digests", f"1..{MAX_WANT} entries")
+    for d in digests:
+        check_digest(d)
+
+
 @struct
 class HaveEntry(Struct):
     digest: str
@@ -144,10 +151,7 @@ class Want(Message):
     digests: tuple[str, ...]
 
     def check(self) -> None:
-        if not 1 <= len(self.digests) <= MAX_WANT:
-            raise ValidationError("digests", f"1..{MAX_WANT} entries")
-        for d in self.digests:
-            check_digest(d)
+        _check_digests(self.digests)
 
 
 @message(tag=65, domain="cpn/transfer/have")
@@ -253,10 +257,7 @@ class WhoHas(Message):
     digests: tuple[str, ...]
 
     def check(self) -> None:
-        if not 1 <= len(self.digests) <= MAX_WANT:
-            raise ValidationError("digests", f"1..{MAX_WANT} entries")
-        for d in self.digests:
-            check_digest(d)
+        _check_digests(self.digests)
 
 
 @struct

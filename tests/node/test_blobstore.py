@@ -14,6 +14,7 @@ from node.blobstore import (
     BlobStoreError,
     CorruptBlob,
     CorruptChunk,
+    PartialBlob,
     QuotaExceeded,
 )
 from protocol.chunks import chunk_hashes, chunk_root, digest_of
@@ -208,7 +209,8 @@ def test_page_aligned_buffers_out_of_order(tmp_path: Path) -> None:
     assert store.path_of(meta.digest).read_bytes() == data
 
 
-def test_resumed_chunks_are_verified_again_from_the_file(tmp_path: Path) -> None:
+def _interrupted_after_two_chunks(tmp_path: Path) -> tuple[bytes, BlobMeta, list[bytes], BlobStore, Path]:
+    """A 4-chunk blob whose transfer stopped after chunks 0 and 1 were kept."""
     data = os.urandom(4 * CS)
     meta, hashes = _blob(data)
     store = BlobStore(tmp_path)
@@ -217,32 +219,32 @@ def test_resumed_chunks_are_verified_again_from_the_file(tmp_path: Path) -> None
         p.write_chunk(i, _chunks(data)[i])
         p.mark_written(i)
     p.close()
-    p = store.begin(meta, hashes)  # resume: 0 and 1 are on disk, never in memory
-    for i in (2, 3):
+    return data, meta, hashes, store, p.path
+
+
+def _deliver(p: PartialBlob, data: bytes, indexes: tuple[int, ...]) -> None:
+    for i in indexes:
         p.write_chunk(i, _chunks(data)[i])
         p.mark_written(i)
+
+
+def test_resumed_chunks_are_verified_again_from_the_file(tmp_path: Path) -> None:
+    data, meta, hashes, store, _ = _interrupted_after_two_chunks(tmp_path)
+    p = store.begin(meta, hashes)  # resume: 0 and 1 are on disk, never in memory
+    _deliver(p, data, (2, 3))
     assert p.read_back == 2  # the two kept chunks, read back and verified at resume
     p.finish()
     assert store.path_of(meta.digest).read_bytes() == data
 
 
 def test_kept_chunk_damaged_on_disk_is_fetched_again(tmp_path: Path) -> None:
-    data = os.urandom(4 * CS)
-    meta, hashes = _blob(data)
-    store = BlobStore(tmp_path)
-    p = store.begin(meta, hashes)
-    for i in (0, 1):
-        p.write_chunk(i, _chunks(data)[i])
-        p.mark_written(i)
-    p.close()
-    fd = os.open(p.path, os.O_WRONLY)
+    data, meta, hashes, store, path = _interrupted_after_two_chunks(tmp_path)
+    fd = os.open(path, os.O_WRONLY)
     os.pwrite(fd, b"\xff", CS + 5)  # bit rot in chunk 1 between sessions
     os.close(fd)
     p = store.begin(meta, hashes)
     assert p.missing() == [1, 2, 3] and p.read_back == 2
-    for i in (1, 2, 3):
-        p.write_chunk(i, _chunks(data)[i])
-        p.mark_written(i)
+    _deliver(p, data, (1, 2, 3))
     p.finish()
     assert store.path_of(meta.digest).read_bytes() == data
 

@@ -192,6 +192,23 @@ async def test_hello_end_to_end_through_three_daemons(tmp_path: Path, hello_job:
         assert run.settled
 
 
+def big_input_job(d: Path, size: int) -> tuple[Path, Any]:
+    """A job dir whose busybox job counts the bytes of one random input of
+    ``size`` bytes; returns the dir and the input's BlobRef."""
+    import os
+
+    build_busybox_image(d / "image")
+    (d / "big.bin").write_bytes(os.urandom(size))
+    (d / "job.toml").write_text(
+        'name = "big"\nimage = "image"\ncommand = ["/bin/sh", "-c"]\nargs = ["wc -c < /data/big.bin > /out/n"]\n'
+        'outputs = ["/out"]\nmax_price = 100000\n'
+        "[resources]\ncpus = 0.5\nmemory_mib = 64\ndisk_mib = 16\n"
+        "[timeouts]\ntransfer_s = 120\nqueue_s = 60\nrun_s = 60\n"
+        '[[inputs]]\nfile = "big.bin"\npath = "/data/big.bin"\n'
+    )
+    return d, next(i.blob for i in load_job(d / "job.toml").spec.inputs)
+
+
 def peers_of(*nodes: Node) -> list[str]:
     return [f"{n.p2p.listen_addrs[0]}/p2p/{n.peer_id}" for n in nodes]
 
@@ -341,19 +358,7 @@ async def test_provider_killed_mid_transfer_resumes_without_resending_verified_c
     submitter's grace period, resumes the same agreement, and only the chunks it
     had not verified move again.  (48 chunks: three 16-chunk requests, so the
     kill lands before the last one whatever the batch in which 8 MiB is reported.)"""
-    import os
-
-    d = tmp_path / "bigjob"
-    build_busybox_image(d / "image")
-    (d / "big.bin").write_bytes(os.urandom(48 << 20))
-    (d / "job.toml").write_text(
-        'name = "big"\nimage = "image"\ncommand = ["/bin/sh", "-c"]\nargs = ["wc -c < /data/big.bin > /out/n"]\n'
-        'outputs = ["/out"]\nmax_price = 100000\n'
-        "[resources]\ncpus = 0.5\nmemory_mib = 64\ndisk_mib = 16\n"
-        "[timeouts]\ntransfer_s = 120\nqueue_s = 60\nrun_s = 60\n"
-        '[[inputs]]\nfile = "big.bin"\npath = "/data/big.bin"\n'
-    )
-    big = next(i.blob for i in load_job(d / "job.toml").spec.inputs)
+    d, big = big_input_job(tmp_path / "bigjob", 48 << 20)
     async with network(tmp_path, podman_env) as net:
         prov = await net.start("prov", execution=True)
         sub = await net.start("sub", execution=False)
@@ -444,19 +449,7 @@ async def test_second_provider_is_told_of_the_first_and_may_fetch_from_it(tmp_pa
     provider: asked WhoHas, the submitter names the provider of the first job with
     a FetchGrant, the second provider presents it, the first accepts (it ran a job
     of this submitter with these blobs) and becomes a source; the job finishes."""
-    import os
-
-    d = tmp_path / "shared"
-    build_busybox_image(d / "image")
-    (d / "big.bin").write_bytes(os.urandom(8 << 20))
-    (d / "job.toml").write_text(
-        'name = "shared"\nimage = "image"\ncommand = ["/bin/sh", "-c"]\nargs = ["wc -c < /data/big.bin > /out/n"]\n'
-        'outputs = ["/out"]\nmax_price = 100000\n'
-        "[resources]\ncpus = 0.5\nmemory_mib = 64\ndisk_mib = 16\n"
-        "[timeouts]\ntransfer_s = 120\nqueue_s = 60\nrun_s = 60\n"
-        '[[inputs]]\nfile = "big.bin"\npath = "/data/big.bin"\n'
-    )
-    big = next(i.blob for i in load_job(d / "job.toml").spec.inputs)
+    d, big = big_input_job(tmp_path / "shared", 8 << 20)
     async with network(tmp_path, podman_env) as net:
         first = await net.start("p1", execution=True)
         second = await net.start("p2", execution=True)
