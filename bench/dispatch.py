@@ -37,14 +37,14 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "node")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from cpn_podman import job_for  # noqa: E402
+from support.podman import job_for  # noqa: E402
 
-from node.execution import Executor  # noqa: E402
-from node.oci import load_image  # noqa: E402
-from node.runtime import ContainerRun, Podman, PodmanSettings, choose_runtime, self_test  # noqa: E402
-from node.testimage import build_busybox_image  # noqa: E402
+from node.execute.oci import load_image  # noqa: E402
+from node.execute.podman import ContainerRun, Podman, PodmanSettings, choose_runtime, self_test  # noqa: E402
+from node.execute.selftest_image import build_busybox_image  # noqa: E402
+from node.execute.service import Executor  # noqa: E402
 from protocol.envelope import public_key_proto_of  # noqa: E402
 from protocol.identity import peer_id_from_proto_key  # noqa: E402
 

@@ -38,12 +38,12 @@ from typing import Any
 import trio
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "node")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
 def build_image(base: Path, size_mib: int) -> Path:
-    from node.oci import pack_image
-    from node.testimage import busybox_rootfs
+    from node.execute.oci import pack_image
+    from node.execute.selftest_image import busybox_rootfs
 
     root = base / "rootfs"
     root.mkdir()
@@ -71,7 +71,7 @@ def job_file(base: Path, image: Path) -> Path:
 
 
 async def one(sub: Any, prov: Any, job: Path, results: Path) -> dict[str, float]:
-    from node.jobfile import load_job
+    from node.jobs.jobfile import load_job
 
     loaded = load_job(job)  # a fresh nonce: a new job each time
     body = {"job_hex": loaded.spec.encode().hex(), "results_dir": str(results),
@@ -104,12 +104,12 @@ async def one(sub: Any, prov: Any, job: Path, results: Path) -> dict[str, float]
 
 
 async def bench(size_mib: int, n: int) -> list[dict[str, Any]]:
-    from cpn_podman import shared_env  # private podman storage, cleaned at exit
+    from support.podman import shared_env  # private podman storage, cleaned at exit
 
     from node.config import config_from_dict
     from node.daemon import SERVICES, run_node
 
-    services = (*[s for s in SERVICES if "jobrunner" not in str(s)], "node.jobrunner:JobRunner")
+    services = (*[s for s in SERVICES if "jobs.runner" not in str(s)], "node.jobs.runner:JobRunner")
     env = await trio.to_thread.run_sync(shared_env)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cpn-bench-e2e-") as tmp:

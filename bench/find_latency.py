@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import testnet  # noqa: E402  (tools/testnet.py)
 
-from node.apiclient import ApiClient  # noqa: E402
+from node.api.client import ApiClient  # noqa: E402
 
 QUERIES = [
     {"gpus": 1, "gpu_model": ["h100"]},

@@ -109,10 +109,10 @@ async def bench_network(n: int) -> dict[str, float]:
     import trio
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from node.negotiation import PROTOCOL_ID, Policy, Provider, negotiate_best
+    from node.negotiate.agreements import Store
+    from node.negotiate.scheduler import Scheduler
+    from node.negotiate.service import PROTOCOL_ID, Policy, Provider, negotiate_best
     from node.p2p import open_host
-    from node.scheduler import Scheduler
-    from node.store import Store
     from protocol.envelope import seal
     from protocol.resources import GpuInfo, ResourceSet
 

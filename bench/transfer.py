@@ -290,7 +290,7 @@ async def role_cpn_serve(seed: str, data_dir: str, blob: str, client: str) -> No
     import trio
 
     from node.p2p import open_host
-    from node.transfer import TransferService
+    from node.transfer.service import TransferService
     from protocol.transfer import Direction
 
     key = _key(seed)
@@ -313,14 +313,14 @@ async def role_cpn_fetch(seed: str, data_dir: str, servers_json: str) -> None:
 
     import trio
 
-    from node.blobstore import BlobMeta
     from node.p2p import open_host
-    from node.transfer import TransferService
+    from node.transfer.blobstore import BlobMeta
+    from node.transfer.service import TransferService
 
     servers = json.loads(servers_json)
     key = _key(seed)
     if os.environ.get("CPN_BENCH_NO_DISK"):  # the "verify-only" row: same path minus disk writes
-        from node import blobstore
+        from node.transfer import blobstore
 
         def land(self, index, data):  # type: ignore[no-untyped-def]
             pass  # verified and recorded as written, nothing written

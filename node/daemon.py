@@ -33,11 +33,11 @@ from typing import Any, Protocol
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .api import Api, Request
-from .config import Config
-from .keys import load_or_create_key, peer_id_of
-from .metrics import Metrics
-from .p2p import P2PHost, RecordValidator, open_host
+from node.api.server import Api, Request
+from node.config import Config
+from node.keys import load_or_create_key, peer_id_of
+from node.metrics import Metrics
+from node.p2p import P2PHost, RecordValidator, open_host
 
 __all__ = ["Node", "Service", "SERVICES", "run_node", "main", "CLEANUP_TIMEOUT"]
 
@@ -53,11 +53,11 @@ CLEANUP_TIMEOUT = 5.0
 #: calls ``task_status.started()`` once it serves; it may also have
 #: ``dht_validators(node_clock) -> dict[namespace, RecordValidator]``.
 SERVICES: Sequence[Any] = (
-    "node.transfer:TransferService",
-    "node.execution:ExecutionService",
-    "node.discovery:AdvertiseService",
-    "node.negotiation:NegotiationService",
-    "node.jobrunner:JobRunner",
+    "node.transfer.service:TransferService",
+    "node.execute.service:ExecutionService",
+    "node.find.discovery:AdvertiseService",
+    "node.negotiate.service:NegotiationService",
+    "node.jobs.runner:JobRunner",
 )
 
 

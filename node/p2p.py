@@ -54,10 +54,9 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
+from node.keys import to_libp2p_keypair
 from protocol.envelope import uvarint
 from protocol.errors import ProtocolError
-
-from .keys import to_libp2p_keypair
 
 __all__ = [
     "StreamClosed",

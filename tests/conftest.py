@@ -11,8 +11,18 @@ import functools
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+# Shared test helpers (tests/support/) and the vector builders (tools/vectors/)
+# import as ``support.*`` and ``vectors.*``.  Appended, so they never shadow the
+# real ``node`` and ``protocol`` packages.
+_TESTS = Path(__file__).resolve().parent
+for _p in (_TESTS, _TESTS.parent / "tools"):
+    if str(_p) not in sys.path:
+        sys.path.append(str(_p))
 
 
 @functools.cache

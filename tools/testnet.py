@@ -361,7 +361,7 @@ def up(
 
 
 def _health(node: dict[str, Any]) -> dict[str, Any]:
-    from node.apiclient import ApiClient
+    from node.api.client import ApiClient
 
     return ApiClient(socket_path=node["api"], timeout=10).get("/v1/health")  # type: ignore[no-any-return]
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 
-from node.apiclient import ApiClient
+from node.api.client import ApiClient
 from node.config import load_config
 from node.daemon import run_node
 from node.keys import KEY_FILE, KeyFileError, load_or_create_key, peer_id_of

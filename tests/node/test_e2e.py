@@ -4,14 +4,13 @@ outputs fetched, verified, written -> receipt countersigned, in both ledgers.
 
 Nodes run in-process (``node.daemon.run_node``, each with real libp2p hosts on
 127.0.0.1, its own data dir and SQLite files); providers run containers in the
-tests' private podman storage (tests/node/cpn_podman.py).  "Killing" a node
+tests' private podman storage (tests/support/podman.py).  "Killing" a node
 cancels its whole service tree, which resets its streams like a dead process.
 Every wait is on an event or on polled state under ``trio.fail_after``.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,19 +19,15 @@ from typing import Any
 
 import pytest
 import trio
+from support.podman import shared_env  # noqa: E402
 
-from node.api import ApiError
+from node.api.server import ApiError
 from node.config import config_from_dict
 from node.daemon import SERVICES, Node, run_node
-from node.jobfile import load_job
+from node.execute.selftest_image import BUSYBOX, build_busybox_image
+from node.jobs.jobfile import load_job
 from node.ledger import Ledger
-from node.testimage import BUSYBOX, build_busybox_image
 from protocol.result import verify_receipt
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpn_podman import shared_env  # noqa: E402
-
-sys.path.pop(0)
 
 pytestmark = [
     pytest.mark.podman,
@@ -40,7 +35,7 @@ pytestmark = [
 ]
 
 LOOP = "/ip4/127.0.0.1/tcp/0"
-ALL_SERVICES = (*[s for s in SERVICES if "jobrunner" not in str(s)], "node.jobrunner:JobRunner")
+ALL_SERVICES = (*[s for s in SERVICES if "jobs.runner" not in str(s)], "node.jobs.runner:JobRunner")
 
 
 @dataclass
@@ -52,7 +47,7 @@ class Net:
     configs: dict[str, Any] = field(default_factory=dict)
     bound: dict[str, str] = field(default_factory=dict)  #: the address each node listened on
     gone: dict[str, trio.Event] = field(default_factory=dict)  #: set once a node's tree has exited
-    podman: Any = None  #: the shared private podman storage (cpn_podman.PodmanEnv)
+    podman: Any = None  #: the shared private podman storage (support.podman.PodmanEnv)
 
     async def start(self, name: str, *, execution: bool, fake_gpus: str = "", **discovery: Any) -> Node:
         if name not in self.configs:
@@ -390,8 +385,8 @@ async def test_bad_provider_is_detected_and_replaced(
     """A provider that agrees (it is the cheapest) but then answers watches with
     garbage, or never answers: the submitter reports it, records the agreement as
     failed and moves on to the other provider."""
-    from node import jobrunner
-    from node.jobprovider import PROTOCOL_ID
+    from node.jobs import runner as jobrunner
+    from node.jobs.provider import PROTOCOL_ID
     from protocol import jobflow
 
     # Shorter heartbeats (honest providers) and silence timeout, so "never answers" shows fast.
@@ -437,7 +432,7 @@ async def test_fake_gpus_never_claim_cdi_even_where_a_cdi_spec_exists(tmp_path: 
                             "discovery": {"fake_gpus": "h100:2"}})
     async with trio.open_nursery() as nursery:
         node: Node = await nursery.start(lambda task_status: run_node(
-            cfg, services=[CdiHost(), "node.discovery:AdvertiseService"], task_status=task_status))
+            cfg, services=[CdiHost(), "node.find.discovery:AdvertiseService"], task_status=task_status))
         assert node.container_capability.gpu_cdi is False  # type: ignore[attr-defined]
         advert = next(s for s in node.services if type(s).__name__ == "AdvertiseService").report
         assert advert.container.gpu_cdi is False and advert.container.runtime == "podman/runc"

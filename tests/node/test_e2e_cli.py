@@ -1,70 +1,26 @@
 """The end-to-end flow as a user drives it: two `cpn node run` daemons in separate
 processes, `cpn submit --follow`, `cpn jobs`, `cpn job show|logs|cancel`, `--json`.
 
-Podman runs in the tests' private storage (tests/node/cpn_podman.py).  Every wait
+Podman runs in the tests' private storage (tests/support/podman.py).  Every wait
 is a blocking read of a process's output (its "ready" line, the next line of
 `cpn submit --follow`), bounded by a timeout."""
 
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
+from support.daemons import CPN, ROOT, cpn, daemon
+from support.podman import shared_env
 
-from node.testimage import BUSYBOX, build_busybox_image
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpn_podman import shared_env  # noqa: E402
-
-sys.path.pop(0)
-
-ROOT = Path(__file__).resolve().parents[2]
-CPN = str(Path(sys.executable).parent / "cpn")
-LOOP = "/ip4/127.0.0.1/tcp/0"
+from node.execute.selftest_image import BUSYBOX, build_busybox_image
 
 pytestmark = [
     pytest.mark.podman,
     pytest.mark.skipif(not BUSYBOX.is_file(), reason=f"{BUSYBOX} missing: apt-get install busybox-static"),
 ]
-
-
-def cpn(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CPN, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
-
-@contextmanager
-def daemon(
-    data_dir: Path, *extra: str, listen: str | None = LOOP, prefix: tuple[str, ...] = ()
-) -> Iterator[dict[str, Any]]:
-    """`cpn node run` in the background until the block ends (SIGTERM); yields its "ready" line."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [*prefix, CPN, "node", "run", "--data-dir", str(data_dir), *(["--listen", listen] if listen else []), *extra]
-    with open(data_dir.parent / f"{data_dir.name}.log", "wb") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # blocks until the "ready" line (or exit)
-        assert line, (data_dir.parent / f"{data_dir.name}.log").read_text()[-3000:]
-        ready = json.loads(line)
-        assert ready["event"] == "ready"
-        yield ready
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
 
 
 def test_submit_follow_jobs_show_logs_cancel(tmp_path: Path) -> None:

@@ -13,20 +13,15 @@ import functools
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from support.daemons import CPN, daemon
+from support.podman import shared_env
 
-from node.testimage import BUSYBOX, build_busybox_image
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpn_podman import shared_env  # noqa: E402
-from test_e2e_cli import CPN, daemon  # noqa: E402
-
-sys.path.pop(0)
+from node.execute.selftest_image import BUSYBOX, build_busybox_image
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [

@@ -20,8 +20,8 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from node.jobfile import load_job
-from node.testimage import BUSYBOX, build_busybox_image
+from node.execute.selftest_image import BUSYBOX, build_busybox_image
+from node.jobs.jobfile import load_job
 from protocol.envelope import public_key_proto_of
 from protocol.identifiers import lookup_ids
 from protocol.identity import peer_id_from_proto_key
@@ -130,11 +130,9 @@ SUBMITTER_ID = peer_id_from_proto_key(
 @pytest.fixture(scope="module")
 def podman_capability() -> tuple[Any, Any]:
     """The shared private podman storage of the podman tests and its self-test (once)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from cpn_podman import shared_env
+    from support.podman import shared_env
 
-    sys.path.pop(0)
-    from node.runtime import self_test
+    from node.execute.podman import self_test
 
     env = shared_env()
     capability = trio.run(self_test, env.settings, env.image.image_id, env.base)
@@ -150,7 +148,7 @@ def test_example_runs_in_cpn_container(
     """The CPU examples run under the provider's real execution path (node.execution:
     image assembled and verified from blobs, every default limit, outputs collected
     and signed), and their outputs pass the submitter's verification."""
-    from node.execution import Executor, save_outputs
+    from node.execute.service import Executor, save_outputs
 
     env, capability = podman_capability
     loaded = load_job(examples / name / "job.toml")

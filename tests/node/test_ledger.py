@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from vectors.execution import sample_result
 
 from node.cli import main as cli_main
 from node.ledger import Ledger, LedgerError, verify_export
 from protocol.envelope import public_key_proto_of, seal
 from protocol.identity import peer_id_from_proto_key
 from protocol.result import countersign
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-from vectors.execution import sample_result  # noqa: E402
-
-sys.path.pop(0)
 
 PROVIDER = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 SUBMITTER = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))

@@ -1,0 +1,414 @@
+"""Provider side of an agreed job: fetch blobs, run, report, settle (spec/jobflow.md).
+
+An agreement (negotiation's ``on_agreement`` hook) starts one
+:class:`ProviderJob` task in the node's nursery:
+
+1. *transferring*: every blob of the job (image manifest, config, layers,
+   inputs) is fetched from the submitter through the transfer service.  The
+   submitter authorises the fetch once it has recorded the agreement, which
+   may be a moment after we sent it, so an ``unauthorized`` answer is retried
+   until the job's ``transfer_s`` runs out;
+2. *running*: :class:`node.execution.Executor` runs the container with the
+   agreement's GPUs; its log lines are kept for watchers;
+3. *finished* / *failed*: the signed Result is kept (the executor also writes
+   ``runs/<id>/result.cbor``), the submitter may fetch the outputs and the log
+   (granted to it alone), and the capacity is released;
+4. *settled*: the submitter's receipt arrived and is in the ledger.
+
+The submitter pulls (``JobWatch`` on ``/cpn/job/0.1.0``); nothing here dials
+it except for the input transfer.  Persistence is the negotiation store's
+provider row (state column) plus the executor's run directory, so a restarted
+provider reports the FAILED result the executor settled for an interrupted
+run, or resumes a transfer that had not reached the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node.p2p import FramedStream
+from protocol import cbor
+from protocol.envelope import Signed, open_envelope, seal
+from protocol.errors import ProtocolError
+from protocol.jobflow import MAX_LINE, MAX_LINES, JobCancel, JobPhase, JobUpdate, JobWatch
+from protocol.jobspec import JobSpec
+from protocol.result import Metering, Outcome, Receipt, Result, verify_receipt
+from protocol.transfer import Direction
+
+__all__ = ["PROTOCOL_ID", "ProviderJob", "ProviderSide", "FRAME_LIMIT", "FRAME_LIMITS", "STEP_TIMEOUT"]
+
+log = logging.getLogger("cpn.jobflow")
+
+PROTOCOL_ID = "/cpn/job/0.1.0"
+STEP_TIMEOUT = 10.0  #: seconds for one frame write, or a request frame read
+FRAME_LIMIT = 4 << 20  #: bytes in one frame (a Result with 1024 outputs fits)
+FRAME_LIMITS = cbor.Limits(max_size=FRAME_LIMIT, max_depth=16, max_items=4096)
+MAX_KEPT_LINES = 20_000  #: live log lines kept per job (the whole log is the log blob)
+
+
+@dataclass(eq=False)
+class ProviderJob:
+    """One agreed job on this provider (in memory; rebuilt from the store on start)."""
+
+    aid: str  #: agreement ID, hex
+    submitter: str
+    job: JobSpec
+    job_digest: bytes
+    gpus: tuple[str, ...]
+    phase: JobPhase = JobPhase.AGREED
+    detail: str = ""
+    transfer_done: int = 0  #: bytes of the job's blobs complete here
+    fetching: str | None = None  #: digest of the blob being fetched now
+    progress: dict[str, Any] = field(default_factory=dict)  #: the transfer service's Progress map
+    lines: list[str] = field(default_factory=list)
+    result: Signed[Result] | None = None
+    scope: trio.CancelScope | None = None
+    cancelled: bool = False
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def transfer_total(self) -> int:
+        return sum(b.size for b in self.job.blobs())
+
+    @property
+    def transfer_now(self) -> int:
+        """Verified bytes held, including the blob being fetched (for progress)."""
+        p = self.progress.get(self.fetching) if self.fetching is not None else None
+        partial = p.done_bytes if p is not None else 0
+        return min(self.transfer_done + partial, self.transfer_total)
+
+    def touch(self) -> None:
+        """Wake every watcher (they re-read the job)."""
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+def _update(pj: ProviderJob, now: int, log_from: int, lines: list[str]) -> JobUpdate:
+    return JobUpdate(
+        agreement_id=bytes.fromhex(pj.aid), phase=pj.phase, at=now, detail=pj.detail[:1024],
+        transfer_done=pj.transfer_now, transfer_total=pj.transfer_total,
+        log_from=log_from, lines=tuple(line[:MAX_LINE] for line in lines),
+    )
+
+
+class ProviderSide:
+    """The provider half of the job runner (owned by :class:`node.jobrunner.JobRunner`)."""
+
+    def __init__(self, node: Any, negotiation: Any) -> None:
+        self.node = node
+        self.negotiation = negotiation
+        self.jobs: dict[str, ProviderJob] = {}
+        #: test hook: replaces the signed result before it is published (bad-actor tests)
+        self.result_filter: Callable[[ProviderJob, Signed[Result]], Signed[Result]] | None = None
+
+    @property
+    def store(self) -> Any:
+        return self.negotiation.store
+
+    @property
+    def transfer(self) -> Any:
+        return self.node.transfer
+
+    @property
+    def executor(self) -> Any:
+        ex = getattr(self.node, "execution", None)
+        return None if ex is None else ex.executor
+
+    # ---- lifecycle
+
+    def start(self) -> None:
+        """Hook into negotiation and transfer; resume jobs of a previous life."""
+        if self.negotiation.provider is not None:
+            self.negotiation.provider.on_agreement.append(self._on_agreement)
+        self.transfer.add_authorizer(self._authorize)
+        self.transfer.owners.append(self._owned_by)
+        self._resume()
+
+    def _resume(self) -> None:
+        from protocol.negotiation_state import Negotiation
+
+        for row in self.store.list(role="provider", limit=10_000):
+            if row.state not in ("agreed", "transferring", "running", "finished", "failed") or not row.record:
+                continue
+            try:
+                conn = Negotiation.from_record(row.record, key=self.node.key, replay_cache=self.store)
+            except ProtocolError as exc:
+                log.warning("job %s: stored negotiation unreadable: %s", row.id, exc)
+                continue
+            if conn.job is None or conn.offer is None:
+                continue
+            alloc = row.extra.get("allocation") or {}
+            pj = ProviderJob(aid=row.id, submitter=row.peer, job=conn.job.message,
+                             job_digest=conn.offer.message.job_digest, gpus=tuple(alloc.get("gpu_uuids", ())))
+            self.jobs[pj.aid] = pj
+            result_file = self.node.data_dir / "runs" / pj.aid / "result.cbor"
+            if result_file.is_file():
+                self._publish(pj, open_envelope(result_file.read_bytes(), expected=Result))
+            elif row.state in ("agreed", "transferring"):
+                self.node.nursery.start_soon(self._run, pj)
+            else:  # running but the executor left no result: nothing can be proven
+                pj.phase, pj.detail = JobPhase.FAILED, "run lost in a provider restart"
+                self._release(pj)
+            log.info("resumed job %s in phase %s", pj.aid, pj.phase.value)
+
+    def _on_agreement(self, conn: Any, alloc: Any) -> None:
+        aid = conn.negotiation_id.hex()
+        pj = ProviderJob(aid=aid, submitter=conn.submitter, job=conn.job.message,
+                         job_digest=conn.offer.message.job_digest, gpus=tuple(alloc.gpu_uuids))
+        self.jobs[aid] = pj
+        self.node.nursery.start_soon(self._run, pj)
+
+    def _save(self, pj: ProviderJob, state: str, detail: str | None = None) -> None:
+        self.store.save(pj.aid, "provider", peer=pj.submitter, state=state, now=self.node.clock(),
+                        detail=detail)
+
+    def _release(self, pj: ProviderJob) -> None:
+        sched = getattr(self.node, "scheduler", None)
+        if sched is not None:
+            sched.release(pj.aid)
+
+    # ---- the job's life
+
+    async def _run(self, pj: ProviderJob) -> None:
+        with trio.CancelScope() as scope:
+            pj.scope = scope
+            try:
+                result = await self._transfer_and_execute(pj)
+            except _JobFailed as exc:
+                result = self._failed_result(pj, str(exc), Outcome.FAILED)
+            except Exception as exc:  # noqa: BLE001 - a task in the root nursery: fail this job, not the node
+                log.exception("job %s failed unexpectedly", pj.aid)
+                result = self._failed_result(pj, f"provider error: {type(exc).__name__}: {exc}", Outcome.FAILED)
+        pj.scope = None
+        if pj.result is not None:  # settled meanwhile (cancel answered first)
+            return
+        if scope.cancelled_caught:
+            if not pj.cancelled:  # node shutdown: the next start settles or resumes the run
+                return
+            result = self._failed_result(pj, "cancelled by the submitter", Outcome.CANCELLED)
+        if self.result_filter is not None:
+            result = self.result_filter(pj, result)
+        self._publish(pj, result)
+
+    async def _transfer_and_execute(self, pj: ProviderJob) -> Signed[Result]:
+        pj.phase = JobPhase.TRANSFERRING
+        self._save(pj, "transferring")
+        pj.touch()
+        await self._fetch_all(pj)
+        ex = self.executor
+        if ex is None:
+            raise _JobFailed("execution is disabled on this provider")
+        pj.detail = "image and inputs verified; preparing the container"
+        pj.touch()
+
+        def on_running(run: Any) -> None:
+            pj.phase, pj.detail = JobPhase.RUNNING, ""
+            self._save(pj, "running")
+            pj.touch()
+            self.node.nursery.start_soon(self._follow_log, pj, run.logs)
+
+        store = self.transfer.store
+        done = await ex.execute(
+            pj.job, agreement_id=bytes.fromhex(pj.aid), job_digest=pj.job_digest, submitter=pj.submitter,
+            gpus=pj.gpus, blob_path=store.path_of, store_output=store.import_file, on_running=on_running,
+        )
+        return done.result  # type: ignore[no-any-return]
+
+    async def _fetch_all(self, pj: ProviderJob) -> None:
+        from node.transfer.service import TransferFailed
+
+        t = self.transfer
+        deadline = trio.current_time() + pj.job.timeouts.transfer_s
+        pj.transfer_done = 0
+        for blob in pj.job.blobs():
+            t.store.pin(blob.digest, f"job:{pj.aid}")  # kept from garbage collection until published
+            delay = 0.1
+            while True:
+                left = deadline - trio.current_time()
+                try:
+                    if left <= 0:
+                        raise TransferFailed("the job's transfer_s ran out")
+                    pj.progress, pj.fetching = t.progress, blob.digest
+                    with trio.fail_after(left):
+                        # the submitter may name other providers that hold the blob
+                        # (its earlier jobs): they become extra sources
+                        await t.fetch(blob, [pj.submitter], discover=True)
+                    break
+                except (TransferFailed, trio.TooSlowError) as exc:
+                    if trio.current_time() + delay >= deadline:
+                        raise _JobFailed(f"transfer of {blob.digest} failed: {exc}") from None
+                    log.debug("job %s: fetch of %s failed (%s); retrying", pj.aid, blob.digest, exc)
+                    await trio.sleep(delay)  # the submitter may not have recorded the agreement yet
+                    delay = min(delay * 2, 2.0)
+            pj.fetching = None
+            pj.transfer_done += blob.size
+            pj.touch()
+
+    async def _follow_log(self, pj: ProviderJob, stream: Any) -> None:
+        async for line in stream.follow():
+            if len(pj.lines) < MAX_KEPT_LINES:
+                pj.lines.append(line.decode(errors="replace").rstrip("\n"))
+                pj.touch()
+
+    def _failed_result(self, pj: ProviderJob, detail: str, outcome: Outcome) -> Signed[Result]:
+        from node.execute.service import file_blob
+
+        run_dir = self.node.data_dir / "runs" / pj.aid
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log_path = run_dir / "log"
+        if not log_path.exists():
+            log_path.write_bytes(b"")
+        now = int(self.node.clock())
+        result = Result(
+            agreement_id=bytes.fromhex(pj.aid), job_digest=pj.job_digest, submitter=pj.submitter,
+            provider=self.node.peer_id, outcome=outcome, exit_code=None, oom=False, timed_out=False,
+            detail=detail[:512], outputs=(), log=file_blob(log_path, ""),
+            metering=Metering(wall_ms=0, cpu_ms=0, peak_memory_bytes=0, bytes_in=pj.transfer_done,
+                              bytes_out=0, gpus=()),
+            started_at=now, finished_at=now,
+        )
+        signed = seal(result, self.node.key)
+        (run_dir / "result.cbor").write_bytes(signed.raw)
+        self.transfer.store.import_file(log_path)
+        return signed
+
+    def _publish(self, pj: ProviderJob, result: Signed[Result]) -> None:
+        """Keep the result, let the submitter fetch what it names, free the capacity."""
+        pj.result = result
+        r = result.message
+        ok = r.outcome not in (Outcome.FAILED, Outcome.CANCELLED)
+        pj.phase = JobPhase.FINISHED if ok else JobPhase.FAILED
+        pj.detail = r.detail or r.outcome.value
+        for blob in (*r.outputs, r.log):
+            self.transfer.grant(pj.submitter, blob.digest, Direction.FETCH)
+            self.transfer.store.pin(blob.digest, f"result:{pj.aid}")  # until the receipt arrives
+        self._save(pj, "finished" if ok else "failed", detail=pj.detail)
+        self._release(pj)
+        self.transfer.store.unpin(f"job:{pj.aid}")
+        pj.touch()
+        log.info("job %s %s: %s", pj.aid, pj.phase.value, pj.detail)
+
+    def _authorize(self, peer: str, digest: str, direction: Direction) -> bool:
+        return False  # every grant is explicit (transfer.grant in _publish)
+
+    def _owned_by(self, owner: str, digest: str) -> bool:
+        """``owner`` submitted a job here that used ``digest``: it may let another
+        peer fetch that blob from us (a FetchGrant it signed, spec/transfer.md)."""
+        return any(pj.submitter == owner and any(b.digest == digest for b in pj.job.blobs())
+                   for pj in self.jobs.values())
+
+    # ---- the watch protocol (requests from the submitter)
+
+    async def handle(self, stream: FramedStream, signed: Signed[Any]) -> None:
+        """Serve one request frame, already opened and checked to come from the stream's peer."""
+        msg, peer = signed.message, signed.signer
+        if isinstance(msg, JobWatch):
+            await self._watch(stream, msg, peer)
+        elif isinstance(msg, JobCancel):
+            await self._cancel(stream, msg, peer)
+        elif isinstance(msg, Receipt):
+            await self.settle(stream, signed.raw, peer)
+
+    def _job_for(self, aid: bytes, peer: str) -> ProviderJob | None:
+        pj = self.jobs.get(aid.hex())
+        return pj if pj is not None and pj.submitter == peer else None
+
+    async def _send(self, stream: FramedStream, raw: bytes) -> None:
+        with trio.fail_after(STEP_TIMEOUT):
+            await stream.send_frame(raw)
+
+    async def _unknown(self, stream: FramedStream, aid: bytes) -> None:
+        msg = JobUpdate(agreement_id=aid, phase=JobPhase.FAILED, at=int(self.node.clock()),
+                        detail="unknown agreement (not agreed here, or with another submitter)",
+                        transfer_done=0, transfer_total=0, log_from=0, lines=())
+        await self._send(stream, seal(msg, self.node.key).raw)
+
+    async def _watch(self, stream: FramedStream, req: JobWatch, peer: str) -> None:
+        from protocol.jobflow import HEARTBEAT_S
+
+        pj = self._job_for(req.agreement_id, peer)
+        if pj is None:
+            await self._unknown(stream, req.agreement_id)
+            return
+        sent = min(req.log_lines, len(pj.lines))
+        last: tuple[Any, ...] | None = None
+        while True:
+            changed = pj.changed
+            lines = _batch(pj.lines, sent)
+            state = (pj.phase, pj.detail, pj.transfer_now)
+            if lines or state != last:
+                update = _update(pj, int(self.node.clock()), sent, lines)
+                await self._send(stream, seal(update, self.node.key).raw)
+                sent += len(lines)
+                last = state
+                continue
+            if pj.result is not None:
+                await self._send(stream, pj.result.raw)
+                return
+            # while blobs move, look at the byte count every second (progress)
+            wait = 1.0 if pj.phase is JobPhase.TRANSFERRING else HEARTBEAT_S
+            with trio.move_on_after(wait) as heartbeat:
+                await changed.wait()
+            if heartbeat.cancelled_caught and state == (pj.phase, pj.detail, pj.transfer_now):
+                last = None  # nothing new: send the same state again as a heartbeat
+
+    async def _cancel(self, stream: FramedStream, req: JobCancel, peer: str) -> None:
+        pj = self._job_for(req.agreement_id, peer)
+        if pj is None:
+            await self._unknown(stream, req.agreement_id)
+            return
+        if pj.result is None:
+            pj.cancelled = True
+            ex = self.executor
+            if not (ex is not None and ex.cancel(pj.aid)) and pj.scope is not None:
+                pj.scope.cancel()  # still transferring: stop the task
+            log.info("job %s cancelled by the submitter: %s", pj.aid, req.detail)
+        update = _update(pj, int(self.node.clock()), len(pj.lines), [])
+        await self._send(stream, seal(update, self.node.key).raw)
+
+    async def settle(self, stream: FramedStream, raw: bytes, peer: str) -> None:
+        """The submitter's receipt: verify, check it is for our result, record it."""
+        from node.ledger import Ledger, LedgerError
+
+        verified = verify_receipt(raw, submitter=peer, provider=self.node.peer_id)
+        r = verified.result.message
+        pj = self._job_for(r.agreement_id, peer)
+        if pj is None or pj.result is None or pj.result.digest != verified.result.digest:
+            raise ProtocolError("binding_mismatch", "receipt for a result this provider did not publish")
+        try:
+            with Ledger.in_data_dir(Path(self.node.data_dir)) as ledger:
+                ledger.append(raw, now=int(self.node.clock()))
+        except LedgerError as exc:
+            raise ProtocolError(exc.reason, str(exc)) from None
+        rm = verified.receipt.message
+        self.transfer.store.unpin(f"result:{pj.aid}")
+        pj.phase = JobPhase.SETTLED
+        pj.detail = "receipt recorded" + ("" if rm.accepted else f" (disputed: {rm.detail})")
+        self._save(pj, "settled", detail=pj.detail)
+        pj.touch()
+        update = _update(pj, int(self.node.clock()), len(pj.lines), [])
+        await self._send(stream, seal(update, self.node.key).raw)
+
+
+class _JobFailed(Exception):
+    pass
+
+
+def _batch(lines: list[str], start: int, max_bytes: int = 256 << 10) -> list[str]:
+    """Lines from ``start`` for one JobUpdate: at most MAX_LINES and about ``max_bytes``
+    (an envelope must stay well under the 1 MiB CBOR limit)."""
+    out: list[str] = []
+    size = 0
+    for line in lines[start : start + MAX_LINES]:
+        line = line[:MAX_LINE]
+        size += len(line.encode()) + 4
+        if out and size > max_bytes:
+            break
+        out.append(line)
+    return out

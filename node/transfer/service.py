@@ -1,0 +1,718 @@
+"""The transfer service: serve blobs to authorised peers and fetch blobs from many.
+
+Control plane on libp2p (``/cpn/transfer/0.1.0``, signed envelopes, one
+request and one answer per frame); bulk data on the direct data plane
+(:mod:`node.transfer.dataplane`) admitted by a ticket from that control stream.
+
+* **Authorisation** is default deny: a peer may fetch a blob or upload one only
+  if an authoriser says so.  The negotiation engine drives this through
+  :meth:`TransferService.grant` (agreement parties, agreed sizes) or its own
+  hook added with :meth:`TransferService.add_authorizer`.
+* **Fetch** (:meth:`TransferService.fetch`): dedup first (a stored blob is never
+  fetched); ask every source what it holds; take the chunk list from one and
+  check it against the signed root; resume the partial blob (only missing
+  chunks move); run one data connection per source in parallel; a corrupt
+  chunk penalises its sender and is fetched elsewhere.
+* **Upload** is an invitation to pull (``Offer``): the receiver checks the
+  agreement and size, then fetches from the uploader like any other blob, so
+  there is exactly one verified receive path.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node.p2p import FramedStream, StreamClosed
+from node.transfer.blobstore import (
+    BlobLike,
+    BlobMeta,
+    BlobStore,
+    BlobStoreError,
+    CorruptBlob,
+    PartialBlob,
+    QuotaExceeded,
+)
+from node.transfer.dataplane import (
+    DataPlaneServer,
+    FetchState,
+    SourceBanned,
+    fetch_from_source,
+    leaf_error,
+)
+from protocol.chunks import chunk_count, verify_chunk_list
+from protocol.envelope import open_envelope, seal
+from protocol.errors import ProtocolError
+from protocol.transfer import (
+    CONTROL_LIMITS,
+    MAX_CONTROL_FRAME,
+    MAX_GRANT_TTL,
+    PROTOCOL_ID,
+    ChunkList,
+    ChunkScheduler,
+    Direction,
+    FetchGrant,
+    GetChunkList,
+    Have,
+    HaveEntry,
+    HolderEntry,
+    Holders,
+    Offer,
+    OfferResult,
+    Present,
+    Ticket,
+    TicketRequest,
+    TransferError,
+    Want,
+    WhoHas,
+    bitmap_from_indexes,
+)
+from protocol.wire import Message
+
+__all__ = ["TransferService", "TransferFailed", "TransferRefused", "Progress", "Authorizer"]
+
+log = logging.getLogger("cpn.transfer")
+
+CONTROL_TIMEOUT = 30.0  #: seconds for one control request and its answer
+UPLOAD_TIMEOUT = 3600.0  #: seconds an uploader waits for the receiver to pull
+CHECKPOINT_EVERY = 64  #: chunks between durable bitmap checkpoints
+GRANT_TTL = 600  #: seconds a FetchGrant we sign stays valid
+MAX_GRANTS = 16  #: holders named in one answer to WhoHas
+HOLDER_TIMEOUT = 2.0  #: seconds to reach a named holder before fetching without it
+HOLDER_RETRY_AFTER = 600.0  #: seconds an unreachable holder is not tried again
+DISCOVER_MIN_BYTES = 4 << 20  #: smaller blobs are fetched from the given sources only
+PENALTY_SKIP = 3  #: penalties after which a peer is used only as a last resort
+
+Authorizer = Callable[[str, str, Direction], bool]
+
+
+class TransferFailed(Exception):
+    """A fetch could not complete (what is verified stays for resume)."""
+
+
+class TransferRefused(TransferFailed):
+    """The remote peer answered with a TransferError."""
+
+    def __init__(self, peer: str, reason: str, detail: str) -> None:
+        self.peer, self.reason, self.detail = peer, reason, detail
+        super().__init__(f"{peer} refused: {reason}: {detail}")
+
+
+@dataclass
+class Progress:
+    """One blob transfer as the API reports it (rates from the trio clock)."""
+
+    digest: str
+    total_bytes: int
+    direction: str = "fetch"
+    phase: str = "starting"  #: starting, chunk-list, transfer, verify, done, failed, deduplicated
+    done_bytes: int = 0  #: verified bytes held, including those resumed
+    moved_bytes: int = 0  #: bytes received in this run
+    started: float = field(default_factory=trio.current_time)
+    finished: float | None = None
+    sources: dict[str, int] = field(default_factory=dict)  #: verified bytes per peer
+    penalised: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def snapshot(self, now: float | None = None) -> dict[str, Any]:
+        end = self.finished if self.finished is not None else (trio.current_time() if now is None else now)
+        elapsed = max(end - self.started, 1e-9)
+        rate = self.moved_bytes / elapsed
+        left = self.total_bytes - self.done_bytes
+        return {
+            "digest": self.digest,
+            "direction": self.direction,
+            "phase": self.phase,
+            "total_bytes": self.total_bytes,
+            "done_bytes": self.done_bytes,
+            "moved_bytes": self.moved_bytes,
+            "rate_bytes_per_s": int(rate),
+            "eta_s": None if rate <= 0 or self.finished is not None else round(left / rate, 1),
+            "elapsed_s": round(elapsed, 3),
+            "sources": dict(self.sources),
+            "penalised": list(self.penalised),
+            "error": self.error,
+        }
+
+
+class TransferService:
+    """Daemon service (``node.transfer.service:TransferService`` in node/daemon.py SERVICES)."""
+
+    name = "transfer"
+
+    def __init__(self, *, store: BlobStore | None = None, quota_bytes: int | None = None,
+                 host: str = "127.0.0.1") -> None:
+        self.store = store
+        self.quota_bytes = quota_bytes
+        self.host = host
+        self._authorizers: list[Authorizer] = []
+        self._grants: dict[tuple[str, str, Direction], int | None] = {}
+        self.penalties: dict[str, int] = {}
+        self.progress: dict[str, Progress] = {}
+        self._fetching: dict[str, trio.Event] = {}
+        #: called with the Progress after every verified chunk (tests, CLI progress bars)
+        self.on_progress: Callable[[Progress], None] | None = None
+        #: known multiaddrs of peers (from adverts or agreements), used when dialling
+        self.addrs: dict[str, list[str]] = {}
+        self.stats = {"chunks_received": 0, "bytes_received": 0, "corrupt_chunks": 0,
+                      "dedup_hits": 0, "refused": 0, "fetches": 0}
+        self.dataplane: DataPlaneServer | None = None
+        self._key: Any = None
+        self._p2p: Any = None
+        #: owner side: other peers known to hold a blob, ``digest -> [(peer, addrs)]``
+        #: (the job runner registers the providers of its finished jobs)
+        self.holders_of: Callable[[str], list[tuple[str, list[str]]]] = lambda digest: []
+        #: holder side: may ``owner`` (a FetchGrant's signer) hand out ``digest``?
+        #: Default: if ``owner`` may fetch it from us itself; the job provider adds
+        #: "``owner`` submitted a job here that used it".
+        self.owners: list[Callable[[str, str], bool]] = []
+        self._delegated: dict[tuple[str, str], float] = {}  #: (grantee, digest) -> expires_at
+        self._unreachable: dict[str, float] = {}  #: holder -> when to try it again
+        #: serve cached blobs to peers holding the owner's FetchGrant ([transfer] serve_granted)
+        self.serve_granted = True
+        self.now: Callable[[], float] = time.time
+
+    # ---- lifecycle
+
+    def _configure(self, config: Any) -> None:
+        """``[transfer]`` in the node config: ``quota_mib`` (int), ``data_host`` (IP literal)."""
+        raw = getattr(config, "raw", {}).get("transfer", {}) if config is not None else {}
+        from node.config import ConfigError
+
+        unknown = sorted(set(raw) - {"quota_mib", "data_host", "serve_granted"})
+        if unknown:
+            raise ConfigError(f"transfer.{unknown[0]}: unknown key")
+        if "quota_mib" in raw:
+            q = raw["quota_mib"]
+            if not isinstance(q, int) or isinstance(q, bool) or q <= 0:
+                raise ConfigError("transfer.quota_mib: must be a positive integer")
+            self.quota_bytes = q << 20
+        if "serve_granted" in raw:
+            if not isinstance(raw["serve_granted"], bool):
+                raise ConfigError("transfer.serve_granted: must be true or false")
+            self.serve_granted = raw["serve_granted"]
+        if "data_host" in raw:
+            if not isinstance(raw["data_host"], str) or not raw["data_host"]:
+                raise ConfigError("transfer.data_host: must be an IP address")
+            self.host = raw["data_host"]
+
+    async def run(self, node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self._configure(getattr(node, "config", None))
+        self._key = node.key
+        self._p2p = node.p2p
+        # other services (negotiation, execution) reach the store and grants here
+        node.transfer = self
+        if self.store is None:
+            self.store = BlobStore(Path(node.data_dir), quota_bytes=self.quota_bytes)
+        self.dataplane = DataPlaneServer(self.store, host=self.host)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.dataplane.run)
+                node.p2p.set_stream_handler(PROTOCOL_ID, self._handle)
+                self._register_api(getattr(node, "api", None))
+                self._register_metrics(getattr(node, "metrics", None))
+                task_status.started(self)
+        finally:
+            self.store.close()
+
+    # ---- authorisation
+
+    def add_authorizer(self, fn: Authorizer) -> None:
+        """``fn(peer_id, digest, direction) -> bool``; any True admits (default deny)."""
+        self._authorizers.append(fn)
+
+    def grant(self, peer: str, digest: str, direction: Direction, *, max_size: int | None = None) -> None:
+        """Let ``peer`` fetch ``digest`` from us, or upload it to us (at most ``max_size`` bytes)."""
+        self._grants[(peer, digest, direction)] = max_size
+
+    def revoke(self, peer: str, digest: str | None = None) -> None:
+        for k in [k for k in self._grants if k[0] == peer and (digest is None or k[1] == digest)]:
+            del self._grants[k]
+
+    def authorize(self, peer: str, digest: str, direction: Direction) -> bool:
+        if (peer, digest, direction) in self._grants:
+            return True
+        if direction is Direction.FETCH and self._delegated.get((peer, digest), 0) > self.now():
+            return True
+        return any(fn(peer, digest, direction) for fn in self._authorizers)
+
+    def _owns(self, owner: str, digest: str) -> bool:
+        """May ``owner`` delegate fetching ``digest`` from us (sign FetchGrants for it)?"""
+        return self.authorize(owner, digest, Direction.FETCH) or any(fn(owner, digest) for fn in self.owners)
+
+    def _upload_limit(self, peer: str, digest: str) -> int | None:
+        return self._grants.get((peer, digest, Direction.UPLOAD))
+
+    # ---- serving (control plane)
+
+    async def _handle(self, stream: FramedStream) -> None:
+        peer = stream.remote_peer
+        while True:
+            try:
+                with trio.fail_after(CONTROL_TIMEOUT):
+                    raw = await stream.receive_frame(MAX_CONTROL_FRAME)
+                signed = open_envelope(raw, expected=(Want, GetChunkList, TicketRequest, Offer, WhoHas, Present),
+                                       signer=peer, limits=CONTROL_LIMITS)
+                reply = await self._answer(peer, signed.message)
+            except StreamClosed:
+                return
+            except ProtocolError as exc:
+                self.stats["refused"] += 1
+                log.info("transfer request from %s refused: %s", peer, exc)
+                await self._send(stream, TransferError(reason=exc.reason, detail=exc.detail[:1024]))
+                await stream.close()
+                return
+            await self._send(stream, reply)
+
+    async def _send(self, stream: FramedStream, msg: Message) -> None:
+        with trio.fail_after(CONTROL_TIMEOUT):
+            await stream.send_frame(seal(msg, self._key).raw)
+
+    async def _answer(self, peer: str, msg: Message) -> Message:
+        assert self.store is not None and self.dataplane is not None
+        if isinstance(msg, Want):
+            allowed = [d for d in msg.digests if self.authorize(peer, d, Direction.FETCH)]
+            if not allowed:
+                raise ProtocolError("unauthorized", "no agreement lets you fetch these blobs")
+            entries = [e for d in allowed if (e := self._have_entry(d)) is not None]
+            return Have(blobs=tuple(entries))
+        if isinstance(msg, Offer):
+            return await self._accept_offer(peer, msg)
+        if isinstance(msg, WhoHas):
+            return self._who_has(peer, msg)
+        if isinstance(msg, Present):
+            return self._present(peer, msg)
+        assert isinstance(msg, GetChunkList | TicketRequest)
+        digest = msg.digest
+        if not self.authorize(peer, digest, Direction.FETCH):
+            raise ProtocolError("unauthorized", f"no agreement lets you fetch {digest}")
+        held = self.store.held_chunks(digest)
+        if held is None or (held[1] is not None and not held[1]):
+            raise ProtocolError("not_found", f"{digest} is not stored here")
+        m, chunks = held
+        if isinstance(msg, GetChunkList):
+            hashes = self.store.chunk_list(digest)
+            return ChunkList(digest=digest, size=m.size, chunk_size=m.chunk_size, hashes=b"".join(hashes))
+        if chunks is None:
+            return self.dataplane.issue(peer, m)
+        # a partial blob: serve what it holds when each request arrives
+        return self.dataplane.issue(peer, m, held=functools.partial(self._held_now, digest))
+
+    def _held_now(self, digest: str) -> Collection[int]:
+        assert self.store is not None
+        held = self.store.held_chunks(digest)
+        if held is None:
+            return ()
+        m, chunks = held
+        return range(chunk_count(m.size, m.chunk_size)) if chunks is None else chunks
+
+    def _who_has(self, peer: str, msg: WhoHas) -> Holders:
+        """As a blob's owner: name other holders of blobs ``peer`` may fetch from
+        us, each with a FetchGrant that lets ``peer`` fetch it from them."""
+        allowed = [d for d in msg.digests if self.authorize(peer, d, Direction.FETCH)]
+        if not allowed:
+            raise ProtocolError("unauthorized", "no agreement lets you fetch these blobs")
+        me = str(self._p2p.peer_id)
+        expires = int(self.now()) + GRANT_TTL
+        entries: list[HolderEntry] = []
+        for d in allowed:
+            for holder, addrs in self.holders_of(d):
+                if holder in (peer, me) or len(entries) >= MAX_GRANTS:
+                    continue
+                grant = seal(FetchGrant(digest=d, grantee=peer, holder=holder, expires_at=expires), self._key)
+                entries.append(HolderEntry(grant=grant.raw, addrs=tuple(a for a in addrs[:8] if 0 < len(a) <= 256)))
+        return Holders(holders=tuple(entries))
+
+    def _present(self, peer: str, msg: Present) -> Have:
+        """As a holder: accept a FetchGrant naming us and ``peer`` from an owner of the
+        blob, then answer what we hold of it."""
+        assert self.store is not None
+        if not self.serve_granted:
+            raise ProtocolError("unauthorized", "this node does not serve granted fetches (serve_granted = false)")
+        signed = open_envelope(msg.grant, expected=FetchGrant, limits=CONTROL_LIMITS)
+        g: FetchGrant = signed.message
+        now = self.now()
+        if g.grantee != peer:
+            raise ProtocolError("unauthorized", "the grant names another peer")
+        if g.holder != str(self._p2p.peer_id):
+            raise ProtocolError("unauthorized", "the grant names another holder")
+        if not now < g.expires_at <= now + MAX_GRANT_TTL:
+            raise ProtocolError("expired", "the grant has expired (or expires too far ahead)")
+        if not self._owns(signed.signer, g.digest):
+            raise ProtocolError("unauthorized", f"{signed.signer} cannot grant {g.digest} here")
+        self._delegated[(peer, g.digest)] = float(g.expires_at)
+        for key in [k for k, t in self._delegated.items() if t <= now]:
+            del self._delegated[key]
+        entry = self._have_entry(g.digest)
+        return Have(blobs=() if entry is None else (entry,))
+
+    def _have_entry(self, digest: str) -> HaveEntry | None:
+        """What we hold of ``digest`` for a Have: all of it, the verified chunks of
+        a partial blob, or None."""
+        assert self.store is not None
+        held = self.store.held_chunks(digest)
+        if held is None or (held[1] is not None and not held[1]):
+            return None
+        m, chunks = held
+        if chunks is None:
+            return HaveEntry(digest=digest, size=m.size, chunk_size=m.chunk_size, complete=True, bitmap=b"")
+        return HaveEntry(digest=digest, size=m.size, chunk_size=m.chunk_size, complete=False,
+                         bitmap=bitmap_from_indexes(chunks, chunk_count(m.size, m.chunk_size)))
+
+    async def _accept_offer(self, peer: str, offer: Offer) -> Message:
+        if not self.authorize(peer, offer.digest, Direction.UPLOAD):
+            raise ProtocolError("unauthorized", f"no agreed job takes an upload of {offer.digest}")
+        limit = self._upload_limit(peer, offer.digest)
+        if limit is not None and offer.size > limit:
+            raise ProtocolError("too_large", f"{offer.size} bytes offered, {limit} agreed")
+        meta = BlobMeta(digest=offer.digest, size=offer.size, chunk_size=offer.chunk_size,
+                        chunk_root=offer.chunk_root)
+        try:
+            await self.fetch(meta, [peer])
+        except QuotaExceeded as exc:
+            raise ProtocolError("quota_exceeded", str(exc)) from None
+        except TransferFailed as exc:
+            raise ProtocolError("upload_failed", str(exc)) from None
+        return OfferResult(digest=offer.digest, stored=True)
+
+    # ---- client side
+
+    async def _ask(self, stream: FramedStream, msg: Message, expected: type[Message],
+                   wait_s: float = CONTROL_TIMEOUT) -> Any:
+        await self._send(stream, msg)
+        with trio.fail_after(wait_s):
+            raw = await stream.receive_frame(MAX_CONTROL_FRAME)
+        got = open_envelope(raw, expected=(expected, TransferError), signer=stream.remote_peer,
+                            limits=CONTROL_LIMITS).message
+        if isinstance(got, TransferError):
+            raise TransferRefused(stream.remote_peer, got.reason, got.detail)
+        return got
+
+    def penalise(self, peer: str, why: str) -> None:
+        self.penalties[peer] = self.penalties.get(peer, 0) + 1
+        log.warning("penalised %s: %s", peer, why)
+
+    async def push(self, peer: str, blob: BlobLike) -> None:
+        """Upload ``blob`` to ``peer``: offer it, let the peer pull it, wait until stored."""
+        self.grant(peer, blob.digest, Direction.FETCH)
+        try:
+            stream = await self._open(peer)
+            try:
+                offer = Offer(digest=blob.digest, size=blob.size, chunk_size=blob.chunk_size,
+                              chunk_root=blob.chunk_root)
+                await self._ask(stream, offer, OfferResult, wait_s=UPLOAD_TIMEOUT)
+            finally:
+                await stream.close()
+        finally:
+            self.revoke(peer, blob.digest)
+
+    async def _open(self, peer: str) -> FramedStream:
+        stream: FramedStream = await self._p2p.open_stream(peer, PROTOCOL_ID, self.addrs.get(peer))
+        return stream
+
+    async def fetch(self, blob: BlobLike, sources: Sequence[str], *, discover: bool = False) -> BlobMeta:
+        """Fetch ``blob`` from ``sources`` (peer IDs) into the store; return it.
+
+        With ``discover``, the first source is taken as the blob's owner and
+        asked which other peers hold it (WhoHas); those it vouches for with a
+        FetchGrant become extra sources (a holder that cannot be reached in
+        HOLDER_TIMEOUT is skipped).
+
+        Raises :class:`TransferFailed` (verified chunks are kept for a later
+        resume), :class:`~node.blobstore.QuotaExceeded` before moving any byte
+        if it cannot fit.
+        """
+        assert self.store is not None
+        digest = blob.digest
+        while digest in self._fetching:  # one fetch per blob; others wait and share it
+            await self._fetching[digest].wait()
+        if self.store.has(digest):
+            self.stats["dedup_hits"] += 1
+            self.progress.setdefault(digest, Progress(digest, blob.size, phase="deduplicated",
+                                                      done_bytes=blob.size))
+            return self.store.meta(digest) or BlobMeta(digest, blob.size, blob.chunk_size, blob.chunk_root)
+        done = self._fetching[digest] = trio.Event()
+        prog = self.progress[digest] = Progress(digest, blob.size)
+        self.stats["fetches"] += 1
+        try:
+            meta = await self._fetch(blob, sources, prog, discover)
+        except BaseException as exc:
+            prog.phase, prog.error, prog.finished = "failed", str(exc) or type(exc).__name__, trio.current_time()
+            raise
+        finally:
+            del self._fetching[digest]
+            done.set()
+        prog.phase, prog.finished = "done", trio.current_time()
+        return meta
+
+    async def fetch_many(self, blobs: Sequence[BlobLike], sources: Sequence[str], *,
+                         owner: str | None = None, parallel: int = 4) -> list[BlobMeta]:
+        """Fetch every blob of a job (image layers, config, manifest, inputs).
+
+        With ``owner`` (e.g. the job ID) each blob is pinned first, so garbage
+        collection cannot remove it while the job needs it; the caller unpins
+        with ``store.unpin(owner)``.  Blobs already stored move no bytes.
+        Raises the first failure after the others finished or failed.
+        """
+        assert self.store is not None
+        unique = list({b.digest: b for b in blobs}.values())
+        if owner is not None:
+            for b in unique:
+                self.store.pin(b.digest, owner)
+        limit = trio.Semaphore(parallel)
+        results: dict[str, BlobMeta] = {}
+        failures: list[BaseException] = []
+
+        async def one(b: BlobLike) -> None:
+            async with limit:
+                try:
+                    results[b.digest] = await self.fetch(b, sources)
+                except (TransferFailed, BlobStoreError) as exc:
+                    failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for b in unique:
+                nursery.start_soon(one, b)
+        if failures:
+            raise failures[0]
+        return [results[b.digest] for b in blobs]
+
+    async def _fetch(self, blob: BlobLike, sources: Sequence[str], prog: Progress,
+                     discover: bool = False) -> BlobMeta:
+        assert self.store is not None
+        digest, n = blob.digest, chunk_count(blob.size, blob.chunk_size)
+        ordered = sorted(dict.fromkeys(sources), key=lambda p: self.penalties.get(p, 0))
+        streams: dict[str, FramedStream] = {}
+        haves: dict[str, set[int] | None] = {}
+        errors: list[str] = []
+
+        async def ask_have(peer: str) -> None:
+            try:
+                stream = await self._open(peer)
+                streams[peer] = stream
+                have: Have = await self._ask(stream, Want(digests=(digest,)), Have)
+                for e in have.blobs:
+                    if e.digest == digest and (e.size, e.chunk_size) == (blob.size, blob.chunk_size):
+                        haves[peer] = None if e.complete else e.indexes()
+            except (TransferFailed, ProtocolError, StreamClosed, trio.TooSlowError) as exc:
+                errors.append(f"{peer}: {exc}")
+
+        partial: PartialBlob | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                for peer in ordered:
+                    nursery.start_soon(ask_have, peer)
+            if discover and sources and blob.size >= DISCOVER_MIN_BYTES and sources[0] in haves:
+                ordered += await self._discover_holders(digest, sources[0], streams, haves, errors)
+            usable = [p for p in ordered if p in haves]
+            if not usable:
+                raise TransferFailed(f"no source holds {digest}: " + "; ".join(errors or ["none asked"]))
+
+            prog.phase = "chunk-list"
+            hashes: list[bytes] | None = None
+            for peer in list(usable):
+                try:
+                    cl: ChunkList = await self._ask(streams[peer], GetChunkList(digest=digest), ChunkList)
+                    got = cl.hash_list()
+                    verify_chunk_list(got, size=blob.size, chunk_size=blob.chunk_size, root=blob.chunk_root)
+                    hashes = got
+                    break
+                except ProtocolError as exc:
+                    self.penalise(peer, f"bad chunk list: {exc}")
+                    prog.penalised.append(peer)
+                    usable.remove(peer)
+                except (TransferFailed, StreamClosed, trio.TooSlowError) as exc:
+                    errors.append(f"{peer}: {exc}")
+                    usable.remove(peer)
+            if hashes is None:
+                raise TransferFailed(f"no valid chunk list for {digest}: " + "; ".join(errors))
+
+            try:  # begin also re-verifies chunks kept from an interrupted transfer
+                partial = await trio.to_thread.run_sync(self.store.begin, blob, hashes)
+            except CorruptBlob as exc:  # the BlobRef itself is inconsistent: no peer is at fault
+                raise TransferFailed(str(exc)) from None
+            prog.done_bytes = sum(_chunk_len(blob, i) for i in partial.written)
+            sched = ChunkScheduler(n, done=partial.written)
+            tickets: dict[str, Ticket] = {}
+            for peer in usable:
+                try:
+                    tickets[peer] = await self._ask(streams[peer], TicketRequest(digest=digest), Ticket)
+                    sched.add_source(peer, haves[peer])
+                except (TransferFailed, ProtocolError, StreamClosed, trio.TooSlowError) as exc:
+                    errors.append(f"{peer}: {exc}")
+        except BaseException:
+            if partial is not None:  # keep what is verified for resume
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(partial.close)
+            raise
+        finally:
+            for s in streams.values():
+                with trio.CancelScope(shield=True), trio.move_on_after(CONTROL_TIMEOUT):
+                    await s.close()
+
+        prog.phase = "transfer"
+        try:
+            await self._run_sources(partial, sched, tickets, prog, errors)
+        except BaseException:  # cancelled or failed: keep what is verified for resume
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(partial.close)
+            raise
+        if not sched.complete:
+            await trio.to_thread.run_sync(partial.close)
+            raise TransferFailed(
+                f"{digest}: {len(sched.missing())} of {n} chunks missing (kept {len(partial.written)} "
+                f"for resume); " + "; ".join(errors)
+            )
+        prog.phase = "verify"
+        try:
+            return await trio.to_thread.run_sync(partial.finish)
+        except (CorruptBlob, BlobStoreError) as exc:
+            raise TransferFailed(str(exc)) from None
+
+    async def _discover_holders(self, digest: str, owner: str, streams: dict[str, FramedStream],
+                                haves: dict[str, set[int] | None], errors: list[str]) -> list[str]:
+        """Ask ``owner`` who else holds ``digest``; present its grants to them.
+        Returns the holders that answered with a usable Have (added to
+        ``streams`` and ``haves``).  Never fails the fetch."""
+        try:  # on a stream of its own: a refusal closes the stream it arrives on
+            with trio.fail_after(CONTROL_TIMEOUT):
+                stream = await self._open(owner)
+            try:
+                answer: Holders = await self._ask(stream, WhoHas(digests=(digest,)), Holders)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(CONTROL_TIMEOUT):
+                    await stream.close()
+        except (TransferFailed, ProtocolError, StreamClosed, trio.TooSlowError, OSError) as exc:
+            errors.append(f"{owner}: who-has: {exc}")
+            return []
+        me = str(self._p2p.peer_id)
+        found: list[str] = []
+
+        async def present(entry: HolderEntry) -> None:
+            holder = "?"
+            try:
+                g: FetchGrant = open_envelope(entry.grant, expected=FetchGrant, signer=owner,
+                                              limits=CONTROL_LIMITS).message
+                holder = g.holder
+                if g.digest != digest or g.grantee != me or holder in streams:
+                    return
+                if self._unreachable.get(holder, 0.0) > self.now():
+                    return
+                if entry.addrs and holder not in self.addrs:
+                    self.addrs[holder] = list(entry.addrs)
+                try:
+                    with trio.fail_after(HOLDER_TIMEOUT):
+                        s = await self._open(holder)
+                except (StreamClosed, trio.TooSlowError, OSError):
+                    self._unreachable[holder] = self.now() + HOLDER_RETRY_AFTER
+                    raise
+                streams[holder] = s
+                have: Have = await self._ask(s, Present(grant=entry.grant), Have)
+                for e in have.blobs:
+                    if e.digest == digest:
+                        haves[holder] = None if e.complete else e.indexes()
+                        found.append(holder)
+            except (TransferFailed, ProtocolError, StreamClosed, trio.TooSlowError, OSError) as exc:
+                errors.append(f"{holder}: {exc}")
+
+        async with trio.open_nursery() as nursery:
+            for entry in answer.holders:
+                nursery.start_soon(present, entry)
+        return found
+
+    async def _run_sources(self, partial: PartialBlob, sched: ChunkScheduler, tickets: dict[str, Ticket],
+                           prog: Progress, errors: list[str]) -> None:
+        def on_chunk(source: str, index: int, nbytes: int) -> None:
+            self.stats["chunks_received"] += 1
+            self.stats["bytes_received"] += nbytes
+            prog.done_bytes += nbytes
+            prog.moved_bytes += nbytes
+            prog.sources[source] = prog.sources.get(source, 0) + nbytes
+            if self.on_progress is not None:
+                self.on_progress(prog)
+
+        def on_corrupt(source: str, index: int) -> None:
+            self.stats["corrupt_chunks"] += 1
+            self.penalise(source, f"corrupt chunk {index} of {partial.meta.digest}")
+            if source not in prog.penalised:
+                prog.penalised.append(source)
+
+        state = FetchState(partial=partial, scheduler=sched, changed=trio.Event(),
+                           on_chunk=on_chunk, on_corrupt=on_corrupt)
+
+        async def run_source(peer: str, ticket: Ticket) -> None:
+            try:
+                await fetch_from_source(state, peer, ticket)
+            except BaseExceptionGroup as eg:  # noqa: B036 - unwrapped below
+                exc = leaf_error(eg)
+                if not isinstance(exc, _SOURCE_ERRORS):
+                    raise
+                errors.append(f"{peer}: {exc}")
+            except _SOURCE_ERRORS as exc:
+                errors.append(f"{peer}: {exc}")
+                if isinstance(exc, ProtocolError):
+                    self.penalise(peer, str(exc))
+            finally:
+                sched.source_failed(peer)
+                state.notify()
+
+        async def checkpointer() -> None:
+            """Durable checkpoints of the chunks written, off the receive path."""
+            last = len(partial.written)
+            while True:
+                await state.changed.wait()
+                if len(partial.written) - last >= CHECKPOINT_EVERY:
+                    last = len(partial.written)
+                    await trio.to_thread.run_sync(partial.checkpoint, set(partial.written))
+
+        async with trio.open_nursery() as outer:
+            outer.start_soon(checkpointer)
+            async with trio.open_nursery() as inner:
+                for peer, ticket in tickets.items():
+                    inner.start_soon(run_source, peer, ticket)
+            outer.cancel_scope.cancel()
+
+    # ---- API and metrics
+
+    def _register_api(self, api: Any) -> None:
+        if api is None:
+            return
+        from node.api.server import ApiError
+
+        async def list_transfers(request: Any) -> Any:
+            """Blob transfers of this daemon run: phase, bytes, rate, ETA per blob."""
+            return {"transfers": [p.snapshot() for p in self.progress.values()], "stats": dict(self.stats)}
+
+        async def one_transfer(request: Any) -> Any:
+            """One blob transfer's progress."""
+            digest = request.params["digest"]
+            if digest not in self.progress:
+                raise ApiError(404, "not_found", f"no transfer of {digest}")
+            return self.progress[digest].snapshot()
+
+        api.route("GET", "/v1/transfers", list_transfers, summary="Blob transfers and their progress")
+        api.route("GET", "/v1/transfers/{digest}", one_transfer, summary="Progress of one blob transfer")
+
+    def _register_metrics(self, metrics: Any) -> None:
+        if metrics is None or not hasattr(metrics, "gauge"):
+            return
+        for key, help_ in (("chunks_received", "Verified chunks received"),
+                           ("bytes_received", "Verified bytes received"),
+                           ("corrupt_chunks", "Chunks that failed verification"),
+                           ("dedup_hits", "Fetches skipped because the blob was stored")):
+            metrics.gauge(f"cpn_transfer_{key}_total", help_, lambda k=key: self.stats[k])
+
+
+_SOURCE_ERRORS = (SourceBanned, ProtocolError, OSError, trio.BrokenResourceError,
+                  trio.ClosedResourceError, trio.TooSlowError, BlobStoreError)
+
+
+def _chunk_len(blob: BlobLike, index: int) -> int:
+    return min(blob.chunk_size, blob.size - index * blob.chunk_size)
