@@ -7,7 +7,7 @@ Two in-process nodes (real libp2p hosts on 127.0.0.1, real podman in a private
 storage under a temp dir): a provider with execution enabled and a submitter.
 The job's image is the busybox test image plus one layer holding SIZE MiB of
 incompressible bytes.  Each row is one submission, timed by the submitter from
-``POST /v1/runs`` (the job runner's ``submit``) to the milestones of its event
+``POST /v1/jobs`` (the job runner's ``submit``) to the milestones of its event
 log:
 
 * **agreed**: find skipped (the provider is given), quotes and the co-signed
@@ -77,9 +77,11 @@ async def one(sub: Any, prov: Any, job: Path, results: Path) -> dict[str, float]
     body = {"job_hex": loaded.spec.encode().hex(), "results_dir": str(results),
             "blob_paths": {d: str(p) for d, p in loaded.blob_paths.items()},
             "peers": [f"{prov.p2p.listen_addrs[0]}/p2p/{prov.peer_id}"], "retries": 0}
-    runner = sub.jobrunner
+    from node.api.routes.jobs import submit_request
+
+    runner = sub.runner
     t0 = time.perf_counter()
-    run = await runner.submit(body)
+    run = await runner.submit(submit_request(body))
     live = runner.live[run.id]
     marks: dict[str, float] = {"submit": time.perf_counter() - t0}
     seen = 0
@@ -107,9 +109,8 @@ async def bench(size_mib: int, n: int) -> list[dict[str, Any]]:
     from support.podman import shared_env  # private podman storage, cleaned at exit
 
     from node.config import config_from_dict
-    from node.daemon import SERVICES, run_node
+    from node.daemon import run_node
 
-    services = (*[s for s in SERVICES if "jobs.runner" not in str(s)], "node.jobs.runner:JobRunner")
     env = await trio.to_thread.run_sync(shared_env)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cpn-bench-e2e-") as tmp:
@@ -124,10 +125,8 @@ async def bench(size_mib: int, n: int) -> list[dict[str, Any]]:
                                           "podman_runroot": str(env.settings.runroot)}
                 return config_from_dict(table)
 
-            prov = await nursery.start(lambda task_status: run_node(cfg("prov", True), services=services,
-                                                                    task_status=task_status))
-            sub = await nursery.start(lambda task_status: run_node(cfg("sub", False), services=services,
-                                                                   task_status=task_status))
+            prov = await nursery.start(lambda task_status: run_node(cfg("prov", True), task_status=task_status))
+            sub = await nursery.start(lambda task_status: run_node(cfg("sub", False), task_status=task_status))
             for i in range(n):
                 marks = await one(sub, prov, job, base / "results")
                 rows.append({"kind": "cold" if i == 0 else "warm", "size_mib": size_mib,

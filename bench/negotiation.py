@@ -109,12 +109,15 @@ async def bench_network(n: int) -> dict[str, float]:
     import trio
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from node.negotiate.agreements import Store
+    from node.negotiate.agreements import AgreementStore as Store
+    from node.negotiate.client import negotiate_best
+    from node.negotiate.policy import Policy
+    from node.negotiate.provider import Provider
     from node.negotiate.scheduler import Scheduler
-    from node.negotiate.service import PROTOCOL_ID, Policy, Provider, negotiate_best
     from node.p2p import open_host
     from protocol.envelope import seal
     from protocol.resources import GpuInfo, ResourceSet
+    from protocol.streams import NEGOTIATE_PROTOCOL as PROTOCOL_ID
 
     gpus = tuple(GpuInfo(vendor="nvidia", model="h100", name="H100", uuid=f"GPU-{i}", memory_mib=81920,
                          compute_capability="9.0", mig=False) for i in range(8))

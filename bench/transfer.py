@@ -53,7 +53,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 MiB = 1 << 20
 FLOOR_KEY = bytes(32)  #: the floor rows need no secret: they measure cost, not security
@@ -285,19 +285,15 @@ async def role_p2p_send(seed: str, peer: str, addrs: str, size: int) -> None:
 
 
 async def role_cpn_serve(seed: str, data_dir: str, blob: str, client: str) -> None:
-    import types
-
     import trio
+    from support.transfer import transfer_service
 
     from node.p2p import open_host
-    from node.transfer.service import TransferService
     from protocol.transfer import Direction
 
     key = _key(seed)
     async with open_host(key, ["/ip4/127.0.0.1/tcp/0"]) as host:
-        async with trio.open_nursery() as nursery:
-            node = types.SimpleNamespace(key=key, p2p=host, data_dir=Path(data_dir))
-            svc = await nursery.start(TransferService().run, node)
+        async with transfer_service(host, key, Path(data_dir)) as svc:
             meta = await trio.to_thread.run_sync(svc.store.import_file, Path(blob))
             svc.grant(client, meta.digest, Direction.FETCH)
             c0 = _cpu_s()  # serving only, not the import
@@ -305,17 +301,14 @@ async def role_cpn_serve(seed: str, data_dir: str, blob: str, client: str) -> No
                    "size": meta.size, "chunk_size": meta.chunk_size, "chunk_root": meta.chunk_root})
             await trio.to_thread.run_sync(sys.stdin.read)  # until the parent closes stdin
             _emit({"cpu_s": _cpu_s() - c0})
-            nursery.cancel_scope.cancel()
 
 
 async def role_cpn_fetch(seed: str, data_dir: str, servers_json: str) -> None:
-    import types
 
-    import trio
+    from support.transfer import transfer_service
 
     from node.p2p import open_host
     from node.transfer.blobstore import BlobMeta
-    from node.transfer.service import TransferService
 
     servers = json.loads(servers_json)
     key = _key(seed)
@@ -327,9 +320,7 @@ async def role_cpn_fetch(seed: str, data_dir: str, servers_json: str) -> None:
         blobstore.PartialBlob.write_verified = land  # type: ignore[method-assign]
         blobstore.PartialBlob.finish = lambda self: self.meta  # type: ignore[method-assign]
     async with open_host(key, ["/ip4/127.0.0.1/tcp/0"]) as host:
-        async with trio.open_nursery() as nursery:
-            node = types.SimpleNamespace(key=key, p2p=host, data_dir=Path(data_dir))
-            svc = await nursery.start(TransferService().run, node)
+        async with transfer_service(host, key, Path(data_dir)) as svc:
             for s in servers:
                 await host.connect(s["peer_id"], s["addrs"])
             s0 = servers[0]
@@ -339,7 +330,6 @@ async def role_cpn_fetch(seed: str, data_dir: str, servers_json: str) -> None:
             dt = time.perf_counter() - t0
             _emit({"bytes": meta.size, "seconds": dt, "rss_mib": _rss_mib(), "cpu_s": _cpu_s() - c0,
                    "per_source": svc.progress[meta.digest].sources})
-            nursery.cancel_scope.cancel()
 
 
 # --------------------------------------------------------------------------- orchestration

@@ -1,39 +1,49 @@
-"""Daemon configuration: a TOML file, validated at start, overridden by CLI flags.
+"""Daemon configuration: one TOML file, validated when it is loaded, overridden by flags.
 
-Every known key has a type and a default (the dataclasses below).  Validation
-fails fast with :class:`ConfigError` naming the dotted key (``discovery.
-advert_lifetime_s: must be an integer``) so a typo never silently falls back
-to a default.  Sections that belong to other areas of the node and are not
-described here are listed in :data:`RAW_SECTIONS` and handed over as plain
-tables (``config.raw["execution"]``); those areas validate them.
+Every section is a frozen dataclass declared here, and every key carries its
+type, default, documentation and rule (:func:`setting`).  One loader checks
+them all the same way: an unknown section or key, a wrong type or a broken
+rule is a :class:`ConfigError` whose message starts with the dotted key and
+says the rule (``negotiation.reservation_s: must be 1..600 (got 0)``), so a
+typo never silently falls back to a default.  Command-line flags override
+through the same path (``load_config(path, {"node.listen": [...]})``).
+Services receive their section, already valid; none reads raw tables.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
 import os
 import tomllib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "Config",
+    "ConfigError",
     "NodeSection",
     "ApiSection",
     "MetricsSection",
+    "DashboardSection",
     "DiscoverySection",
-    "ConfigError",
+    "NegotiationSection",
+    "TransferSection",
+    "ExecutionSection",
     "load_config",
+    "config_from_dict",
     "default_data_dir",
-    "RAW_SECTIONS",
+    "SECTIONS",
 ]
 
-#: Sections owned by other subsystems: passed through as tables, validated there.
-RAW_SECTIONS = frozenset({"negotiation", "transfer", "execution", "probe", "store"})
-
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+#: A rule: ``None`` if the value is acceptable, else what it must be.
+Rule = Callable[[Any], str | None]
 
 
 class ConfigError(Exception):
@@ -46,74 +56,207 @@ def default_data_dir() -> Path:
     return Path(env) if env else Path.home() / ".local" / "share" / "cpn"
 
 
-@dataclass
+def setting(default: Any, doc: str, *, rule: Rule | None = None, flag: str = "") -> Any:
+    """A config key: its default, one-line documentation, rule and command-line flag."""
+    meta = {"doc": doc, "rule": rule, "flag": flag}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def between(lo: int, hi: int, unit: str = "") -> Rule:
+    return lambda v: None if lo <= v <= hi else f"must be {lo}..{hi}{unit}"
+
+
+def at_least(lo: int, unit: str = "") -> Rule:
+    return lambda v: None if v >= lo else f"must be at least {lo}{unit}"
+
+
+def one_of(*choices: str) -> Rule:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def _listen_addrs(v: list[str]) -> str | None:
+    if not v:
+        return "needs at least one address"
+    for addr in v:
+        if not addr.startswith(("/ip4/", "/ip6/")) or "/tcp/" not in addr:
+            return f"{addr!r} is not a multiaddr like /ip4/0.0.0.0/tcp/4001"
+    return None
+
+
+def _peer_addrs(v: list[str]) -> str | None:
+    from node.addrs import AddrError, split_peer
+
+    for addr in v:
+        try:
+            transport, peer = split_peer(addr)
+        except AddrError as exc:
+            return str(exc)
+        if peer is None or not transport:
+            return f"{addr!r} must be an address ending in /p2p/<peer id>"
+    return None
+
+
+def _ip_literal(v: str) -> str | None:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return f"must be an IP address (got {v!r})"
+    return None
+
+
+def _fake_gpus(v: str) -> str | None:
+    if not v:
+        return None
+    from node.find.nvml import load_fake_nvml
+
+    try:
+        load_fake_nvml(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _peer_ids(v: list[str]) -> str | None:
+    from protocol.errors import ProtocolError
+    from protocol.identity import validate_peer_id
+
+    for p in v:
+        try:
+            validate_peer_id(p)
+        except ProtocolError:
+            return f"{p!r} is not a peer ID"
+    return None
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
 class NodeSection:
-    data_dir: str = ""  #: empty: default_data_dir()
-    listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
-    bootstrap: list[str] = field(default_factory=list)
-    log_level: str = "info"
+    """``[node]``: identity, addresses and logging."""
 
-    def check(self) -> None:
-        if self.log_level not in LOG_LEVELS:
-            raise ConfigError(f"node.log_level: must be one of {', '.join(LOG_LEVELS)}")
-        for i, addr in enumerate(self.listen):
-            if not addr.startswith("/ip4/") and not addr.startswith("/ip6/"):
-                raise ConfigError(
-                    f"node.listen[{i}]: must be a multiaddr like /ip4/0.0.0.0/tcp/4001"
-                )
-        if not self.listen:
-            raise ConfigError("node.listen: needs at least one address")
-        for i, addr in enumerate(self.bootstrap):
-            if "/p2p/" not in addr:
-                raise ConfigError(f"node.bootstrap[{i}]: must end in /p2p/<peer id>")
+    data_dir: str = setting(
+        "", "Data directory. Empty: `$CPN_HOME`, else `~/.local/share/cpn`.", flag="--data-dir"
+    )
+    listen: list[str] = setting(
+        ["/ip4/0.0.0.0/tcp/4001"],
+        "libp2p listen addresses (`/ip4/...` or `/ip6/...`, TCP). At least one.",
+        rule=_listen_addrs,
+        flag="--listen",
+    )
+    bootstrap: list[str] = setting(
+        [],
+        "Peers to join the DHT through; each ends in `/p2p/<peer id>`. None: a network of its own.",
+        rule=_peer_addrs,
+        flag="--bootstrap",
+    )
+    log_level: str = setting(
+        "info", "`debug`, `info`, `warning` or `error`; also py-libp2p's logs.",
+        rule=one_of(*LOG_LEVELS), flag="--log-level",
+    )
 
 
-@dataclass
+@dataclass(frozen=True)
 class ApiSection:
-    socket: str = ""  #: empty: <data_dir>/api.sock
+    """``[api]``: the local API socket."""
 
-    def check(self) -> None:
-        pass
+    socket: str = setting("", "Path of the local API socket (mode 0600). Empty: `<data_dir>/api.sock`.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MetricsSection:
-    port: int = 0  #: 0 disables; otherwise served on 127.0.0.1:<port>
+    """``[metrics]``: Prometheus text format on localhost."""
 
-    def check(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ConfigError("metrics.port: must be 0 (off) or a TCP port")
+    port: int = setting(
+        0, "0 disables; else Prometheus metrics on `127.0.0.1:<port>`.",
+        rule=between(0, 65535), flag="--metrics-port",
+    )
 
 
-@dataclass
+@dataclass(frozen=True)
+class DashboardSection:
+    """``[dashboard]``: the read-only web dashboard on localhost."""
+
+    port: int = setting(0, "0 disables; else the dashboard on `http://127.0.0.1:<port>/`.",
+                        rule=between(0, 65535), flag="--dashboard-port")
+
+
+@dataclass(frozen=True)
 class DiscoverySection:
-    enabled: bool = True
-    advert_lifetime_s: int = 300  #: validity of one advert; at most 600
-    reprovide_interval_s: int = 3600  #: re-announce provider records this often
-    fake_gpus: str = ""  #: fake NVML inventory (spec or JSON file) for testnets
-    price_gpu_hour: int = 1_000_000  #: micro-units per GPU-hour
-    price_cpu_core_hour: int = 10_000
-    price_memory_gib_hour: int = 1_000
+    """``[discovery]``: probing and advertising (spec/dht.md)."""
 
-    def check(self) -> None:
-        if not 30 <= self.advert_lifetime_s <= 600:
-            raise ConfigError("discovery.advert_lifetime_s: must be 30..600 seconds")
-        if self.reprovide_interval_s < 60:
-            raise ConfigError("discovery.reprovide_interval_s: must be at least 60 seconds")
-        for name in ("price_gpu_hour", "price_cpu_core_hour", "price_memory_gib_hour"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"discovery.{name}: must be >= 0")
+    enabled: bool = setting(True, "Advertise. `false`: the node routes and searches but offers nothing.")
+    advert_lifetime_s: int = setting(
+        300, "Validity of one signed advert; refreshed before it expires.", rule=between(30, 600, " seconds")
+    )
+    reprovide_interval_s: int = setting(
+        3600, "Re-announce DHT provider records at most this far apart.", rule=at_least(60, " seconds")
+    )
+    fake_gpus: str = setting(
+        "", "Testnets only: a fake NVML inventory (`h100:2,a100-40g:1` or a JSON file).",
+        rule=_fake_gpus, flag="--fake-gpus",
+    )
+    price_gpu_hour: int = setting(1_000_000, "Price per GPU-hour, micro-units.", rule=at_least(0))
+    price_cpu_core_hour: int = setting(10_000, "Price per CPU-core-hour, micro-units.", rule=at_least(0))
+    price_memory_gib_hour: int = setting(1_000, "Price per GiB-hour of memory, micro-units.", rule=at_least(0))
 
 
-@dataclass
+@dataclass(frozen=True)
+class NegotiationSection:
+    """``[negotiation]``: who may get quotes, for what, and how long capacity is held."""
+
+    allowed_peers: list[str] = setting([], "Peer IDs allowed to get quotes. Empty: everyone.", rule=_peer_ids)
+    max_job_s: int = setting(24 * 3600, "Longest run time accepted (`run_s`).", rule=at_least(1, " seconds"))
+    max_image_mib: int = setting(64 * 1024, "Largest image plus inputs accepted.", rule=at_least(1, " MiB"))
+    min_price: int = setting(0, "The least any job pays here, micro-units.", rule=at_least(0))
+    reservation_s: int = setting(30, "How long a quote holds capacity.", rule=between(1, 600, " seconds"))
+
+
+@dataclass(frozen=True)
+class TransferSection:
+    """``[transfer]``: the blob store and the bulk data plane (spec/transfer.md)."""
+
+    data_host: str = setting(
+        "127.0.0.1", "IP address the data plane listens on and hands out in tickets.", rule=_ip_literal
+    )
+    quota_mib: int = setting(0, "Upper bound of the blob store. 0: unlimited.", rule=at_least(0, " MiB"))
+    serve_granted: bool = setting(
+        True, "Serve cached blobs to a submitter's other providers holding its FetchGrant."
+    )
+
+    @property
+    def quota_bytes(self) -> int | None:
+        return self.quota_mib << 20 if self.quota_mib else None
+
+
+@dataclass(frozen=True)
+class ExecutionSection:
+    """``[execution]``: the container runtime (podman)."""
+
+    enabled: bool = setting(False, "Run the container self-test at start and accept container jobs.")
+    runtime: str = setting("", "OCI runtime for podman (`runc`, `crun`). Empty: chosen by the self-test.")
+    podman_root: str = setting("", "Private containers-storage root (`podman --root`). Empty: podman's own.")
+    podman_runroot: str = setting("", "`podman --runroot`. Empty: podman's, or `<podman_root>/run`.")
+    cdi_kind: str = setting("nvidia.com/gpu", "CDI device kind GPUs are requested as.")
+
+
+@dataclass(frozen=True)
 class Config:
     """The validated configuration of one daemon."""
 
     node: NodeSection = field(default_factory=NodeSection)
     api: ApiSection = field(default_factory=ApiSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    dashboard: DashboardSection = field(default_factory=DashboardSection)
     discovery: DiscoverySection = field(default_factory=DiscoverySection)
-    raw: dict[str, dict[str, Any]] = field(default_factory=dict)  #: RAW_SECTIONS tables
+    negotiation: NegotiationSection = field(default_factory=NegotiationSection)
+    transfer: TransferSection = field(default_factory=TransferSection)
+    execution: ExecutionSection = field(default_factory=ExecutionSection)
 
     @property
     def data_dir(self) -> Path:
@@ -124,59 +267,57 @@ class Config:
         return Path(self.api.socket) if self.api.socket else self.data_dir / "api.sock"
 
 
-_SECTIONS = {
-    "node": NodeSection,
-    "api": ApiSection,
-    "metrics": MetricsSection,
-    "discovery": DiscoverySection,
-}
+#: Section name -> dataclass, in file order.
+SECTIONS: dict[str, type[Any]] = dict(typing.get_type_hints(Config))
 
 
-def _check_value(key: str, value: Any, hint: Any) -> Any:
+# --------------------------------------------------------------------------- loading
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
     if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: must be true or false")
-    elif hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{key}: must be an integer")
-    elif hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: must be a string")
-    elif typing.get_origin(hint) is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key}: must be a list of strings")
-    return value
+        return None if isinstance(value, bool) else "must be true or false"
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else "must be an integer"
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "must be a finite number"
+    if hint is str:
+        return None if isinstance(value, str) else "must be a string"
+    if typing.get_origin(hint) is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return None if ok else "must be a list of strings"
+    raise TypeError(f"config: no check for type {hint!r}")  # pragma: no cover - a bug here
 
 
 def _build_section(name: str, table: Any) -> Any:
-    cls = _SECTIONS[name]
+    cls = SECTIONS[name]
     if not isinstance(table, dict):
         raise ConfigError(f"{name}: must be a table ([{name}])")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in table:
-        if key not in names:
-            raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(sorted(names))})")
-    values = {k: _check_value(f"{name}.{k}", v, hints[k]) for k, v in table.items()}
-    section = cls(**values)
-    section.check()
-    return section
+        if key not in fields:
+            raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(fields)})")
+    for key, value in table.items():
+        problem = _type_problem(value, hints[key])
+        rule = fields[key].metadata.get("rule")
+        if problem is None and rule is not None:
+            problem = rule(value)
+        if problem is not None:
+            raise ConfigError(f"{name}.{key}: {problem} (got {value!r})")
+    return cls(**table)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Validate a parsed TOML document."""
-    cfg = Config()
+    """Validate a parsed TOML document (unknown sections and keys are errors)."""
+    sections: dict[str, Any] = {}
     for name, table in data.items():
-        if name in _SECTIONS:
-            setattr(cfg, name, _build_section(name, table))
-        elif name in RAW_SECTIONS:
-            if not isinstance(table, dict):
-                raise ConfigError(f"{name}: must be a table ([{name}])")
-            cfg.raw[name] = table
-        else:
-            known = sorted([*_SECTIONS, *RAW_SECTIONS])
-            raise ConfigError(f"{name}: unknown section (known: {', '.join(known)})")
-    return cfg
+        if name not in SECTIONS:
+            raise ConfigError(f"{name}: unknown section (known: {', '.join(SECTIONS)})")
+        sections[name] = _build_section(name, table)
+    return Config(**sections)
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
@@ -191,14 +332,29 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path}: cannot read it: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
         section, key = dotted.split(".", 1)
-        data.setdefault(section, {})
-        if not isinstance(data[section], dict):
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):
             raise ConfigError(f"{section}: must be a table ([{section}])")
-        data[section][key] = value
+        table[key] = value
     return config_from_dict(data)
+
+
+def reference() -> list[tuple[str, str, str, Any, str, str]]:
+    """Every key as ``(section, key, type, default, doc, flag)``: the operator docs' table."""
+    out = []
+    for name, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            hint = hints[f.name]
+            kind = "list[str]" if typing.get_origin(hint) is list else hint.__name__
+            out.append((name, f.name, kind, default, f.metadata["doc"], f.metadata["flag"]))
+    return out

@@ -1,221 +1,230 @@
-"""The daemon: one trio root nursery, one :class:`Node` context, a list of services.
+"""The daemon: where every part of the node is built and wired, in one place.
 
-Start-up order (each step finishes before the next begins, so a service can
-rely on everything above it):
+:func:`run_node` is the composition root.  It builds each shared object once
+and hands every service exactly what it needs through its constructor, so
+reading this file tells who talks to whom:
 
-1. data dir (mode 0700) and the identity key (:mod:`node.keys`);
-2. the libp2p host and DHT (:func:`node.p2p.open_host`), with the DHT record
-   validators of every service that stores records;
-3. the local API socket and (opt-in) the metrics port;
-4. every entry of :data:`SERVICES`, in order, each with ``await
-   nursery.start(service.run, node)`` so it signals readiness.
+====================  =====================================================
+object                 uses
+====================  =====================================================
+``p2p``                the libp2p host and DHT (:mod:`node.p2p`, the only
+                       module importing libp2p)
+``blobs``              the content-addressed blob store (transfer, execution,
+                       jobs read and pin blobs in it)
+``agreements``         the negotiation store (SQLite; negotiation, jobs)
+``scheduler``          the node's capacity: reserved and committed GPUs, CPU,
+                       memory, disk (negotiation reserves, jobs release,
+                       discovery advertises what is free)
+``transfer``           serves and fetches blobs (jobs on both sides)
+``execution``          the podman self-test and the executor
+``discovery``          probe + adverts; its ``finder`` finds providers
+``negotiation``        serves offers (provider side)
+``provider_jobs``      runs agreed jobs (provider side of spec/jobflow.md)
+``runner``             drives submitted jobs (submitter side)
+``api``                the local HTTP API; routes in :mod:`node.api.routes`
+====================  =====================================================
+
+Start order, each ``await nursery.start(...)`` returning once the service
+serves: the API socket, transfer (the data plane), execution (the self-test
+decides the container capability that discovery advertises and negotiation
+admits), discovery (probes the host: the scheduler then knows what it can
+place), provider jobs (resumes jobs of a previous life), negotiation (now
+offers are served; agreements start provider jobs), the job runner (resumes
+and accepts submissions).  Every service owns the nursery of the tasks it
+spawns.
 
 Shutdown (SIGINT/SIGTERM or :meth:`Node.stop`) cancels the root nursery.
-Services release what they hold in ``finally`` blocks, shielded and bounded
-by a timeout (:data:`CLEANUP_TIMEOUT`): the advertise service publishes its
-tombstone while the host is still up, because the host is closed only after
-the nursery has exited.
+Services release what they hold in ``finally`` blocks, shielded and bounded:
+discovery publishes its tombstone while the host is still up, because the
+host closes only after the nursery has exited; the stores close last.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import signal
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from node.api.server import Api, Request
+from node.api.routes import agreements as agreement_routes
+from node.api.routes import execution as execution_routes
+from node.api.routes import find as find_routes
+from node.api.routes import jobs as job_routes
+from node.api.routes import node as node_routes
+from node.api.routes import transfers as transfer_routes
+from node.api.server import Api
+from node.clock import UnixClock, unix_now
 from node.config import Config
+from node.execute.service import ExecutionService
+from node.find.adverts import DiscoveryService
+from node.find.records import ADVERT_NAMESPACE, AdvertValidator
+from node.jobs.provider import ProviderJobs
+from node.jobs.runner import JobRunner
 from node.keys import load_or_create_key, peer_id_of
 from node.metrics import Metrics
-from node.p2p import P2PHost, RecordValidator, open_host
+from node.negotiate.agreements import AgreementStore
+from node.negotiate.policy import Policy
+from node.negotiate.scheduler import Scheduler
+from node.negotiate.service import NegotiationService
+from node.p2p import P2PHost, open_host
+from node.transfer.blobstore import BlobStore
+from node.transfer.service import TransferService
 
-__all__ = ["Node", "Service", "SERVICES", "run_node", "main", "CLEANUP_TIMEOUT"]
+__all__ = ["Node", "run_node", "main"]
 
 log = logging.getLogger("cpn.daemon")
-
-#: Seconds a service may spend releasing resources after cancellation.
-CLEANUP_TIMEOUT = 5.0
-
-#: The daemon's services, started in this order.  An entry is a
-#: ``"module:Class"`` string (imported lazily, so adding a service is one line),
-#: a class (instantiated without arguments) or a ready object.  A service has
-#: ``async def run(self, node, *, task_status=trio.TASK_STATUS_IGNORED)`` and
-#: calls ``task_status.started()`` once it serves; it may also have
-#: ``dht_validators(node_clock) -> dict[namespace, RecordValidator]``.
-SERVICES: Sequence[Any] = (
-    "node.transfer.service:TransferService",
-    "node.execute.service:ExecutionService",
-    "node.find.discovery:AdvertiseService",
-    "node.negotiate.service:NegotiationService",
-    "node.jobs.runner:JobRunner",
-)
-
-
-class Service(Protocol):
-    async def run(self, node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None: ...
-
-
-def unix_now() -> int:
-    """Wall-clock unix seconds (records carry absolute times)."""
-    return int(time.time())
 
 
 @dataclass(eq=False)
 class Node:
-    """Everything a service needs, created once per daemon run."""
+    """The running daemon: every long-lived object, built once by :func:`run_node`."""
 
     config: Config
-    data_dir: Path
     key: Ed25519PrivateKey  #: the identity key (libp2p peer key and envelope signer)
     peer_id: str
+    clock: UnixClock
     p2p: P2PHost
-    api: Api
     metrics: Metrics
-    nursery: trio.Nursery  #: the root nursery; long-lived tasks go here
-    clock: Callable[[], int] = unix_now  #: unix seconds; tests inject their own
-    #: compute identifiers advertised, ``[{"id": ..., "cid": ...}]`` (set by discovery)
-    advertised: list[dict[str, str]] = field(default_factory=list)
-    #: the probed ResourceSet (set by discovery's probe; None until probed)
-    resources: Any = None
-    #: the running service objects, in start order (e.g. to reach a service's state)
-    services: list[Any] = field(default_factory=list)
-    started_at: float = field(default_factory=time.monotonic)
+    api: Api
+    blobs: BlobStore
+    agreements: AgreementStore
+    scheduler: Scheduler
+    transfer: TransferService
+    execution: ExecutionService
+    discovery: DiscoveryService
+    negotiation: NegotiationService
+    provider_jobs: ProviderJobs
+    runner: JobRunner
     stopping: trio.Event = field(default_factory=trio.Event)
     #: set once every service has finished and the libp2p host is closed
     stopped: trio.Event = field(default_factory=trio.Event)
+    _scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.data_dir
 
     def stop(self) -> None:
         """Begin a clean shutdown: services run their cleanup, then the host closes."""
         if not self.stopping.is_set():
             log.info("shutting down")
             self.stopping.set()
-        self.nursery.cancel_scope.cancel()
+        self._scope.cancel()
 
 
-def load_services(entries: Sequence[Any]) -> list[Any]:
-    out = []
-    for entry in entries:
-        if isinstance(entry, str):
-            module, _, name = entry.partition(":")
-            entry = getattr(importlib.import_module(module), name)
-        out.append(entry() if isinstance(entry, type) else entry)
-    return out
+def _build(config: Config, key: Ed25519PrivateKey, p2p: P2PHost, clock: UnixClock, stack: ExitStack) -> Node:
+    """Every object of one node, wired; nothing runs yet."""
+    data_dir = config.data_dir
+    metrics = Metrics()
+    blobs = BlobStore(data_dir, quota_bytes=config.transfer.quota_bytes)
+    stack.callback(blobs.close)
+    agreements = AgreementStore.open(data_dir)
+    stack.callback(agreements.close)
+    policy = Policy.from_config(config)
+    scheduler = Scheduler(None, clock=trio.current_time, reservation_s=policy.reservation_s)
+    transfer = TransferService(p2p=p2p, key=key, store=blobs, config=config.transfer, metrics=metrics)
+    execution = ExecutionService(config.execution, runs_dir=data_dir / "runs", key=key, peer_id=p2p.peer_id,
+                                 clock=clock, fake_gpus=bool(config.discovery.fake_gpus))
+    discovery = DiscoveryService(config.discovery, p2p=p2p, key=key, data_dir=data_dir, clock=clock,
+                                 scheduler=scheduler, capability=lambda: execution.capability, metrics=metrics)
+    negotiation = NegotiationService(p2p=p2p, key=key, agreements=agreements, scheduler=scheduler, policy=policy,
+                                     clock=clock, capability=lambda: execution.capability)
+    provider_jobs = ProviderJobs(p2p=p2p, key=key, agreements=agreements, scheduler=scheduler, transfer=transfer,
+                                 execution=execution, data_dir=data_dir, clock=clock)
+    runner = JobRunner(p2p=p2p, key=key, transfer=transfer, agreements=agreements, finder=discovery.finder,
+                       data_dir=data_dir, clock=clock)
+    # The hooks between services, all here:
+    negotiation.provider.on_agreement.append(provider_jobs.on_agreement)  # an agreement starts a job
+    transfer.add_authorizer(runner.authorize)  # our providers may fetch our jobs' blobs
+    transfer.holders_of = runner.holders_of  # owner side of WhoHas: earlier providers of a blob
+    transfer.owners.append(provider_jobs.owned_by)  # holder side: submitters may grant their blobs
+    node = Node(config=config, key=key, peer_id=p2p.peer_id, clock=clock, p2p=p2p, metrics=metrics, api=Api(),
+                blobs=blobs, agreements=agreements, scheduler=scheduler, transfer=transfer, execution=execution,
+                discovery=discovery, negotiation=negotiation, provider_jobs=provider_jobs, runner=runner)
+    _register_routes(node)
+    _register_metrics(node)
+    return node
 
 
-def _register_core_routes(node: Node) -> None:
-    async def health(request: Request) -> Any:
-        """Liveness: the daemon is up and serving."""
-        return {
-            "status": "stopping" if node.stopping.is_set() else "ok",
-            "peer_id": node.peer_id,
-            "peers": len(node.p2p.connected_peers()),
-            "uptime_s": round(time.monotonic() - node.started_at, 1),
-        }
-
-    async def identity(request: Request) -> Any:
-        """Peer ID, listen addresses and advertised compute identifiers with their CIDs."""
-        return {
-            "peer_id": node.peer_id,
-            "addrs": node.p2p.listen_addrs,
-            "identifiers": node.advertised,
-            "data_dir": str(node.data_dir),
-        }
-
-    async def peers(request: Request) -> Any:
-        """Connected peers and DHT table sizes."""
-        return {
-            "connected": node.p2p.connected_peers(),
-            "routing_table": node.p2p.routing_table_size(),
-            "dht_values": node.p2p.value_store_size(),
-        }
-
-    node.api.route("GET", "/v1/health", health, summary="Liveness and peer count")
-    node.api.route("GET", "/v1/id", identity, summary="Identity and advertised identifiers")
-    node.api.route("GET", "/v1/peers", peers, summary="Connections and DHT sizes")
+def _register_routes(node: Node) -> None:
+    node_routes.register(node.api, p2p=node.p2p, discovery=node.discovery, data_dir=node.data_dir,
+                         stopping=node.stopping)
+    find_routes.register(node.api, node.discovery)
+    job_routes.register(node.api, node.runner)
+    agreement_routes.register(node.api, node.agreements)
+    transfer_routes.register(node.api, node.transfer)
+    execution_routes.register(node.api, node.execution)
 
 
-def _register_core_metrics(node: Node) -> None:
-    m = node.metrics
-    m.gauge(
-        "cpn_peers_connected", "Connected libp2p peers", lambda: len(node.p2p.connected_peers())
-    )
-    m.gauge(
-        "cpn_dht_routing_table_peers", "Peers in the kad routing table", node.p2p.routing_table_size
-    )
-    m.gauge("cpn_dht_records", "Value records held in the DHT store", node.p2p.value_store_size)
-    m.gauge("cpn_dht_lookups_total", "Provider lookups made", lambda: node.p2p.stats.lookups)
-    m.gauge(
-        "cpn_dht_lookup_errors_total",
-        "Failed queries in lookups",
-        lambda: node.p2p.stats.lookup_errors,
-    )
-    m.gauge(
-        "cpn_dht_rejected_records_total",
-        "DHT records refused by our validators",
-        lambda: sum(node.p2p.stats.rejected_records.values()),
-    )
+def _register_metrics(node: Node) -> None:
+    m, p2p = node.metrics, node.p2p
+    m.gauge("cpn_peers_connected", "Connected libp2p peers", lambda: len(p2p.connected_peers()))
+    m.gauge("cpn_dht_routing_table_peers", "Peers in the kad routing table", p2p.routing_table_size)
+    m.gauge("cpn_dht_records", "Value records held in the DHT store", p2p.value_store_size)
+    m.gauge("cpn_dht_lookups_total", "Provider lookups made", lambda: p2p.stats.lookups)
+    m.gauge("cpn_dht_lookup_errors_total", "Failed queries in lookups", lambda: p2p.stats.lookup_errors)
+    m.gauge("cpn_dht_rejected_records_total", "DHT records refused by our validators",
+            lambda: sum(p2p.stats.rejected_records.values()))
+
+
+async def _serve(node: Node, *, prepare: Callable[[Node], None] | None,
+                 task_status: trio.TaskStatus[Node]) -> None:
+    config = node.config
+    async with trio.open_nursery() as nursery:
+        if prepare is not None:
+            prepare(node)
+        await nursery.start(node.api.serve, config.api_socket)
+        if config.metrics.port:
+            await nursery.start(node.metrics.serve, config.metrics.port)
+        await nursery.start(node.transfer.run)
+        await nursery.start(node.execution.run)
+        await nursery.start(node.discovery.run)
+        node.negotiation.resume()  # re-commit agreements of a previous life before jobs look at them
+        await nursery.start(node.provider_jobs.run)
+        await nursery.start(node.negotiation.run)
+        await nursery.start(node.runner.run)
+        log.info("node %s ready on %s", node.peer_id, ", ".join(node.p2p.listen_addrs))
+        task_status.started(node)
 
 
 async def run_node(
     config: Config,
     *,
-    services: Sequence[Any] | None = None,
-    clock: Callable[[], int] = unix_now,
+    clock: UnixClock = unix_now,
     handle_signals: bool = False,
-    task_status: Any = trio.TASK_STATUS_IGNORED,
+    prepare: Callable[[Node], None] | None = None,
+    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one node until cancelled (or a signal, with ``handle_signals``).
 
     ``task_status.started(node)`` hands the :class:`Node` to the caller once
     every service is ready; tests run several nodes in one process this way.
+    ``prepare(node)`` runs once everything is built and before any service
+    starts: the one place where a test may stand in for a part this machine
+    lacks (a container capability proven elsewhere, fake resources).
     """
     data_dir = config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = load_or_create_key(data_dir)
-    svcs = load_services(SERVICES if services is None else services)
-    validators: dict[str, RecordValidator] = {}
-    for svc in svcs:
-        if hasattr(svc, "dht_validators"):
-            validators.update(svc.dht_validators(clock))
+    validators = {ADVERT_NAMESPACE: AdvertValidator(clock)}
     node: Node | None = None
-    async with open_host(
-        key, config.node.listen, validators=validators, bootstrap=config.node.bootstrap
-    ) as p2p:
-        async with trio.open_nursery() as nursery:
-            node = Node(
-                config=config,
-                data_dir=data_dir,
-                key=key,
-                peer_id=peer_id_of(key),
-                p2p=p2p,
-                api=Api(),
-                metrics=Metrics(),
-                nursery=nursery,
-                clock=clock,
-                services=svcs,
-            )
-            assert node.peer_id == p2p.peer_id, "libp2p and CPN disagree on the peer ID"
-            if handle_signals:
-                nursery.start_soon(_watch_signals, node)
-            _register_core_routes(node)
-            _register_core_metrics(node)
-            await nursery.start(node.api.serve, config.api_socket)
-            if config.metrics.port:
-                await nursery.start(node.metrics.serve, config.metrics.port)
-            for svc in svcs:
-                await nursery.start(svc.run, node)
-            log.info("node %s ready on %s", node.peer_id, ", ".join(p2p.listen_addrs))
-            task_status.started(node)
+    async with open_host(key, config.node.listen, validators=validators, bootstrap=config.node.bootstrap) as p2p:
+        assert p2p.peer_id == peer_id_of(key), "libp2p and CPN disagree on the peer ID"
+        with ExitStack() as stack:
+            node = _build(config, key, p2p, clock, stack)
+            with node._scope:
+                async with trio.open_nursery() as nursery:
+                    if handle_signals:
+                        nursery.start_soon(_watch_signals, node)
+                    await nursery.start(lambda task_status: _serve(node, prepare=prepare, task_status=task_status))
+                    task_status.started(node)
     log.info("node %s stopped", p2p.peer_id)
     if node is not None:
         node.stopped.set()

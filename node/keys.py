@@ -62,18 +62,3 @@ def _read_key(path: Path) -> Ed25519PrivateKey:
     if len(seed) != 32:
         raise KeyFileError(f"{path} must hold a 32-byte Ed25519 seed, has {len(seed)} bytes")
     return Ed25519PrivateKey.from_private_bytes(seed)
-
-
-def to_libp2p_keypair(key: Ed25519PrivateKey):  # type: ignore[no-untyped-def]
-    """The libp2p ``KeyPair`` for ``key`` (imported lazily: libp2p costs ~0.8 s)."""
-    from libp2p.crypto.ed25519 import Ed25519PrivateKey as LibKey
-    from libp2p.crypto.keys import KeyPair
-
-    lib = LibKey.from_bytes(seed_of(key))
-    return KeyPair(lib, lib.get_public_key())
-
-
-def from_libp2p_keypair(pair) -> Ed25519PrivateKey:  # type: ignore[no-untyped-def]
-    """Inverse of :func:`to_libp2p_keypair`."""
-    raw = pair.private_key.to_bytes()
-    return Ed25519PrivateKey.from_private_bytes(raw[:32])

@@ -1,7 +1,8 @@
 """Logging for the daemon and CLI: one handler on the ``cpn`` logger.
 
-py-libp2p's records are forwarded into ``cpn.libp2p`` by :mod:`node.p2p`, so
-this one handler (and its level) covers everything the daemon prints.
+py-libp2p's records are forwarded into ``cpn.libp2p`` (:func:`route_library_logs`,
+installed by :mod:`node.p2p`), so this one handler (and its level) covers
+everything the daemon prints.
 """
 
 from __future__ import annotations
@@ -24,7 +25,43 @@ def setup_logging(level: str = "info", stream: object = None) -> None:
     handler.setFormatter(logging.Formatter(FORMAT))
     handler._cpn = True  # type: ignore[attr-defined]
     root.addHandler(handler)
-    # py-libp2p's level follows ours (see node.p2p.route_libp2p_logs).
+    # py-libp2p's level follows ours (see route_library_logs).
     logging.getLogger("libp2p").setLevel(
         logging.DEBUG if root.isEnabledFor(logging.DEBUG) else logging.WARNING
+    )
+
+
+
+class _ForwardHandler(logging.Handler):
+    """Re-emit libp2p records under ``cpn.libp2p`` so our handlers and levels apply.
+
+    py-libp2p logs a WARNING for every clean remote close of a DHT stream
+    ("Failed to read DHT message from stream"); those become DEBUG.
+    """
+
+    _NOISY = (
+        "Failed to read DHT message",
+        "Incomplete DHT message",
+        "Error sending ADD_PROVIDER",
+        # our /cpn-advert/<peer> keys are > 50 bytes; py-libp2p refuses them in FIND_NODE
+        "FIND_NODE key is not a valid PeerId",
+    )
+
+    def emit(self, record: logging.LogRecord) -> None:
+        target = logging.getLogger("cpn.libp2p." + record.name.removeprefix("libp2p."))
+        if record.levelno == logging.WARNING and any(n in str(record.msg) for n in self._NOISY):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.name = target.name
+        if target.isEnabledFor(record.levelno):
+            target.handle(record)
+
+
+def route_library_logs() -> None:
+    """Install the forwarding handler on the ``libp2p`` logger (idempotent)."""
+    lib = logging.getLogger("libp2p")
+    lib.propagate = False
+    if not any(isinstance(h, _ForwardHandler) for h in lib.handlers):
+        lib.addHandler(_ForwardHandler())
+    lib.setLevel(
+        logging.DEBUG if logging.getLogger("cpn").isEnabledFor(logging.DEBUG) else logging.WARNING
     )

@@ -38,6 +38,8 @@ import multiaddr
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from libp2p import new_host
+from libp2p.crypto.ed25519 import Ed25519PrivateKey as LibEd25519PrivateKey
+from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
@@ -54,7 +56,9 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
-from node.keys import to_libp2p_keypair
+from node.addrs import split_peer, with_peer
+from node.keys import seed_of
+from node.logs import route_library_logs
 from protocol.envelope import uvarint
 from protocol.errors import ProtocolError
 
@@ -110,42 +114,20 @@ class PeerUnreachable(StreamClosed):
     """Dialling the peer, or negotiating the protocol with it, failed."""
 
 
-# --------------------------------------------------------------------------- logging
+
+# --------------------------------------------------------------------------- keys
 
 
-class _ForwardHandler(logging.Handler):
-    """Re-emit libp2p records under ``cpn.libp2p`` so our handlers and levels apply.
-
-    py-libp2p logs a WARNING for every clean remote close of a DHT stream
-    ("Failed to read DHT message from stream"); those become DEBUG.
-    """
-
-    _NOISY = (
-        "Failed to read DHT message",
-        "Incomplete DHT message",
-        "Error sending ADD_PROVIDER",
-        # our /cpn-advert/<peer> keys are > 50 bytes; py-libp2p refuses them in FIND_NODE
-        "FIND_NODE key is not a valid PeerId",
-    )
-
-    def emit(self, record: logging.LogRecord) -> None:
-        target = logging.getLogger("cpn.libp2p." + record.name.removeprefix("libp2p."))
-        if record.levelno == logging.WARNING and any(n in str(record.msg) for n in self._NOISY):
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        record.name = target.name
-        if target.isEnabledFor(record.levelno):
-            target.handle(record)
+def to_libp2p_keypair(key: Ed25519PrivateKey) -> KeyPair:
+    """The libp2p ``KeyPair`` of the node's identity key."""
+    lib = LibEd25519PrivateKey.from_bytes(seed_of(key))
+    return KeyPair(lib, lib.get_public_key())
 
 
-def route_libp2p_logs() -> None:
-    """Install the forwarding handler on the ``libp2p`` logger (idempotent)."""
-    lib = logging.getLogger("libp2p")
-    lib.propagate = False
-    if not any(isinstance(h, _ForwardHandler) for h in lib.handlers):
-        lib.addHandler(_ForwardHandler())
-    lib.setLevel(
-        logging.DEBUG if logging.getLogger("cpn").isEnabledFor(logging.DEBUG) else logging.WARNING
-    )
+def from_libp2p_keypair(pair: KeyPair) -> Ed25519PrivateKey:
+    """Inverse of :func:`to_libp2p_keypair`."""
+    raw = pair.private_key.to_bytes()
+    return Ed25519PrivateKey.from_private_bytes(raw[:32])
 
 
 # --------------------------------------------------------------------------- framing
@@ -297,10 +279,11 @@ class P2PHost:
     @property
     def listen_addrs(self) -> list[str]:
         """Our dialable multiaddrs, each ending in ``/p2p/<peer id>``."""
-        return [
-            f"{a}/p2p/{self.peer_id}" if "/p2p/" not in str(a) else str(a)
-            for a in self._host.get_addrs()
-        ]
+        return [with_peer(str(a), self.peer_id) for a in self._host.get_addrs()]
+
+    def advertised_addrs(self) -> list[str]:
+        """The addresses other peers should dial us at (no ``/p2p/`` suffix), for adverts."""
+        return list(dict.fromkeys(split_peer(a)[0] for a in self.listen_addrs))
 
     def connected_peers(self) -> list[str]:
         return [str(p) for p in self._host.get_connected_peers()]
@@ -337,7 +320,7 @@ class P2PHost:
     async def connect(self, peer_id: str, addrs: Sequence[str]) -> None:
         """Dial ``peer_id`` at ``addrs`` (no-op if already connected)."""
         info = PeerInfo(
-            ID.from_base58(peer_id), [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in addrs]
+            ID.from_base58(peer_id), [multiaddr.Multiaddr(split_peer(a)[0]) for a in addrs]
         )
         try:
             with trio.fail_after(DIAL_TIMEOUT):
@@ -367,7 +350,7 @@ class P2PHost:
         pid = ID.from_base58(peer_id)
         if addrs:
             self._host.get_peerstore().add_addrs(
-                pid, [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in addrs], 3600
+                pid, [multiaddr.Multiaddr(split_peer(a)[0]) for a in addrs], 3600
             )
         try:
             with trio.fail_after(DIAL_TIMEOUT):
@@ -593,7 +576,7 @@ async def open_host(
     namespace is refused.  ``bootstrap`` multiaddrs are dialled best-effort:
     an unreachable bootstrap peer is logged, not fatal.
     """
-    route_libp2p_logs()
+    route_library_logs()
     keypair = to_libp2p_keypair(key)
     noise = NoiseTransport(
         libp2p_keypair=keypair, noise_privkey=create_x25519_key_pair().private_key

@@ -246,6 +246,11 @@ class Api:
         except ApiError as exc:
             await _send_json(stream, conn, exc.status, {"error": exc.reason, "detail": exc.detail})
             return True
+        except Exception as exc:  # noqa: BLE001 - a handler bug answers 500 and the node keeps serving
+            log.exception("API %s %s failed", method, target.path)
+            detail = f"{type(exc).__name__}: {exc}"[:500]
+            await _send_json(stream, conn, 500, {"error": "internal_error", "detail": detail})
+            return True
         if isinstance(result, StreamingResponse):
             await _send_stream(stream, conn, result)
             return False
@@ -290,6 +295,10 @@ async def _send_stream(
             await stream.send_all(conn.send(h11.Data(data=(json.dumps(item) + "\n").encode())))  # type: ignore[arg-type]
     except ApiError as exc:  # an error after the head: report it as the last line
         line = json.dumps({"error": exc.reason, "detail": exc.detail}) + "\n"
+        await stream.send_all(conn.send(h11.Data(data=line.encode())))  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001 - as in _respond: the last line says what broke
+        log.exception("API stream failed")
+        line = json.dumps({"error": "internal_error", "detail": f"{type(exc).__name__}: {exc}"[:500]}) + "\n"
         await stream.send_all(conn.send(h11.Data(data=line.encode())))  # type: ignore[arg-type]
     await stream.send_all(conn.send(h11.EndOfMessage()))  # type: ignore[arg-type]
 

@@ -1,8 +1,8 @@
 """CLI side of end-to-end jobs (``cpn submit --follow``, ``cpn job logs|cancel``).
 
-The commands themselves are registered by node/commands/submit.py and
-node/commands/jobs.py; the code that talks to the job runner's API
-(``/v1/runs``, :mod:`node.jobs.runner`) and prints its events lives here.
+The commands themselves are registered by :mod:`node.cli.submit` and
+:mod:`node.cli.jobs`; the code that talks to the job runner's API
+(``/v1/jobs``, :mod:`node.jobs.runner`) and prints its events lives here.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["submit_run", "print_event", "print_run", "cmd_logs", "cmd_cancel", "find_run", "list_runs"]
+__all__ = ["job_body", "submit_follow", "print_event", "print_run", "cmd_logs", "cmd_cancel", "find_run",
+           "list_runs"]
 
 
 def _short(peer: str) -> str:
@@ -29,29 +30,34 @@ def _size(n: int) -> str:
     return str(n)  # pragma: no cover
 
 
-def submit_run(args: Any, loaded: Any) -> int:
-    """``cpn submit JOB --follow``: hand the job to the daemon, follow it to the receipt."""
-    from node.api.client import ApiClient
-
+def job_body(args: Any, loaded: Any) -> dict[str, Any]:
+    """The ``POST /v1/jobs`` body for a loaded job file and the submit flags."""
     body: dict[str, Any] = {
         "job_hex": loaded.spec.encode().hex(),
         "blob_paths": {d: str(p.resolve()) for d, p in loaded.blob_paths.items()},
-        "results_dir": str(Path(getattr(args, "results", None) or "results").resolve()),
+        "results_dir": str(Path(args.results or "results").resolve()),
         "providers": args.providers,
         "timeout": args.timeout,
         "retries": args.retries,
     }
     if args.peer:
         body["peers"] = args.peer
+    return body
+
+
+def submit_follow(args: Any, loaded: Any) -> int:
+    """``cpn submit JOB --follow``: hand the job to the daemon, follow it to the receipt."""
+    from node.api.client import ApiClient
+
     client = ApiClient(args.data_dir, timeout=args.timeout + 120)
-    run = client.post("/v1/runs", body)
+    run = client.post("/v1/jobs", job_body(args, loaded))
     if not args.json:
         print(f"job {run['id']} submitted ({loaded.spec.name}); following (Ctrl-C stops following, not the job)")
     final: dict[str, Any] = run
     follow = ApiClient(args.data_dir, timeout=3600)
     state: dict[str, Any] = {}
     try:
-        for ev in follow.stream("GET", f"/v1/runs/{run['id']}/events?follow=1"):
+        for ev in follow.stream("GET", f"/v1/jobs/{run['id']}/events?follow=1"):
             if ev.get("event") == "end":
                 final = ev
             elif not args.json:
@@ -140,7 +146,7 @@ def find_run(client: Any, rid: str) -> dict[str, Any] | None:
     from node.cli import CliError
 
     try:
-        return client.get(f"/v1/runs/{rid}")  # type: ignore[no-any-return]
+        return client.get(f"/v1/jobs/{rid}")  # type: ignore[no-any-return]
     except CliError as exc:
         if getattr(exc, "status", None) in (404, 405):
             return None
@@ -151,7 +157,7 @@ def list_runs(client: Any) -> list[dict[str, Any]]:
     from node.cli import CliError
 
     try:
-        return client.get("/v1/runs")["runs"]  # type: ignore[no-any-return]
+        return client.get("/v1/jobs")["jobs"]  # type: ignore[no-any-return]
     except CliError as exc:
         if getattr(exc, "status", None) == 404:
             return []
@@ -168,7 +174,7 @@ def cmd_logs(args: Any) -> int:
         raise CliError(f"no submitted job {args.id}")
     follow = "1" if args.follow else "0"
     try:
-        for ev in client.stream("GET", f"/v1/runs/{args.id}/events?kind=log&follow={follow}"):
+        for ev in client.stream("GET", f"/v1/jobs/{args.id}/events?kind=log&follow={follow}"):
             if args.json:
                 print(json.dumps(ev))
             elif "line" in ev:
@@ -183,7 +189,7 @@ def cmd_cancel(args: Any) -> int:
     """``cpn job cancel ID``: stop a submitted job (its provider removes the container)."""
     from node.api.client import ApiClient
 
-    run = ApiClient(args.data_dir, timeout=60).post(f"/v1/runs/{args.id}/cancel")
+    run = ApiClient(args.data_dir, timeout=60).post(f"/v1/jobs/{args.id}/cancel")
     if args.json:
         print(json.dumps(run, indent=2))
     else:

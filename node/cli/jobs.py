@@ -47,12 +47,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from node.api.client import ApiClient
     from node.cli.follow import list_runs
 
-    path = f"/v1/jobs?limit={int(args.limit)}" + (f"&role={args.role}" if args.role else "")
+    path = f"/v1/agreements?limit={int(args.limit)}" + (f"&role={args.role}" if args.role else "")
     client = ApiClient(args.data_dir)
     result = client.get(path)
     runs = list_runs(client) if args.role != "provider" else []
     if args.json:
-        print(json.dumps({"runs": runs, **result}, indent=2))
+        print(json.dumps({"jobs": runs, "agreements": result["agreements"]}, indent=2))
         return 0
     if runs:  # jobs submitted end to end (cpn submit --follow), newest first
         table = [("JOB", "STATE", "PROVIDER", "SUBMITTED")]
@@ -64,7 +64,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             print("  ".join(c.ljust(x) for c, x in zip(t, w, strict=True)).rstrip())
         print()
     rows = [("ID", "ROLE", "STATE", "PEER", "UPDATED")]
-    for j in result["jobs"]:
+    for j in result["agreements"]:
         rows.append((j["id"], j["role"], j["state"], j["peer"], _when(j["updated_at"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
@@ -74,6 +74,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from node.api.client import ApiClient
+    from node.cli import CliError
     from node.cli.follow import find_run, print_run
 
     client = ApiClient(args.data_dir)
@@ -87,11 +88,16 @@ def cmd_show(args: argparse.Namespace) -> int:
                 print(f"  attempt: agreement {a['agreement_id']} with {a['provider']}: {a['state']}"
                       + (f" ({a['detail']})" if a["detail"] else ""))
         return 0
-    result = client.get(f"/v1/jobs/{args.id}")
+    try:
+        result = client.get(f"/v1/agreements/{args.id}")
+    except CliError as exc:
+        if getattr(exc, "status", None) == 404:
+            raise CliError(f"no job or agreement {args.id} on this node") from None
+        raise
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    for j in result["jobs"]:
+    for j in result["agreements"]:
         print(f"job {j['id']} ({j['role']})")
         print(f"  state    {j['state']}" + (f"  ({j['detail']})" if j["detail"] else ""))
         print(f"  peer     {j['peer']}")

@@ -41,43 +41,35 @@ def cmd_submit(args: argparse.Namespace) -> int:
         loaded = load_job(args.job)  # raises JobFileError (a CliError) naming the bad key
     except ProtocolError as exc:
         raise CliError(f"{args.job}: {exc}") from None
-    if args.follow:  # the end-to-end flow (node/jobrunner.py, spec/jobflow.md)
-        from node.cli.follow import submit_run
+    from node.cli.follow import job_body, submit_follow
 
-        return submit_run(args, loaded)
-    body: dict[str, Any] = {
-        "job_hex": loaded.spec.encode().hex(),
-        "providers": args.providers,
-        "timeout": args.timeout,
-        "blob_paths": {d: str(p) for d, p in loaded.blob_paths.items()},
-        "results_dir": str(Path(args.results or "results").resolve()),
-        "retries": args.retries,
-    }
-    if args.peer:
-        body["peers"] = args.peer
-    result = ApiClient(args.data_dir, timeout=args.timeout + 60).post("/v1/jobs", body)
+    if args.follow:  # follow the job to its receipt
+        return submit_follow(args, loaded)
+    client = ApiClient(args.data_dir, timeout=args.timeout + 60)
+    run = client.post("/v1/jobs?wait=agreement", job_body(args, loaded))
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(run, indent=2))
     else:
-        print_result(result)
-        if result.get("job_id"):  # the daemon runs it end to end (node/jobrunner.py)
-            print(f"job {result['job_id']} runs on: cpn job logs --follow {result['job_id']}; "
-                  f"results go to {body['results_dir']}/{result['job_id']}/")
-    return 0 if result.get("agreed") else 3
+        print_outcome(run)
+        if run["attempts"]:
+            print(f"job {run['id']} runs on: cpn job logs --follow {run['id']}; "
+                  f"results go to {run['results_dir']}/{run['id']}/")
+    return 0 if run["attempts"] else 3
 
 
-def print_result(result: dict[str, Any]) -> None:
-    if result.get("agreed"):
-        print(f"agreement {result['agreement_id']} with {result['provider']}")
-        print(f"  price {result['price'] / 1_000_000:.6f}, max run {result['max_run_s']} s")
+def print_outcome(run: dict[str, Any]) -> None:
+    """The negotiation of a just-submitted job: the agreement, or why there is none."""
+    agreed = run["attempts"][-1] if run["attempts"] else None
+    if agreed is not None:
+        print(f"agreement {agreed['agreement_id']} with {agreed['provider']}")
+        print(f"  price {agreed['price'] / 1_000_000:.6f}")
     else:
-        summary = (result.get("find") or {}).get("summary")
-        print("no agreement" + (f" ({summary})" if summary else ""))
-    for p in result.get("providers", []):
+        print("no agreement" + (f" ({run['detail']})" if run.get("detail") else ""))
+    for p in run.get("quotes", []):
         if p["status"] == "refused":
             depth = f", queue depth {p['queue_depth']}" if p.get("queue_depth") is not None else ""
             print(f"  {p['provider']}: refused {p['reason']}{depth}: {p['detail']}")
         elif p["status"] == "error":
             print(f"  {p['provider']}: {p['reason']}: {p['detail']}")
-        elif result.get("provider") != p["provider"]:
+        elif agreed is None or agreed["provider"] != p["provider"]:
             print(f"  {p['provider']}: quoted {p['price'] / 1_000_000:.6f} (not chosen)")

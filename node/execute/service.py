@@ -1,456 +1,35 @@
-"""Run one agreed job: image -> container -> outputs -> signed Result.
+"""The execution service: the container runtime's start-up self-test, then runs.
 
-:class:`Executor` is what the rest of the node calls once an agreement stands
-and the job's blobs are in the blob store:
-
-1. *image*: if podman already holds the image ID (the config digest) nothing
-   is read; otherwise the OCI layout is assembled from the blob store and
-   every blob, manifest, config and layer entry is verified
-   (:func:`node.oci.assemble_layout`) before ``skopeo`` loads it;
-2. *inputs*: each input blob is verified and bind-mounted read-only at its
-   path; each output path gets a writable directory (nothing else is
-   writable except a size-limited tmpfs /tmp);
-3. *run*: :class:`node.runtime.ContainerRun` with the agreement's limits,
-   only the reserved GPUs (CDI, by UUID), and the run timeout;
-4. *collect*: regular files under the output directories (symlinks and
-   special files are never followed) become content-addressed output blobs;
-5. *sign*: a :class:`protocol.result.Result` sealed with the node key.
-
-Every phase records its progress in ``<runs>/<job>/state.json`` so a node
-that crashes mid-run finds the run at the next start (:meth:`Executor.start`),
-removes its container and settles it with a FAILED result.
+Off unless ``[execution] enabled = true``: the self-test starts real
+containers, which a node that only routes or a multi-node test must not pay
+for.  When on, readiness waits for the self-test (about a second), so the
+services started after this one (discovery, negotiation) see the capability
+it proved (:attr:`ExecutionService.capability`); if it fails, the capability
+stays "none" and the node refuses container jobs rather than claim them.
+Results of runs interrupted by a crash are signed at start-up and kept in
+``runs/<job>/result.cbor`` for settlement.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import os
-import re
-import shutil
-import stat
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from node.execute.oci import ImageError, ImageSpec, assemble_layout, image_exists, load_image
-from node.execute.podman import (
-    Capability,
-    ContainerRun,
-    ContainerSpec,
-    Mount,
-    Podman,
-    PodmanSettings,
-    reap_orphans,
-    run_args,
-    self_test,
-)
-from node.execute.selftest_image import build_busybox_image
-from node.jobs.jobfile import hash_file
-from protocol.chunks import DEFAULT_CHUNK_SIZE
-from protocol.envelope import Signed, seal
-from protocol.result import GpuUsage, Metering, Outcome, OutputBlob, Result
+from node.clock import UnixClock
+from node.config import ExecutionSection
+from node.execute.executor import Executor
+from node.execute.podman import Capability, PodmanSettings
+from protocol.advert import NO_CONTAINER, ContainerCapability
+from protocol.envelope import Signed
+from protocol.result import Result
 
-__all__ = ["Executor", "Execution", "ExecutionError", "collect_outputs", "file_blob", "NO_RUNTIME"]
+__all__ = ["ExecutionService", "advertised_capability", "podman_settings"]
 
 log = logging.getLogger("cpn.execution")
-
-NO_RUNTIME = "no container runtime"
-DEFAULT_PIDS_LIMIT = 1024
-DEFAULT_LOAD_TIMEOUT_S = 600
-#: podman refuses memory limits below 6 MiB
-MIN_MEMORY_MIB = 6
-
-
-class ExecutionError(Exception):
-    """A job cannot be run here; ``reason`` is machine-readable."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-def _lookup(blob_path: Callable[[str], Path], digest: str) -> Path:
-    """``blob_path(digest)``, with a missing blob as an ImageError whatever the
-    store raises for it (KeyError for a dict, BlobNotFound for node.blobstore)."""
-    from node.transfer.blobstore import BlobStoreError
-
-    try:
-        return blob_path(digest)
-    except (KeyError, OSError, BlobStoreError) as exc:
-        raise ImageError("missing_blob", f"{digest} is not in the blob store ({exc})") from None
-
-
-def file_blob(path: Path, rel: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> OutputBlob:
-    """Digest, size and chunk root of a file, streamed once."""
-    digest, size, root = hash_file(path, chunk_size)
-    return OutputBlob(path=rel, digest=digest, size=size, chunk_size=chunk_size, chunk_root=root)
-
-
-def collect_outputs(
-    dirs: Sequence[tuple[str, Path]], *, max_bytes: int
-) -> tuple[list[tuple[OutputBlob, Path]], str]:
-    """Regular files under each ``(container_path, host_dir)``, named
-    ``<container path without the leading slash>/<relative path>``.
-
-    Symlinks, devices and FIFOs the job left behind are skipped, never
-    followed (a symlink to /etc/shadow must not become an output).  Returns the
-    files and a note ("" or why some were dropped)."""
-    found: list[tuple[OutputBlob, Path]] = []
-    skipped = 0
-    total = 0
-    for cpath, host in dirs:
-        base = cpath.lstrip("/")
-        for top, subdirs, files in os.walk(host, followlinks=False):
-            subdirs.sort()
-            for name in sorted(files):
-                p = Path(top) / name
-                st = p.lstat()
-                if not stat.S_ISREG(st.st_mode):
-                    skipped += 1
-                    continue
-                total += st.st_size
-                if total > max_bytes:
-                    return [], f"outputs exceed the disk limit ({max_bytes} bytes); none returned"
-                rel = f"{base}/{p.relative_to(host).as_posix()}"
-                found.append((file_blob(p, rel), p))
-    found.sort(key=lambda fp: fp[0].path)
-    note = f"{skipped} non-regular output entries skipped" if skipped else ""
-    return found, note
-
-
-@dataclass
-class Execution:
-    """What one run produced: the signed result and where the bytes are."""
-
-    result: Signed[Result]
-    outputs: list[tuple[OutputBlob, Path]]
-    log_path: Path
-    run_dir: Path
-
-
-@dataclass
-class _Active:
-    run: ContainerRun | None = None
-    cancelled: bool = False
-    done: trio.Event = field(default_factory=trio.Event)
-
-
-class Executor:
-    """Runs agreed jobs in podman and signs their results."""
-
-    def __init__(
-        self,
-        settings: PodmanSettings,
-        runs_dir: Path,
-        key: Ed25519PrivateKey,
-        peer_id: str,
-        *,
-        clock: Callable[[], float] = time.time,
-        pids_limit: int = DEFAULT_PIDS_LIMIT,
-    ) -> None:
-        self.settings = settings
-        self.podman = Podman(settings)
-        self.runs_dir = runs_dir
-        self.key = key
-        self.peer_id = peer_id
-        self.clock = clock
-        self.pids_limit = pids_limit
-        self.capability: Capability | None = None
-        self._active: dict[str, _Active] = {}
-        #: image IDs known to be in podman's storage (forgotten when a run
-        #: fails with a podman error, in case someone removed the image)
-        self._present: set[str] = set()
-        runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # job outputs may carry setuid bits
-
-    # ------------------------------------------------------------ start-up
-
-    async def start(self, *, test_image_dir: Path | None = None) -> tuple[Capability, list[Signed[Result]]]:
-        """Self-test the runtime, reap containers and runs of a previous life.
-
-        Returns the capability (advertise containers only if ``ok``) and the
-        FAILED results signed for runs interrupted by a crash, to be settled."""
-        try:
-            reaped = await reap_orphans(self.podman)
-        except (OSError, RuntimeError) as exc:  # podman missing or broken
-            settled = self._settle_interrupted(set())
-            self.capability = Capability(ok=False, runtime=None, reason=f"{NO_RUNTIME}: {exc}")
-            return self.capability, settled
-        settled = self._settle_interrupted(set(reaped))
-        image_dir = test_image_dir or self.runs_dir.parent / "selftest-image"
-        try:
-            image = build_busybox_image(image_dir)
-            await load_image(
-                image, podman_args=self.podman.global_args(),
-                root=self.settings.root, runroot=self.settings.runroot,
-                driver=self.settings.storage_driver,
-            )
-        except (ImageError, OSError) as exc:
-            self.capability = Capability(ok=False, runtime=None, reason=f"{NO_RUNTIME}: {exc}")
-            return self.capability, settled
-        self.capability = await self_test(self.settings, image.image_id, self.runs_dir)
-        self.podman = Podman(self.settings)
-        return self.capability, settled
-
-    def _settle_interrupted(self, reaped_jobs: set[str]) -> list[Signed[Result]]:
-        settled = []
-        for state_file in sorted(self.runs_dir.glob("*/state.json")):
-            try:
-                state = json.loads(state_file.read_text())
-            except (OSError, ValueError):
-                continue
-            if state.get("phase") == "done":
-                continue
-            now = int(self.clock())
-            result = self._sign(
-                state, outcome=Outcome.FAILED, exit_code=None,
-                detail="provider node restarted during the run",
-                outputs=[], log=file_blob_or_empty(state_file.parent / "log"),
-                metering=Metering(wall_ms=0, cpu_ms=0, peak_memory_bytes=0, bytes_in=0,
-                                  bytes_out=0, gpus=()),
-                started_at=int(state.get("started_at", now)), finished_at=now,
-            )
-            (state_file.parent / "result.cbor").write_bytes(result.raw)
-            state["phase"] = "done"
-            state_file.write_text(json.dumps(state))
-            settled.append(result)
-            log.info("settled interrupted run %s (container reaped: %s)",
-                     state.get("job_id"), state.get("job_id") in reaped_jobs)
-        return settled
-
-    # ------------------------------------------------------------ running
-
-    def logs(self, job_id: str) -> Any:
-        """The live :class:`LogStream` of a running job, or None."""
-        active = self._active.get(job_id)
-        return active.run.logs if active and active.run else None
-
-    def cancel(self, job_id: str) -> bool:
-        active = self._active.get(job_id)
-        if active is None:
-            return False
-        active.cancelled = True
-        if active.run is not None:
-            active.run.cancel()
-        return True
-
-    async def execute(
-        self,
-        job: Any,
-        *,
-        agreement_id: bytes,
-        job_digest: bytes,
-        submitter: str,
-        gpus: Sequence[str] = (),
-        blob_path: Callable[[str], Path],
-        run_timeout_s: int | None = None,
-        load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S,
-        store_output: Callable[[Path], Any] | None = None,
-        on_running: Callable[[ContainerRun], Any] | None = None,
-    ) -> Execution:
-        """Run ``job`` (a protocol.jobspec.JobSpec) and return its signed result.
-
-        Never raises for the job's own failures: an unusable image, a refused
-        blob or a runtime error all end in a signed FAILED result."""
-        job_id = agreement_id.hex()
-        if job_id in self._active:
-            raise ExecutionError("duplicate_run", f"agreement {job_id} is already running here")
-        run_dir = self.runs_dir / job_id
-        if run_dir.exists():  # a re-run of the same agreement: nothing stale may leak in
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        state: dict[str, Any] = {
-            "job_id": job_id, "agreement_id_hex": agreement_id.hex(),
-            "job_digest_hex": job_digest.hex(), "submitter": submitter,
-            "gpus": list(gpus), "started_at": int(self.clock()), "phase": "image",
-        }
-        self._save_state(run_dir, state)
-        active = self._active[job_id] = _Active()
-        image = ImageSpec.from_ref(job.image)
-        bytes_in = sum(b.size for b in job.blobs())
-        try:
-            if self.capability is None or not self.capability.ok:
-                reason = self.capability.reason if self.capability else NO_RUNTIME
-                return self._failed(state, run_dir, reason, bytes_in)
-            if gpus and not set(gpus) <= set(self.capability.cdi_gpus):
-                return self._failed(state, run_dir, "reserved GPUs are not available through CDI", bytes_in)
-            try:
-                with trio.fail_after(load_timeout_s):
-                    await self._ensure_image(image, blob_path, run_dir)
-                mounts = self._mounts(job, blob_path, run_dir)
-            except ImageError as exc:
-                return self._failed(state, run_dir, f"image refused: {exc}", bytes_in)
-            except trio.TooSlowError:
-                return self._failed(state, run_dir, "image load timed out", bytes_in)
-            if active.cancelled:
-                return self._failed(state, run_dir, "cancelled", bytes_in, outcome=Outcome.CANCELLED)
-            spec = ContainerSpec(
-                job_id=job_id, image_id=image.image_id,
-                command=tuple(job.command), args=tuple(job.args), env=dict(job.env),
-                workdir=job.workdir, memory_mib=max(MIN_MEMORY_MIB, job.resources.memory_mib),
-                cpu_millis=job.resources.cpu_millis, pids_limit=self.pids_limit,
-                tmp_mib=max(1, min(job.resources.disk_mib, job.resources.memory_mib)),
-                mounts=tuple(mounts), gpus=tuple(sorted(gpus)),
-            )
-            try:
-                run_args(self.podman, spec)  # validates names, limits and mount paths
-            except ValueError as exc:
-                return self._failed(state, run_dir, f"job cannot be run here: {exc}", bytes_in)
-            run = ContainerRun(self.podman, spec, run_dir / "log", clock=self.clock)
-            active.run = run
-            state["phase"] = "running"
-            self._save_state(run_dir, state)
-            if on_running is not None:
-                on_running(run)  # e.g. to follow run.logs or await run.running
-            timeout = run_timeout_s if run_timeout_s is not None else job.timeouts.run_s
-            outcome = await run.run(timeout_s=timeout)
-            if outcome.status == "failed":
-                self._present.discard(image.image_id)
-            out_dirs = [(p, run_dir / "out" / str(i)) for i, p in enumerate(job.outputs)]
-            outputs, note = ([], "")
-            if outcome.status in ("exited", "oom", "timeout"):
-                outputs, note = await trio.to_thread.run_sync(
-                    lambda: collect_outputs(out_dirs, max_bytes=job.resources.disk_mib << 20)
-                )
-            if store_output is not None:
-                for _, path in outputs:
-                    store_output(path)
-            log_blob = await trio.to_thread.run_sync(file_blob, run_dir / "log", "")
-            if store_output is not None:
-                store_output(run_dir / "log")
-            bytes_out = sum(o.size for o, _ in outputs) + log_blob.size
-            metering = Metering(
-                wall_ms=outcome.wall_ms, cpu_ms=outcome.cpu_ms,
-                peak_memory_bytes=outcome.peak_memory_bytes, bytes_in=bytes_in,
-                bytes_out=bytes_out,
-                gpus=tuple(GpuUsage(uuid=u, gpu_ms=outcome.wall_ms) for u in sorted(gpus)),
-            )
-            detail = "; ".join(x for x in (outcome.detail, note) if x)[:512]
-            result = self._sign(
-                state, outcome=Outcome(outcome.status), exit_code=outcome.exit_code,
-                detail=detail, outputs=[o for o, _ in outputs], log=log_blob, metering=metering,
-                started_at=outcome.started_at, finished_at=outcome.finished_at,
-            )
-            self._finish(state, run_dir, result)
-            return Execution(result, outputs, run_dir / "log", run_dir)
-        finally:
-            active.done.set()
-            self._active.pop(job_id, None)
-            if state.get("phase") != "done":
-                # Cancelled from outside (daemon shutdown): the container is
-                # already removed; the state file stays for the next start to settle.
-                log.info("run %s interrupted in phase %s", job_id, state.get("phase"))
-
-    def cleanup(self, job_id: str) -> None:
-        """Drop a finished run's outputs and log (once they are in the blob
-        store); keep ``state.json`` and ``result.cbor`` as the run's record."""
-        run_dir = self.runs_dir / job_id
-        if job_id in self._active or not (run_dir / "result.cbor").is_file():
-            return
-        for child in run_dir.iterdir():
-            if child.name in ("state.json", "result.cbor"):
-                continue
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
-
-    async def _ensure_image(self, image: ImageSpec, blob_path: Callable[[str], Path], run_dir: Path) -> None:
-        if image.image_id in self._present:
-            return  # checked (or loaded) by this process: skip a podman call
-        args = self.podman.global_args()
-        if await image_exists(args, image.image_id):
-            self._present.add(image.image_id)
-            return  # verified when it was loaded
-        layout_dir = run_dir / "image"
-        try:
-            layout = await trio.to_thread.run_sync(
-                assemble_layout, image, lambda d: _lookup(blob_path, d), layout_dir
-            )
-            await load_image(
-                layout, podman_args=args, root=self.settings.root,
-                runroot=self.settings.runroot, driver=self.settings.storage_driver,
-            )
-        finally:
-            shutil.rmtree(layout_dir, ignore_errors=True)
-        self._present.add(image.image_id)
-
-    def _mounts(self, job: Any, blob_path: Callable[[str], Path], run_dir: Path) -> list[Mount]:
-        from node.execute.oci import verify_blob_file
-
-        mounts = []
-        for inp in job.inputs:
-            src = _lookup(blob_path, inp.blob.digest)
-            verify_blob_file(src, inp.blob.digest, inp.blob.size)
-            mounts.append(Mount(src, inp.path, readonly=True))
-        for i, path in enumerate(job.outputs):
-            host = run_dir / "out" / str(i)
-            host.mkdir(parents=True, exist_ok=True)
-            mounts.append(Mount(host, path, readonly=False))
-        return mounts
-
-    # ------------------------------------------------------------ results
-
-    def _failed(
-        self, state: dict[str, Any], run_dir: Path, detail: str, bytes_in: int,
-        outcome: Outcome = Outcome.FAILED,
-    ) -> Execution:
-        log_path = run_dir / "log"
-        if not log_path.exists():
-            log_path.write_bytes(b"")
-        now = int(self.clock())
-        result = self._sign(
-            state, outcome=outcome, exit_code=None, detail=detail[:512], outputs=[],
-            log=file_blob(log_path, ""),
-            metering=Metering(wall_ms=0, cpu_ms=0, peak_memory_bytes=0, bytes_in=bytes_in,
-                              bytes_out=0, gpus=()),
-            started_at=int(state["started_at"]), finished_at=max(now, int(state["started_at"])),
-        )
-        self._finish(state, run_dir, result)
-        return Execution(result, [], log_path, run_dir)
-
-    def _sign(
-        self, state: dict[str, Any], *, outcome: Outcome, exit_code: int | None, detail: str,
-        outputs: list[OutputBlob], log: OutputBlob, metering: Metering, started_at: int,
-        finished_at: int,
-    ) -> Signed[Result]:
-        result = Result(
-            agreement_id=bytes.fromhex(state["agreement_id_hex"]),
-            job_digest=bytes.fromhex(state["job_digest_hex"]),
-            submitter=state["submitter"], provider=self.peer_id,
-            outcome=outcome, exit_code=exit_code,
-            oom=outcome is Outcome.OOM, timed_out=outcome is Outcome.TIMEOUT,
-            detail=detail, outputs=tuple(outputs), log=log, metering=metering,
-            started_at=started_at, finished_at=max(started_at, finished_at),
-        )
-        return seal(result, self.key)
-
-    def _finish(self, state: dict[str, Any], run_dir: Path, result: Signed[Result]) -> None:
-        (run_dir / "result.cbor").write_bytes(result.raw)
-        state["phase"] = "done"
-        self._save_state(run_dir, state)
-
-    @staticmethod
-    def _save_state(run_dir: Path, state: dict[str, Any]) -> None:
-        tmp = run_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, run_dir / "state.json")
-
-
-def file_blob_or_empty(path: Path) -> OutputBlob:
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"")
-    return file_blob(path, "")
-
-
-# --------------------------------------------------------------------------- daemon service
 
 #: Self-test limit names as advertised (protocol.advert.ContainerCapability.limits).
 _ADVERTISED_LIMITS = {
@@ -460,77 +39,67 @@ _ADVERTISED_LIMITS = {
 }
 
 
-def advertised_capability(cap: Capability | None) -> Any:
+def advertised_capability(cap: Capability | None) -> ContainerCapability:
     """The advert's ContainerCapability: "none" unless the self-test passed."""
-    from protocol.advert import NO_CONTAINER, ContainerCapability
-
     if cap is None or not cap.ok or cap.runtime is None:
         return NO_CONTAINER
     limits = sorted(_ADVERTISED_LIMITS[k] for k, ok in cap.enforced.items() if ok and k in _ADVERTISED_LIMITS)
     return ContainerCapability(runtime=f"podman/{cap.runtime}", limits=tuple(limits), gpu_cdi=cap.gpus_via_cdi)
 
 
-def settings_from_config(table: dict[str, Any], node_label: str) -> PodmanSettings:
-    """``[execution]`` keys: enabled (bool), runtime, podman_root, podman_runroot, cdi_kind (str)."""
-    from node.config import ConfigError
-
-    known = {"enabled": bool, "runtime": str, "podman_root": str, "podman_runroot": str, "cdi_kind": str}
-    for key, value in table.items():
-        if key not in known:
-            raise ConfigError(f"execution.{key}: unknown key (known: {', '.join(sorted(known))})")
-        if not isinstance(value, known[key]):
-            raise ConfigError(f"execution.{key}: must be {known[key].__name__}")
-    root = table.get("podman_root")
-    runroot = table.get("podman_runroot")
+def podman_settings(config: ExecutionSection, node_label: str) -> PodmanSettings:
+    """How to drive podman, from ``[execution]`` (validated when the config was loaded)."""
+    root = Path(config.podman_root) if config.podman_root else None
+    runroot = Path(config.podman_runroot) if config.podman_runroot else (root / "run" if root else None)
     return PodmanSettings(
-        runtime=table.get("runtime") or None,
-        root=Path(root) if root else None,
-        runroot=Path(runroot) if runroot else (Path(root) / "run" if root else None),
-        cdi_kind=table.get("cdi_kind", "nvidia.com/gpu"),
+        runtime=config.runtime or None, root=root, runroot=runroot, cdi_kind=config.cdi_kind,
         node_label=node_label,
     )
 
 
 class ExecutionService:
-    """Daemon service: start-up self-test and orphan reaping, then serve runs.
+    """Owns the :class:`Executor` (None when execution is disabled)."""
 
-    Off unless ``[execution] enabled = true``: the self-test starts real
-    containers, which a node that only routes or a multi-node test must not
-    pay for.  When on, readiness waits for the self-test (about a second), so
-    services after this one see the proven ``node.container_capability``;
-    if it fails the capability stays "none" and the node refuses container
-    jobs ("no container runtime") rather than claim them.
-    Results of runs interrupted by a crash are signed at start-up and kept in
-    ``runs/<job>/result.cbor`` for settlement.
-    """
-
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        config: ExecutionSection,
+        *,
+        runs_dir: Path,
+        key: Ed25519PrivateKey,
+        peer_id: str,
+        clock: UnixClock,
+        fake_gpus: bool = False,
+    ) -> None:
+        self.config = config
         self.executor: Executor | None = None
+        if config.enabled:
+            self.executor = Executor(
+                podman_settings(config, node_label=peer_id), runs_dir, key, peer_id, clock=clock
+            )
+        #: what the self-test proved (tests may stand in for it before the node starts)
+        self.proven: ContainerCapability = NO_CONTAINER
+        #: fake GPUs (testnets) have no device nodes: never claim they pass into containers
+        self.fake_gpus = fake_gpus
         self.settled: list[Signed[Result]] = []
         self.ready = trio.Event()
 
-    async def run(self, node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        table = node.config.raw.get("execution", {})
-        settings = settings_from_config(table, node_label=node.peer_id)
-        node.execution = self
-        node.container_capability = advertised_capability(None)
-        node.api.route("GET", "/v1/execution", self._status, summary="Container runtime self-test")
-        node.api.route("GET", "/v1/execution/{job}/logs", self._logs, streaming=True,
-                       summary="A run's log lines (NDJSON); follows a running job until it ends")
-        if not table.get("enabled", False):
+    @property
+    def capability(self) -> ContainerCapability:
+        """The container capability this node may advertise and accept jobs for."""
+        if self.fake_gpus and self.proven.gpu_cdi:
+            return dataclasses.replace(self.proven, gpu_cdi=False)
+        return self.proven
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.executor is None:
             self.ready.set()
             task_status.started()
             return
-        self.executor = Executor(
-            settings, node.data_dir / "runs", node.key, node.peer_id, clock=node.clock
-        )
         try:
             capability, self.settled = await self.executor.start()
         finally:
             self.ready.set()
-        node.container_capability = advertised_capability(capability)
-        # Ready only now: services after this one (discovery) advertise the
-        # capability the self-test proved, never a guess.
+        self.proven = advertised_capability(capability)
         task_status.started()
         if capability.ok:
             log.info("container runtime %s ok; limits %s; GPUs via CDI: %s",
@@ -538,75 +107,3 @@ class ExecutionService:
                      capability.cdi_gpus or "none")
         else:
             log.warning("%s", capability.reason)
-
-    async def _status(self, request: Any) -> Any:
-        ex = self.executor
-        return {
-            "enabled": ex is not None,
-            "capability": ex.capability.to_json() if ex and ex.capability else None,
-            "settled_after_restart": [s.message.agreement_id.hex() for s in self.settled],
-        }
-
-    async def _logs(self, request: Any) -> Any:
-        """``{"line": text}`` per log line: live for a running job (what
-        ``cpn job logs --follow`` reads), from the log file for a finished one."""
-        from node.api.server import ApiError, StreamingResponse
-
-        job = request.params["job"]
-        ex = self.executor
-        if ex is None or not re.fullmatch(r"[0-9a-f]{32}", job):
-            raise ApiError(404, "unknown_job", job)
-        stream = ex.logs(job)
-        if stream is not None:
-            source = stream.follow()
-        else:
-            path = ex.runs_dir / job / "log"
-            if not path.is_file():
-                raise ApiError(404, "unknown_job", job)
-            source = _file_lines(path)
-
-        async def items() -> Any:
-            async for line in source:
-                yield {"line": line.decode(errors="replace").rstrip("\n")}
-
-        return StreamingResponse(items())
-
-
-async def _file_lines(path: Path) -> Any:
-    data = await trio.Path(path).read_bytes()
-    for line in data.splitlines(keepends=True):
-        yield line
-
-
-# --------------------------------------------------------------------------- submitter side
-
-
-def save_outputs(result: Result, blob_path: Callable[[str], Path], dest: Path) -> list[str]:
-    """Write a result's outputs and log under ``dest`` (``./results/<job-id>/``)
-    after checking each blob's size and sha256 against the signed result.
-
-    Returns the problems found (empty: every output verified, countersign
-    with ``accepted=True``).  Paths were validated by the Result itself
-    (relative, normalised, no ``..``), and files are written with O_EXCL
-    under a fresh directory, so a hostile result cannot write outside ``dest``.
-    """
-    from node.execute.oci import ImageError, verify_blob_file
-
-    problems: list[str] = []
-    dest.mkdir(parents=True, exist_ok=True)
-    for blob, rel in [(o, o.path) for o in result.outputs] + [(result.log, "log.txt")]:
-        try:
-            src = _lookup(blob_path, blob.digest)
-            verify_blob_file(src, blob.digest, blob.size)
-        except ImageError as exc:
-            problems.append(f"{rel or 'log'}: {exc.reason}")
-            continue
-        target = dest / rel
-        if not target.resolve().is_relative_to(dest.resolve()):
-            problems.append(f"{rel}: outside the results directory")
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
-            shutil.copyfileobj(inp, out)
-    return problems

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from node.errors import UserError
-from protocol.chunks import DEFAULT_CHUNK_SIZE, DIGEST_RE, ChunkListBuilder, chunk_root
+from node.transfer.blobstore import hash_file
+from protocol.chunks import DEFAULT_CHUNK_SIZE, DIGEST_RE
 from protocol.errors import ValidationError
 from protocol.identifiers import normalise_gpu_model
 from protocol.jobspec import (
@@ -35,7 +36,7 @@ from protocol.jobspec import (
     Timeouts,
 )
 
-__all__ = ["JobFileError", "LoadedJob", "load_job", "load_job_file", "job_blob_paths", "hash_file"]
+__all__ = ["JobFileError", "LoadedJob", "load_job", "load_job_file", "job_blob_paths"]
 
 _OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 _MAX_JSON = 4 << 20  # manifests and configs are small; refuse to parse huge "JSON"
@@ -61,17 +62,6 @@ class LoadedJob:
 
     spec: JobSpec
     blob_paths: dict[str, Path]  #: digest -> local file
-
-
-def hash_file(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[str, int, str]:
-    """``(digest, size, chunk_root)`` of a file, reading one chunk at a time
-    (one SHA-256 pass gives both: protocol/chunks.py)."""
-    builder = ChunkListBuilder(chunk_size)
-    with path.open("rb") as f:
-        while chunk := f.read(chunk_size):
-            builder.update(chunk)
-    digest, hashes = builder.finish()
-    return digest, builder.size, chunk_root(hashes)
 
 
 class _Loader:

@@ -1,14 +1,14 @@
 """Provider side of an agreed job: fetch blobs, run, report, settle (spec/jobflow.md).
 
 An agreement (negotiation's ``on_agreement`` hook) starts one
-:class:`ProviderJob` task in the node's nursery:
+:class:`ProviderJob` task in the service's own nursery:
 
 1. *transferring*: every blob of the job (image manifest, config, layers,
    inputs) is fetched from the submitter through the transfer service.  The
    submitter authorises the fetch once it has recorded the agreement, which
    may be a moment after we sent it, so an ``unauthorized`` answer is retried
    until the job's ``transfer_s`` runs out;
-2. *running*: :class:`node.execution.Executor` runs the container with the
+2. *running*: :class:`node.execute.executor.Executor` runs the container with the
    agreement's GPUs; its log lines are kept for watchers;
 3. *finished* / *failed*: the signed Result is kept (the executor also writes
    ``runs/<id>/result.cbor``), the submitter may fetch the outputs and the log
@@ -31,24 +31,38 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from node.p2p import FramedStream
-from protocol import cbor
+from node.clock import UnixClock
+from node.execute.executor import Executor, file_blob
+from node.execute.service import ExecutionService
+from node.ledger import Ledger, LedgerError
+from node.negotiate.agreements import AgreementStore
+from node.negotiate.scheduler import Allocation, Scheduler
+from node.p2p import FramedStream, P2PHost, StreamClosed
+from node.transfer.service import TransferFailed, TransferService
 from protocol.envelope import Signed, open_envelope, seal
-from protocol.errors import ProtocolError
-from protocol.jobflow import MAX_LINE, MAX_LINES, JobCancel, JobPhase, JobUpdate, JobWatch
+from protocol.errors import LocalProtocolError, ProtocolError
+from protocol.jobflow import (
+    HEARTBEAT_S,
+    MAX_LINE,
+    MAX_LINES,
+    JobCancel,
+    JobPhase,
+    JobUpdate,
+    JobWatch,
+)
 from protocol.jobspec import JobSpec
+from protocol.negotiation_state import Negotiation
 from protocol.result import Metering, Outcome, Receipt, Result, verify_receipt
+from protocol.streams import JOB_FRAME_LIMIT, JOB_FRAME_LIMITS, JOB_PROTOCOL
 from protocol.transfer import Direction
 
-__all__ = ["PROTOCOL_ID", "ProviderJob", "ProviderSide", "FRAME_LIMIT", "FRAME_LIMITS", "STEP_TIMEOUT"]
+__all__ = ["ProviderJob", "ProviderJobs"]
 
 log = logging.getLogger("cpn.jobflow")
 
-PROTOCOL_ID = "/cpn/job/0.1.0"
 STEP_TIMEOUT = 10.0  #: seconds for one frame write, or a request frame read
-FRAME_LIMIT = 4 << 20  #: bytes in one frame (a Result with 1024 outputs fits)
-FRAME_LIMITS = cbor.Limits(max_size=FRAME_LIMIT, max_depth=16, max_items=4096)
 MAX_KEPT_LINES = 20_000  #: live log lines kept per job (the whole log is the log blob)
 
 
@@ -97,47 +111,64 @@ def _update(pj: ProviderJob, now: int, log_from: int, lines: list[str]) -> JobUp
     )
 
 
-class ProviderSide:
-    """The provider half of the job runner (owned by :class:`node.jobrunner.JobRunner`)."""
+class ProviderJobs:
+    """Every agreed job on this provider, each driven by a task in this service's nursery.
 
-    def __init__(self, node: Any, negotiation: Any) -> None:
-        self.node = node
-        self.negotiation = negotiation
+    It serves ``/cpn/job/0.1.0`` (watch, cancel and receipt requests from
+    submitters); :meth:`on_agreement` is the negotiation provider's hook.
+    """
+
+    def __init__(
+        self,
+        *,
+        p2p: P2PHost,
+        key: Ed25519PrivateKey,
+        agreements: AgreementStore,
+        scheduler: Scheduler,
+        transfer: TransferService,
+        execution: ExecutionService,
+        data_dir: Path,
+        clock: UnixClock,
+    ) -> None:
+        self.p2p = p2p
+        self.key = key
+        self.peer_id = p2p.peer_id
+        self.store = agreements
+        self.scheduler = scheduler
+        self.transfer = transfer
+        self.execution = execution
+        self.data_dir = data_dir
+        self.clock = clock
         self.jobs: dict[str, ProviderJob] = {}
         #: test hook: replaces the signed result before it is published (bad-actor tests)
         self.result_filter: Callable[[ProviderJob, Signed[Result]], Signed[Result]] | None = None
+        self._nursery: trio.Nursery | None = None
 
     @property
-    def store(self) -> Any:
-        return self.negotiation.store
-
-    @property
-    def transfer(self) -> Any:
-        return self.node.transfer
-
-    @property
-    def executor(self) -> Any:
-        ex = getattr(self.node, "execution", None)
-        return None if ex is None else ex.executor
+    def executor(self) -> Executor | None:
+        return self.execution.executor
 
     # ---- lifecycle
 
-    def start(self) -> None:
-        """Hook into negotiation and transfer; resume jobs of a previous life."""
-        if self.negotiation.provider is not None:
-            self.negotiation.provider.on_agreement.append(self._on_agreement)
-        self.transfer.add_authorizer(self._authorize)
-        self.transfer.owners.append(self._owned_by)
-        self._resume()
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Resume the jobs of a previous life, then serve requests until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                self._resume()
+                self.p2p.set_stream_handler(JOB_PROTOCOL, self._handle)
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
 
     def _resume(self) -> None:
-        from protocol.negotiation_state import Negotiation
-
+        assert self._nursery is not None
         for row in self.store.list(role="provider", limit=10_000):
             if row.state not in ("agreed", "transferring", "running", "finished", "failed") or not row.record:
                 continue
             try:
-                conn = Negotiation.from_record(row.record, key=self.node.key, replay_cache=self.store)
+                conn = Negotiation.from_record(row.record, key=self.key, replay_cache=self.store)
             except ProtocolError as exc:
                 log.warning("job %s: stored negotiation unreadable: %s", row.id, exc)
                 continue
@@ -147,31 +178,47 @@ class ProviderSide:
             pj = ProviderJob(aid=row.id, submitter=row.peer, job=conn.job.message,
                              job_digest=conn.offer.message.job_digest, gpus=tuple(alloc.get("gpu_uuids", ())))
             self.jobs[pj.aid] = pj
-            result_file = self.node.data_dir / "runs" / pj.aid / "result.cbor"
+            result_file = self.data_dir / "runs" / pj.aid / "result.cbor"
             if result_file.is_file():
                 self._publish(pj, open_envelope(result_file.read_bytes(), expected=Result))
             elif row.state in ("agreed", "transferring"):
-                self.node.nursery.start_soon(self._run, pj)
+                self._nursery.start_soon(self._run, pj)
             else:  # running but the executor left no result: nothing can be proven
                 pj.phase, pj.detail = JobPhase.FAILED, "run lost in a provider restart"
                 self._release(pj)
             log.info("resumed job %s in phase %s", pj.aid, pj.phase.value)
 
-    def _on_agreement(self, conn: Any, alloc: Any) -> None:
+    async def _handle(self, stream: FramedStream) -> None:
+        """One request from a submitter: a signed JobWatch, JobCancel or Receipt."""
+        try:
+            with trio.fail_after(STEP_TIMEOUT):
+                raw = await stream.receive_frame(JOB_FRAME_LIMIT)
+            signed = open_envelope(raw, expected=(JobWatch, JobCancel, Receipt), signer=stream.remote_peer,
+                                   limits=JOB_FRAME_LIMITS)
+            await self.handle(stream, signed)
+        except (StreamClosed, trio.TooSlowError):
+            return
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(STEP_TIMEOUT):
+                await stream.close()
+
+    def on_agreement(self, conn: Negotiation, alloc: Allocation) -> None:
+        """The negotiation provider concluded an agreement: start the job."""
+        assert conn.negotiation_id is not None and conn.job is not None and conn.offer is not None
+        if self._nursery is None:
+            raise LocalProtocolError("provider jobs are not running")
         aid = conn.negotiation_id.hex()
         pj = ProviderJob(aid=aid, submitter=conn.submitter, job=conn.job.message,
                          job_digest=conn.offer.message.job_digest, gpus=tuple(alloc.gpu_uuids))
         self.jobs[aid] = pj
-        self.node.nursery.start_soon(self._run, pj)
+        self._nursery.start_soon(self._run, pj)
 
     def _save(self, pj: ProviderJob, state: str, detail: str | None = None) -> None:
-        self.store.save(pj.aid, "provider", peer=pj.submitter, state=state, now=self.node.clock(),
+        self.store.save(pj.aid, "provider", peer=pj.submitter, state=state, now=self.clock(),
                         detail=detail)
 
     def _release(self, pj: ProviderJob) -> None:
-        sched = getattr(self.node, "scheduler", None)
-        if sched is not None:
-            sched.release(pj.aid)
+        self.scheduler.release(pj.aid)
 
     # ---- the job's life
 
@@ -211,7 +258,8 @@ class ProviderSide:
             pj.phase, pj.detail = JobPhase.RUNNING, ""
             self._save(pj, "running")
             pj.touch()
-            self.node.nursery.start_soon(self._follow_log, pj, run.logs)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._follow_log, pj, run.logs)
 
         store = self.transfer.store
         done = await ex.execute(
@@ -221,8 +269,6 @@ class ProviderSide:
         return done.result  # type: ignore[no-any-return]
 
     async def _fetch_all(self, pj: ProviderJob) -> None:
-        from node.transfer.service import TransferFailed
-
         t = self.transfer
         deadline = trio.current_time() + pj.job.timeouts.transfer_s
         pj.transfer_done = 0
@@ -257,23 +303,21 @@ class ProviderSide:
                 pj.touch()
 
     def _failed_result(self, pj: ProviderJob, detail: str, outcome: Outcome) -> Signed[Result]:
-        from node.execute.service import file_blob
-
-        run_dir = self.node.data_dir / "runs" / pj.aid
+        run_dir = self.data_dir / "runs" / pj.aid
         run_dir.mkdir(parents=True, exist_ok=True)
         log_path = run_dir / "log"
         if not log_path.exists():
             log_path.write_bytes(b"")
-        now = int(self.node.clock())
+        now = int(self.clock())
         result = Result(
             agreement_id=bytes.fromhex(pj.aid), job_digest=pj.job_digest, submitter=pj.submitter,
-            provider=self.node.peer_id, outcome=outcome, exit_code=None, oom=False, timed_out=False,
+            provider=self.peer_id, outcome=outcome, exit_code=None, oom=False, timed_out=False,
             detail=detail[:512], outputs=(), log=file_blob(log_path, ""),
             metering=Metering(wall_ms=0, cpu_ms=0, peak_memory_bytes=0, bytes_in=pj.transfer_done,
                               bytes_out=0, gpus=()),
             started_at=now, finished_at=now,
         )
-        signed = seal(result, self.node.key)
+        signed = seal(result, self.key)
         (run_dir / "result.cbor").write_bytes(signed.raw)
         self.transfer.store.import_file(log_path)
         return signed
@@ -294,10 +338,7 @@ class ProviderSide:
         pj.touch()
         log.info("job %s %s: %s", pj.aid, pj.phase.value, pj.detail)
 
-    def _authorize(self, peer: str, digest: str, direction: Direction) -> bool:
-        return False  # every grant is explicit (transfer.grant in _publish)
-
-    def _owned_by(self, owner: str, digest: str) -> bool:
+    def owned_by(self, owner: str, digest: str) -> bool:
         """``owner`` submitted a job here that used ``digest``: it may let another
         peer fetch that blob from us (a FetchGrant it signed, spec/transfer.md)."""
         return any(pj.submitter == owner and any(b.digest == digest for b in pj.job.blobs())
@@ -324,14 +365,12 @@ class ProviderSide:
             await stream.send_frame(raw)
 
     async def _unknown(self, stream: FramedStream, aid: bytes) -> None:
-        msg = JobUpdate(agreement_id=aid, phase=JobPhase.FAILED, at=int(self.node.clock()),
+        msg = JobUpdate(agreement_id=aid, phase=JobPhase.FAILED, at=int(self.clock()),
                         detail="unknown agreement (not agreed here, or with another submitter)",
                         transfer_done=0, transfer_total=0, log_from=0, lines=())
-        await self._send(stream, seal(msg, self.node.key).raw)
+        await self._send(stream, seal(msg, self.key).raw)
 
     async def _watch(self, stream: FramedStream, req: JobWatch, peer: str) -> None:
-        from protocol.jobflow import HEARTBEAT_S
-
         pj = self._job_for(req.agreement_id, peer)
         if pj is None:
             await self._unknown(stream, req.agreement_id)
@@ -343,8 +382,8 @@ class ProviderSide:
             lines = _batch(pj.lines, sent)
             state = (pj.phase, pj.detail, pj.transfer_now)
             if lines or state != last:
-                update = _update(pj, int(self.node.clock()), sent, lines)
-                await self._send(stream, seal(update, self.node.key).raw)
+                update = _update(pj, int(self.clock()), sent, lines)
+                await self._send(stream, seal(update, self.key).raw)
                 sent += len(lines)
                 last = state
                 continue
@@ -369,21 +408,19 @@ class ProviderSide:
             if not (ex is not None and ex.cancel(pj.aid)) and pj.scope is not None:
                 pj.scope.cancel()  # still transferring: stop the task
             log.info("job %s cancelled by the submitter: %s", pj.aid, req.detail)
-        update = _update(pj, int(self.node.clock()), len(pj.lines), [])
-        await self._send(stream, seal(update, self.node.key).raw)
+        update = _update(pj, int(self.clock()), len(pj.lines), [])
+        await self._send(stream, seal(update, self.key).raw)
 
     async def settle(self, stream: FramedStream, raw: bytes, peer: str) -> None:
         """The submitter's receipt: verify, check it is for our result, record it."""
-        from node.ledger import Ledger, LedgerError
-
-        verified = verify_receipt(raw, submitter=peer, provider=self.node.peer_id)
+        verified = verify_receipt(raw, submitter=peer, provider=self.peer_id)
         r = verified.result.message
         pj = self._job_for(r.agreement_id, peer)
         if pj is None or pj.result is None or pj.result.digest != verified.result.digest:
             raise ProtocolError("binding_mismatch", "receipt for a result this provider did not publish")
         try:
-            with Ledger.in_data_dir(Path(self.node.data_dir)) as ledger:
-                ledger.append(raw, now=int(self.node.clock()))
+            with Ledger.in_data_dir(Path(self.data_dir)) as ledger:
+                ledger.append(raw, now=int(self.clock()))
         except LedgerError as exc:
             raise ProtocolError(exc.reason, str(exc)) from None
         rm = verified.receipt.message
@@ -392,8 +429,8 @@ class ProviderSide:
         pj.detail = "receipt recorded" + ("" if rm.accepted else f" (disputed: {rm.detail})")
         self._save(pj, "settled", detail=pj.detail)
         pj.touch()
-        update = _update(pj, int(self.node.clock()), len(pj.lines), [])
-        await self._send(stream, seal(update, self.node.key).raw)
+        update = _update(pj, int(self.clock()), len(pj.lines), [])
+        await self._send(stream, seal(update, self.key).raw)
 
 
 class _JobFailed(Exception):

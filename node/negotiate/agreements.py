@@ -29,7 +29,7 @@ from typing import Any
 
 from protocol import cbor
 
-__all__ = ["Store", "JobRow", "EventRow", "MIGRATIONS", "DB_FILE", "OPEN_STATES"]
+__all__ = ["AgreementStore", "JobRow", "EventRow", "MIGRATIONS", "DB_FILE", "OPEN_STATES"]
 
 DB_FILE = "jobs.sqlite"
 
@@ -103,7 +103,7 @@ class EventRow:
     data: bytes | None
 
 
-class Store:
+class AgreementStore:
     """The jobs database.  Cheap synchronous calls (one statement each)."""
 
     def __init__(self, path: Path) -> None:
@@ -115,13 +115,13 @@ class Store:
         self._migrate()
 
     @classmethod
-    def open(cls, data_dir: Path) -> Store:
+    def open(cls, data_dir: Path) -> AgreementStore:
         return cls(Path(data_dir) / DB_FILE)
 
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> AgreementStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -164,13 +164,16 @@ class Store:
         )
 
     def get(self, job_id: str, role: str | None = None) -> list[JobRow]:
-        """Rows for ``job_id`` (a unique hex prefix of at least 8 characters works too)."""
-        pattern = job_id.lower() + ("%" if len(job_id) >= 8 else "")
-        sql = "SELECT * FROM jobs WHERE id LIKE ?" + (" AND role = ?" if role else "")
-        args: tuple[Any, ...] = (pattern, role) if role else (pattern,)
+        """Rows whose ID is ``job_id`` or starts with it (hex; several IDs when ambiguous)."""
+        prefix = job_id.lower()
+        if not prefix or len(prefix) > 64 or any(c not in "0123456789abcdef" for c in prefix):
+            return []
+        sql = "SELECT * FROM jobs WHERE id >= ? AND id < ?" + (" AND role = ?" if role else "")
+        upper = prefix + "g"  # every hex ID starting with the prefix sorts before this
+        args: tuple[Any, ...] = (prefix, upper, role) if role else (prefix, upper)
         rows = [self._row(r) for r in self._db.execute(sql + " ORDER BY id, role", args)]
-        ids = {r.id for r in rows}
-        return rows if len(ids) <= 1 else [r for r in rows if r.id == job_id]
+        exact = [r for r in rows if r.id == prefix]
+        return exact or rows
 
     def list(self, *, role: str | None = None, limit: int = 100) -> list[JobRow]:
         sql = "SELECT * FROM jobs" + (" WHERE role = ?" if role else "") + " ORDER BY updated_at DESC LIMIT ?"

@@ -60,6 +60,7 @@ from protocol.transfer import bitmap_from_indexes, indexes_from_bitmap
 
 __all__ = [
     "BlobMeta",
+    "hash_file",
     "BlobLike",
     "BlobStore",
     "PartialBlob",
@@ -624,3 +625,14 @@ def _fsync_dir(path: Path) -> None:
 def iter_chunks(fileobj: BinaryIO, chunk_size: int) -> Iterator[bytes]:
     while block := fileobj.read(chunk_size):
         yield block
+
+
+def hash_file(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[str, int, str]:
+    """``(digest, size, chunk_root)`` of a file, reading one chunk at a time
+    (one SHA-256 pass gives both: protocol/chunks.py)."""
+    builder = ChunkListBuilder(chunk_size)
+    with path.open("rb") as f:
+        while chunk := f.read(chunk_size):
+            builder.update(chunk)
+    digest, hashes = builder.finish()
+    return digest, builder.size, chunk_root(hashes)

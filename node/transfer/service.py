@@ -25,12 +25,14 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from node.p2p import FramedStream, StreamClosed
+from node.config import TransferSection
+from node.metrics import Metrics
+from node.p2p import FramedStream, P2PHost, StreamClosed
 from node.transfer.blobstore import (
     BlobLike,
     BlobMeta,
@@ -143,15 +145,26 @@ class Progress:
 
 
 class TransferService:
-    """Daemon service (``node.transfer.service:TransferService`` in node/daemon.py SERVICES)."""
+    """Serves ``/cpn/transfer`` and the data plane; fetches blobs for the rest of the node."""
 
-    name = "transfer"
-
-    def __init__(self, *, store: BlobStore | None = None, quota_bytes: int | None = None,
-                 host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        *,
+        p2p: P2PHost,
+        key: Ed25519PrivateKey,
+        store: BlobStore,
+        config: TransferSection | None = None,
+        metrics: Metrics | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        config = config or TransferSection()
+        self._p2p = p2p
+        self._key = key
         self.store = store
-        self.quota_bytes = quota_bytes
-        self.host = host
+        self.host = config.data_host
+        #: serve cached blobs to peers holding the owner's FetchGrant ([transfer] serve_granted)
+        self.serve_granted = config.serve_granted
+        self.now = now  #: unix seconds (grant expiry)
         self._authorizers: list[Authorizer] = []
         self._grants: dict[tuple[str, str, Direction], int | None] = {}
         self.penalties: dict[str, int] = {}
@@ -163,64 +176,29 @@ class TransferService:
         self.addrs: dict[str, list[str]] = {}
         self.stats = {"chunks_received": 0, "bytes_received": 0, "corrupt_chunks": 0,
                       "dedup_hits": 0, "refused": 0, "fetches": 0}
-        self.dataplane: DataPlaneServer | None = None
-        self._key: Any = None
-        self._p2p: Any = None
+        self.dataplane = DataPlaneServer(store, host=self.host)
         #: owner side: other peers known to hold a blob, ``digest -> [(peer, addrs)]``
         #: (the job runner registers the providers of its finished jobs)
         self.holders_of: Callable[[str], list[tuple[str, list[str]]]] = lambda digest: []
         #: holder side: may ``owner`` (a FetchGrant's signer) hand out ``digest``?
-        #: Default: if ``owner`` may fetch it from us itself; the job provider adds
+        #: Default: if ``owner`` may fetch it from us itself; the provider side adds
         #: "``owner`` submitted a job here that used it".
         self.owners: list[Callable[[str, str], bool]] = []
         self._delegated: dict[tuple[str, str], float] = {}  #: (grantee, digest) -> expires_at
         self._unreachable: dict[str, float] = {}  #: holder -> when to try it again
-        #: serve cached blobs to peers holding the owner's FetchGrant ([transfer] serve_granted)
-        self.serve_granted = True
-        self.now: Callable[[], float] = time.time
+        self._register_metrics(metrics or Metrics())
 
     # ---- lifecycle
 
-    def _configure(self, config: Any) -> None:
-        """``[transfer]`` in the node config: ``quota_mib`` (int), ``data_host`` (IP literal)."""
-        raw = getattr(config, "raw", {}).get("transfer", {}) if config is not None else {}
-        from node.config import ConfigError
+    async def run(self, *, task_status: trio.TaskStatus[TransferService] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the data plane and the control protocol until cancelled.
 
-        unknown = sorted(set(raw) - {"quota_mib", "data_host", "serve_granted"})
-        if unknown:
-            raise ConfigError(f"transfer.{unknown[0]}: unknown key")
-        if "quota_mib" in raw:
-            q = raw["quota_mib"]
-            if not isinstance(q, int) or isinstance(q, bool) or q <= 0:
-                raise ConfigError("transfer.quota_mib: must be a positive integer")
-            self.quota_bytes = q << 20
-        if "serve_granted" in raw:
-            if not isinstance(raw["serve_granted"], bool):
-                raise ConfigError("transfer.serve_granted: must be true or false")
-            self.serve_granted = raw["serve_granted"]
-        if "data_host" in raw:
-            if not isinstance(raw["data_host"], str) or not raw["data_host"]:
-                raise ConfigError("transfer.data_host: must be an IP address")
-            self.host = raw["data_host"]
-
-    async def run(self, node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        self._configure(getattr(node, "config", None))
-        self._key = node.key
-        self._p2p = node.p2p
-        # other services (negotiation, execution) reach the store and grants here
-        node.transfer = self
-        if self.store is None:
-            self.store = BlobStore(Path(node.data_dir), quota_bytes=self.quota_bytes)
-        self.dataplane = DataPlaneServer(self.store, host=self.host)
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self.dataplane.run)
-                node.p2p.set_stream_handler(PROTOCOL_ID, self._handle)
-                self._register_api(getattr(node, "api", None))
-                self._register_metrics(getattr(node, "metrics", None))
-                task_status.started(self)
-        finally:
-            self.store.close()
+        The blob store belongs to the caller, who closes it after this returns.
+        """
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.dataplane.run)
+            self._p2p.set_stream_handler(PROTOCOL_ID, self._handle)
+            task_status.started(self)
 
     # ---- authorisation
 
@@ -276,7 +254,6 @@ class TransferService:
             await stream.send_frame(seal(msg, self._key).raw)
 
     async def _answer(self, peer: str, msg: Message) -> Message:
-        assert self.store is not None and self.dataplane is not None
         if isinstance(msg, Want):
             allowed = [d for d in msg.digests if self.authorize(peer, d, Direction.FETCH)]
             if not allowed:
@@ -306,7 +283,6 @@ class TransferService:
         return self.dataplane.issue(peer, m, held=functools.partial(self._held_now, digest))
 
     def _held_now(self, digest: str) -> Collection[int]:
-        assert self.store is not None
         held = self.store.held_chunks(digest)
         if held is None:
             return ()
@@ -333,7 +309,6 @@ class TransferService:
     def _present(self, peer: str, msg: Present) -> Have:
         """As a holder: accept a FetchGrant naming us and ``peer`` from an owner of the
         blob, then answer what we hold of it."""
-        assert self.store is not None
         if not self.serve_granted:
             raise ProtocolError("unauthorized", "this node does not serve granted fetches (serve_granted = false)")
         signed = open_envelope(msg.grant, expected=FetchGrant, limits=CONTROL_LIMITS)
@@ -356,7 +331,6 @@ class TransferService:
     def _have_entry(self, digest: str) -> HaveEntry | None:
         """What we hold of ``digest`` for a Have: all of it, the verified chunks of
         a partial blob, or None."""
-        assert self.store is not None
         held = self.store.held_chunks(digest)
         if held is None or (held[1] is not None and not held[1]):
             return None
@@ -429,7 +403,6 @@ class TransferService:
         resume), :class:`~node.blobstore.QuotaExceeded` before moving any byte
         if it cannot fit.
         """
-        assert self.store is not None
         digest = blob.digest
         while digest in self._fetching:  # one fetch per blob; others wait and share it
             await self._fetching[digest].wait()
@@ -461,7 +434,6 @@ class TransferService:
         with ``store.unpin(owner)``.  Blobs already stored move no bytes.
         Raises the first failure after the others finished or failed.
         """
-        assert self.store is not None
         unique = list({b.digest: b for b in blobs}.values())
         if owner is not None:
             for b in unique:
@@ -486,7 +458,6 @@ class TransferService:
 
     async def _fetch(self, blob: BlobLike, sources: Sequence[str], prog: Progress,
                      discover: bool = False) -> BlobMeta:
-        assert self.store is not None
         digest, n = blob.digest, chunk_count(blob.size, blob.chunk_size)
         ordered = sorted(dict.fromkeys(sources), key=lambda p: self.penalties.get(p, 0))
         streams: dict[str, FramedStream] = {}
@@ -681,28 +652,7 @@ class TransferService:
 
     # ---- API and metrics
 
-    def _register_api(self, api: Any) -> None:
-        if api is None:
-            return
-        from node.api.server import ApiError
-
-        async def list_transfers(request: Any) -> Any:
-            """Blob transfers of this daemon run: phase, bytes, rate, ETA per blob."""
-            return {"transfers": [p.snapshot() for p in self.progress.values()], "stats": dict(self.stats)}
-
-        async def one_transfer(request: Any) -> Any:
-            """One blob transfer's progress."""
-            digest = request.params["digest"]
-            if digest not in self.progress:
-                raise ApiError(404, "not_found", f"no transfer of {digest}")
-            return self.progress[digest].snapshot()
-
-        api.route("GET", "/v1/transfers", list_transfers, summary="Blob transfers and their progress")
-        api.route("GET", "/v1/transfers/{digest}", one_transfer, summary="Progress of one blob transfer")
-
-    def _register_metrics(self, metrics: Any) -> None:
-        if metrics is None or not hasattr(metrics, "gauge"):
-            return
+    def _register_metrics(self, metrics: Metrics) -> None:
         for key, help_ in (("chunks_received", "Verified chunks received"),
                            ("bytes_received", "Verified bytes received"),
                            ("corrupt_chunks", "Chunks that failed verification"),

@@ -22,6 +22,7 @@ from node.api.client import ApiClient
 from node.config import load_config
 from node.daemon import run_node
 from node.keys import KEY_FILE, KeyFileError, load_or_create_key, peer_id_of
+from protocol.advert import Advert, Tombstone
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the installed entry point (``python -m node.cli`` would define a second CliError class)
@@ -48,24 +49,10 @@ def test_key_created_private_and_reused(tmp_path: Path) -> None:
 
 
 async def test_node_starts_serves_api_and_stops_cleanly(tmp_path: Path) -> None:
-    started: list[str] = []
-    stopped: list[str] = []
-
-    class Probe:
-        """A service that records its life cycle (as other engineers' services will)."""
-
-        async def run(self, node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-            started.append(node.peer_id)
-            task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                stopped.append(node.peer_id)
-
     cfg = config(tmp_path / "d", **{"metrics.port": 0})
     async with trio.open_nursery() as nursery:
-        node = await nursery.start(partial(run_node, cfg, services=[Probe]))
-        assert started == [node.peer_id]
+        node = await nursery.start(partial(run_node, cfg))
+        assert isinstance(node.discovery.current.message, Advert)  # every service started
         client = ApiClient(tmp_path / "d")
         ident = await trio.to_thread.run_sync(client.get, "/v1/id")
         assert ident["peer_id"] == node.peer_id == peer_id_of(node.key)
@@ -73,18 +60,19 @@ async def test_node_starts_serves_api_and_stops_cleanly(tmp_path: Path) -> None:
         health = await trio.to_thread.run_sync(client.get, "/v1/health")
         assert health["status"] == "ok"
         doc = await trio.to_thread.run_sync(client.get, "/v1/openapi.json")
-        assert {"/v1/id", "/v1/health", "/v1/peers"} <= set(doc["paths"])
+        assert {"/v1/id", "/v1/health", "/v1/peers", "/v1/jobs", "/v1/agreements", "/v1/find"} <= set(doc["paths"])
         assert "cpn_peers_connected" in node.metrics.render()
         node.stop()
         with trio.fail_after(10):
             await node.stopped.wait()
-    assert stopped == [node.peer_id]
+    # every service ran its cleanup: the advert was withdrawn, the socket removed
+    assert isinstance(node.discovery.current.message, Tombstone)
     assert not (tmp_path / "d" / "api.sock").exists()
 
 
 async def test_metrics_port_serves_prometheus_text(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
-        node = await nursery.start(partial(run_node, config(tmp_path / "d"), services=[]))
+        node = await nursery.start(partial(run_node, config(tmp_path / "d")))
         port = await nursery.start(node.metrics.serve, 0)
         node.metrics.counter("cpn_test_total", "a test counter").inc(kind="x")
 
@@ -209,5 +197,5 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
         "node", "run", "--data-dir", str(tmp_path / "y"), "--listen", LOOP, "--fake-gpus", "warp9:1"
     )
     assert fake.returncode == 1 and "discovery.fake_gpus" in fake.stderr
-    assert os.path.exists(tmp_path / "y" / KEY_FILE)  # key made; nothing left running
+    assert not os.path.exists(tmp_path / "y" / KEY_FILE)  # refused before anything was made
     assert not (tmp_path / "y" / "api.sock").exists()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,13 @@ import pytest
 import trio
 from support.podman import shared_env  # noqa: E402
 
+from node.api.routes.jobs import submit_request
 from node.api.server import ApiError
 from node.config import config_from_dict
-from node.daemon import SERVICES, Node, run_node
+from node.daemon import Node, run_node
 from node.execute.selftest_image import BUSYBOX, build_busybox_image
 from node.jobs.jobfile import load_job
+from node.jobs.runner import SubmitError
 from node.ledger import Ledger
 from protocol.result import verify_receipt
 
@@ -35,7 +37,6 @@ pytestmark = [
 ]
 
 LOOP = "/ip4/127.0.0.1/tcp/0"
-ALL_SERVICES = (*[s for s in SERVICES if "jobs.runner" not in str(s)], "node.jobs.runner:JobRunner")
 
 
 @dataclass
@@ -62,7 +63,8 @@ class Net:
                                       "podman_runroot": str(env.settings.runroot)}
             self.configs[name] = config_from_dict(table)
         elif name in self.bound:  # a restart listens where the node listened before
-            self.configs[name].node.listen = [self.bound[name]]
+            cfg = self.configs[name]
+            self.configs[name] = replace(cfg, node=replace(cfg.node, listen=[self.bound[name]]))
         scope = trio.CancelScope()
         self.scopes[name] = scope
         gone = self.gone[name] = trio.Event()
@@ -70,7 +72,7 @@ class Net:
         async def runner(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             try:
                 with scope:
-                    await run_node(self.configs[name], services=ALL_SERVICES, task_status=task_status)
+                    await run_node(self.configs[name], task_status=task_status)
             finally:
                 gone.set()
 
@@ -118,6 +120,11 @@ def hello_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return job
 
 
+async def submit(node: Node, body: dict[str, Any]) -> Any:
+    """``POST /v1/jobs`` without the socket: the same checks, then the runner."""
+    return await node.runner.submit(submit_request(body))
+
+
 def body_for(job: Path, results: Path, **extra: Any) -> dict[str, Any]:
     loaded = load_job(job)
     return {"job_hex": loaded.spec.encode().hex(), "blob_paths": {d: str(p) for d, p in loaded.blob_paths.items()},
@@ -135,7 +142,7 @@ async def until(holder: Any, pred: Callable[[], bool]) -> None:
 
 
 async def run_to_end(node: Node, rid: str) -> Any:
-    runner = node.jobrunner  # type: ignore[attr-defined]
+    runner = node.runner
     with trio.fail_after(120):
         await runner.live[rid].done.wait()
     return runner.runs[rid]
@@ -143,7 +150,7 @@ async def run_to_end(node: Node, rid: str) -> Any:
 
 async def settled_on(provider: Node, run: Any) -> list[bytes]:
     """The provider's ledger once it recorded the receipt of ``run``'s last attempt."""
-    pj = provider.jobrunner.provider.jobs[run.attempts[-1]["agreement_id"]]  # type: ignore[attr-defined]
+    pj = provider.provider_jobs.jobs[run.attempts[-1].agreement_id]
     with trio.fail_after(30):
         await until(pj, lambda: pj.phase.value == "settled")
     return ledger_receipts(provider)
@@ -159,15 +166,15 @@ async def test_hello_end_to_end_through_three_daemons(tmp_path: Path, hello_job:
         gpu = await net.start("gpu", execution=True, fake_gpus="h100:2")
         cpu = await net.start("cpu", execution=True)
         sub = await net.start("sub", execution=False)
-        runner = sub.jobrunner  # type: ignore[attr-defined]
+        runner = sub.runner
         # bad submissions are refused up front, with the reason
+        with pytest.raises(SubmitError) as missing:
+            await submit(sub, {**body_for(hello_job, tmp_path / "results"), "blob_paths": {}})
+        assert missing.value.reason == "missing_blob"
         with pytest.raises(ApiError) as bad:
-            await runner.submit({**body_for(hello_job, tmp_path / "results"), "blob_paths": {}})
-        assert (bad.value.status, bad.value.reason) == (400, "missing_blob")
-        with pytest.raises(ApiError) as bad:
-            await runner.submit({"job_hex": "00ff"})
+            await submit(sub, {"job_hex": "00ff", "results_dir": str(tmp_path)})
         assert bad.value.status == 400 and not runner.runs
-        run = await runner.submit(body_for(hello_job, tmp_path / "results", peers=[
+        run = await submit(sub, body_for(hello_job, tmp_path / "results", peers=[
             f"{n.p2p.listen_addrs[0]}/p2p/{n.peer_id}" for n in (gpu, cpu)]))
         run = await run_to_end(sub, run.id)
         assert run.state == "finished", run.detail
@@ -178,7 +185,7 @@ async def test_hello_end_to_end_through_three_daemons(tmp_path: Path, hello_job:
         assert "start" in log and "some input" in log and "done" in log
         # live log lines came through the watch stream too
         assert "some input" in runner.live[run.id].lines
-        provider = next(n for n in (gpu, cpu) if n.peer_id == run.attempts[0]["provider"])
+        provider = next(n for n in (gpu, cpu) if n.peer_id == run.attempts[0].provider)
         receipt = bytes.fromhex(run.receipt_hex)
         verified = verify_receipt(receipt, submitter=sub.peer_id, provider=provider.peer_id)
         assert verified.receipt.message.accepted
@@ -231,7 +238,7 @@ async def test_gpu_job_is_refused_with_reasons(tmp_path: Path, podman_env: Any) 
         gpu = await net.start("gpu", execution=True, fake_gpus="h100:2")
         cpu = await net.start("cpu", execution=True)
         sub = await net.start("sub", execution=False)
-        run = await sub.jobrunner.submit(body_for(d / "job.toml", tmp_path / "r", peers=peers_of(gpu, cpu)))  # type: ignore[attr-defined]
+        run = await submit(sub, body_for(d / "job.toml", tmp_path / "r", peers=peers_of(gpu, cpu)))
         run = await run_to_end(sub, run.id)
         assert run.state == "failed" and not run.attempts
         reasons = {r["provider"]: (r["reason"], r["detail"]) for r in run.refusals}
@@ -248,25 +255,25 @@ async def test_provider_killed_mid_run_is_retried_elsewhere(tmp_path: Path, hell
         a = await net.start("a", execution=True)
         b = await net.start("b", execution=True)
         sub = await net.start("sub", execution=False)
-        runner = sub.jobrunner  # type: ignore[attr-defined]
-        run = await runner.submit(body_for(job, tmp_path / "r", peers=peers_of(a, b), retries=1, grace_s=1.0))
+        runner = sub.runner
+        run = await submit(sub, body_for(job, tmp_path / "r", peers=peers_of(a, b), retries=1, grace_s=1.0))
         with trio.fail_after(60):  # the container runs
             await until(runner.live[run.id], lambda: "start" in runner.live[run.id].lines)
         first = run.attempts[0]
-        dead = next(name for name, n in net.nodes.items() if n.peer_id == first["provider"])
+        dead = next(name for name, n in net.nodes.items() if n.peer_id == first.provider)
         await net.kill(dead)
         run = await run_to_end(sub, run.id)
         assert run.state == "finished", run.detail
-        assert [x["state"] for x in run.attempts] == ["failed", "done"]
-        assert "unreachable" in run.attempts[0]["detail"]
-        assert run.attempts[1]["provider"] != first["provider"]
+        assert [x.state for x in run.attempts] == ["failed", "done"]
+        assert "unreachable" in run.attempts[0].detail
+        assert run.attempts[1].provider != first.provider
         # the dead provider's agreement is recorded as failed on the submitter
-        (row,) = runner.negotiation.store.get(first["agreement_id"], role="submitter")
+        (row,) = runner.agreements.get(first.agreement_id, role="submitter")
         assert row.state == "failed"
         # one receipt, accepted, for the second provider's result
         (receipt,) = ledger_receipts(sub)
         v = verify_receipt(receipt)
-        assert v.receipt.message.accepted and v.result.message.provider == run.attempts[1]["provider"]
+        assert v.receipt.message.accepted and v.result.message.provider == run.attempts[1].provider
 
 
 async def test_submitter_restarted_mid_job_collects_the_result(
@@ -276,13 +283,13 @@ async def test_submitter_restarted_mid_job_collects_the_result(
     async with network(tmp_path, podman_env) as net:
         prov = await net.start("prov", execution=True)
         sub = await net.start("sub", execution=False)
-        run = await sub.jobrunner.submit(body_for(job, tmp_path / "r", peers=peers_of(prov)))  # type: ignore[attr-defined]
+        run = await submit(sub, body_for(job, tmp_path / "r", peers=peers_of(prov)))
         rid = run.id
         with trio.fail_after(60):
-            await until(sub.jobrunner.live[rid], lambda: run.state == "running")  # type: ignore[attr-defined]
+            await until(sub.runner.live[rid], lambda: run.state == "running")
         await net.kill("sub")
         sub = await net.start("sub", execution=False)
-        assert sub.jobrunner.runs[rid].state == "running"  # type: ignore[attr-defined]
+        assert sub.runner.runs[rid].state == "running"
         run = await run_to_end(sub, rid)
         assert run.state == "finished", run.detail
         assert len(run.attempts) == 1
@@ -315,12 +322,12 @@ async def test_wrong_output_digest_is_detected_reported_and_retried(
             return tamper
 
         for n in (a, b):
-            n.jobrunner.provider.result_filter = liar(n)  # type: ignore[attr-defined]
-        run = await sub.jobrunner.submit(body_for(hello_job, tmp_path / "r", peers=peers_of(a, b), retries=1))  # type: ignore[attr-defined]
+            n.provider_jobs.result_filter = liar(n)
+        run = await submit(sub, body_for(hello_job, tmp_path / "r", peers=peers_of(a, b), retries=1))
         run = await run_to_end(sub, run.id)
         assert run.state == "finished", run.detail
-        assert [x["provider"] for x in run.attempts][0] == lied[0]
-        assert run.attempts[0]["state"] == "failed" and "not delivered" in run.attempts[0]["detail"]
+        assert [x.provider for x in run.attempts][0] == lied[0]
+        assert run.attempts[0].state == "failed" and "not delivered" in run.attempts[0].detail
         first, second = (verify_receipt(r) for r in ledger_receipts(sub))
         assert not first.receipt.message.accepted and "greeting" in first.receipt.message.detail
         assert second.receipt.message.accepted and second.result.message.provider != lied[0]
@@ -331,17 +338,17 @@ async def test_cancel_stops_the_container_on_the_provider(tmp_path: Path, hello_
     async with network(tmp_path, podman_env) as net:
         prov = await net.start("prov", execution=True)
         sub = await net.start("sub", execution=False)
-        runner = sub.jobrunner  # type: ignore[attr-defined]
-        run = await runner.submit(body_for(job, tmp_path / "r", peers=peers_of(prov)))
+        runner = sub.runner
+        run = await submit(sub, body_for(job, tmp_path / "r", peers=peers_of(prov)))
         with trio.fail_after(60):
             await until(runner.live[run.id], lambda: "start" in runner.live[run.id].lines)
         await runner.cancel(run)
-        assert run.state == "cancelled" and run.attempts[0]["state"] == "cancelled"
-        pj = prov.jobrunner.provider.jobs[run.attempts[0]["agreement_id"]]  # type: ignore[attr-defined]
+        assert run.state == "cancelled" and run.attempts[0].state == "cancelled"
+        pj = prov.provider_jobs.jobs[run.attempts[0].agreement_id]
         with trio.fail_after(30):
             await until(pj, lambda: pj.result is not None)
         assert pj.result.message.outcome.value == "cancelled"
-        label = f"cpn-{run.attempts[0]['agreement_id']}"
+        label = f"cpn-{run.attempts[0].agreement_id}"
         assert not [c for c in await trio.to_thread.run_sync(podman_env.containers) if label in c]
         assert ledger_receipts(sub) == []  # nothing was acknowledged
 
@@ -363,8 +370,8 @@ async def test_provider_killed_mid_transfer_resumes_without_resending_verified_c
             if progress.digest == big.digest and progress.done_bytes >= cut_at:
                 net.scopes["prov"].cancel()  # synchronously: no further chunk is processed
 
-        prov.transfer.on_progress = kill_mid_blob  # type: ignore[attr-defined]
-        run = await sub.jobrunner.submit(body_for(d / "job.toml", tmp_path / "r", peers=peers_of(prov),  # type: ignore[attr-defined]
+        prov.transfer.on_progress = kill_mid_blob
+        run = await submit(sub, body_for(d / "job.toml", tmp_path / "r", peers=peers_of(prov),
                                                   grace_s=60.0))
         with trio.fail_after(60):
             await net.gone["prov"].wait()
@@ -374,7 +381,7 @@ async def test_provider_killed_mid_transfer_resumes_without_resending_verified_c
         assert run.state == "finished", run.detail
         assert len(run.attempts) == 1  # the same agreement, resumed
         assert (Path(run.output_dir) / "out" / "n").read_text().strip() == str(48 << 20)
-        moved = prov.transfer.progress[big.digest].moved_bytes  # type: ignore[attr-defined]
+        moved = prov.transfer.progress[big.digest].moved_bytes
         assert 0 < moved <= big.size - cut_at
 
 
@@ -386,8 +393,8 @@ async def test_bad_provider_is_detected_and_replaced(
     garbage, or never answers: the submitter reports it, records the agreement as
     failed and moves on to the other provider."""
     from node.jobs import runner as jobrunner
-    from node.jobs.provider import PROTOCOL_ID
     from protocol import jobflow
+    from protocol.streams import JOB_PROTOCOL as PROTOCOL_ID
 
     # Shorter heartbeats (honest providers) and silence timeout, so "never answers" shows fast.
     monkeypatch.setattr(jobflow, "HEARTBEAT_S", 0.2)
@@ -405,13 +412,13 @@ async def test_bad_provider_is_detected_and_replaced(
                 await trio.sleep_forever()
 
         bad.p2p.set_stream_handler(PROTOCOL_ID, misbehave)
-        run = await sub.jobrunner.submit(body_for(hello_job, tmp_path / "r", peers=peers_of(bad, good),  # type: ignore[attr-defined]
+        run = await submit(sub, body_for(hello_job, tmp_path / "r", peers=peers_of(bad, good),
                                                   grace_s=1.0))
         run = await run_to_end(sub, run.id)
         assert run.state == "finished", run.detail
-        assert [a["provider"] for a in run.attempts] == [bad.peer_id, good.peer_id]
-        assert run.attempts[0]["state"] == "failed"
-        assert ("invalid frames" if behaviour == "garbage" else "unreachable") in run.attempts[0]["detail"]
+        assert [a.provider for a in run.attempts] == [bad.peer_id, good.peer_id]
+        assert run.attempts[0].state == "failed"
+        assert ("invalid frames" if behaviour == "garbage" else "unreachable") in run.attempts[0].detail
         (receipt,) = ledger_receipts(sub)
         assert verify_receipt(receipt).result.message.provider == good.peer_id
 
@@ -421,21 +428,19 @@ async def test_fake_gpus_never_claim_cdi_even_where_a_cdi_spec_exists(tmp_path: 
     running a testnet) must not advertise or accept GPU containers."""
     from protocol.advert import ContainerCapability
 
-    class CdiHost:
+    def cdi_host(node: Node) -> None:
         """Stands in for an execution self-test that found CDI GPU devices."""
-
-        async def run(self, node: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-            node.container_capability = ContainerCapability(runtime="podman/runc", limits=(), gpu_cdi=True)
-            task_status.started()
+        node.execution.proven = ContainerCapability(runtime="podman/runc", limits=(), gpu_cdi=True)
 
     cfg = config_from_dict({"node": {"data_dir": str(tmp_path / "n"), "listen": [LOOP]},
                             "discovery": {"fake_gpus": "h100:2"}})
     async with trio.open_nursery() as nursery:
         node: Node = await nursery.start(lambda task_status: run_node(
-            cfg, services=[CdiHost(), "node.find.discovery:AdvertiseService"], task_status=task_status))
-        assert node.container_capability.gpu_cdi is False  # type: ignore[attr-defined]
-        advert = next(s for s in node.services if type(s).__name__ == "AdvertiseService").report
-        assert advert.container.gpu_cdi is False and advert.container.runtime == "podman/runc"
+            cfg, prepare=cdi_host, task_status=task_status))
+        assert node.execution.capability.gpu_cdi is False
+        report = node.discovery.report
+        assert report is not None and report.container.gpu_cdi is False
+        assert report.container.runtime == "podman/runc"
         nursery.cancel_scope.cancel()
 
 
@@ -449,16 +454,15 @@ async def test_second_provider_is_told_of_the_first_and_may_fetch_from_it(tmp_pa
         first = await net.start("p1", execution=True)
         second = await net.start("p2", execution=True)
         sub = await net.start("sub", execution=False)
-        runner = sub.jobrunner  # type: ignore[attr-defined]
-        run1 = await run_to_end(sub, (await runner.submit(body_for(d / "job.toml", tmp_path / "r1",
+        run1 = await run_to_end(sub, (await submit(sub, body_for(d / "job.toml", tmp_path / "r1",
                                                                      peers=peers_of(first)))).id)
         assert run1.state == "finished", run1.detail
-        assert first.transfer.store.has(big.digest)  # type: ignore[attr-defined]
-        run2 = await run_to_end(sub, (await runner.submit(body_for(d / "job.toml", tmp_path / "r2",
+        assert first.transfer.store.has(big.digest)
+        run2 = await run_to_end(sub, (await submit(sub, body_for(d / "job.toml", tmp_path / "r2",
                                                                      peers=peers_of(second)))).id)
         assert run2.state == "finished", run2.detail
-        assert run2.attempts[-1]["provider"] == second.peer_id
+        assert run2.attempts[-1].provider == second.peer_id
         # the first provider honoured the submitter's grant for the second one
-        delegated = first.transfer._delegated  # type: ignore[attr-defined]
+        delegated = first.transfer._delegated
         assert (second.peer_id, big.digest) in delegated
         assert (Path(run2.output_dir) / "out" / "n").read_text().strip() == str(8 << 20)

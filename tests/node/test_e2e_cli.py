@@ -48,7 +48,7 @@ def test_submit_follow_jobs_show_logs_cancel(tmp_path: Path) -> None:
         assert "hello from the container" in done.stdout  # the log, live
         assert "(accepted)" in done.stdout
         jobs = json.loads(cpn("jobs", "--json", "--data-dir", str(sub_dir)).stdout)
-        (run,) = jobs["runs"]
+        (run,) = jobs["jobs"]
         assert run["state"] == "finished" and run["receipt"]["accepted"]
         assert (results / run["id"] / "out" / "greeting.txt").read_text() == "hi\n"
         shown = json.loads(cpn("job", "show", run["id"][:10], "--json", "--data-dir", str(sub_dir)).stdout)
@@ -85,11 +85,11 @@ def test_submit_follow_jobs_show_logs_cancel(tmp_path: Path) -> None:
                     "--results", str(results))
         assert plain.returncode == 0, plain.stdout + plain.stderr
         agreed = json.loads(plain.stdout)
-        assert agreed["agreed"] and agreed["job_id"]
-        followed = cpn("job", "logs", agreed["job_id"], "--follow", "--data-dir", str(sub_dir))
+        (attempt,) = agreed["attempts"]
+        followed = cpn("job", "logs", agreed["id"], "--follow", "--data-dir", str(sub_dir))
         assert "hello from the container" in followed.stdout
-        shown = json.loads(cpn("job", "show", agreed["job_id"], "--json", "--data-dir", str(sub_dir)).stdout)
-        assert shown["state"] == "finished" and shown["attempts"][0]["agreement_id"] == agreed["agreement_id"]
-        assert (results / agreed["job_id"] / "out" / "greeting.txt").read_text() == "hi\n"
+        shown = json.loads(cpn("job", "show", agreed["id"], "--json", "--data-dir", str(sub_dir)).stdout)
+        assert shown["state"] == "finished" and shown["attempts"][0]["agreement_id"] == attempt["agreement_id"]
+        assert (results / agreed["id"] / "out" / "greeting.txt").read_text() == "hi\n"
         missing = cpn("job", "show", "ffffffffff", "--data-dir", str(sub_dir))
         assert missing.returncode == 1 and "no job" in missing.stderr

@@ -148,7 +148,8 @@ def test_example_runs_in_cpn_container(
     """The CPU examples run under the provider's real execution path (node.execution:
     image assembled and verified from blobs, every default limit, outputs collected
     and signed), and their outputs pass the submitter's verification."""
-    from node.execute.service import Executor, save_outputs
+    from node.execute.executor import Executor
+    from node.jobs.outputs import save_outputs
 
     env, capability = podman_capability
     loaded = load_job(examples / name / "job.toml")

@@ -62,7 +62,7 @@ async def test_js_libp2p_finds_daemon_as_provider(tmp_path: Path) -> None:
         with trio.fail_after(30):
             node = await nursery.start(partial(run_node, cfg))
         try:
-            by_id = {i["id"]: i["cid"] for i in node.advertised}
+            by_id = {i["id"]: i["cid"] for i in node.discovery.advertised}
             cid = by_id["cpn:gpu/nvidia/h100"]
             addr = next(a for a in node.p2p.listen_addrs if "/tcp/" in a)
             with trio.fail_after(60):

@@ -11,8 +11,16 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from node.keys import from_libp2p_keypair, peer_id_of, to_libp2p_keypair
-from node.p2p import FramedStream, P2PHost, PeerUnreachable, StreamClosed, open_host
+from node.keys import peer_id_of
+from node.p2p import (
+    FramedStream,
+    P2PHost,
+    PeerUnreachable,
+    StreamClosed,
+    from_libp2p_keypair,
+    open_host,
+    to_libp2p_keypair,
+)
 from protocol.errors import ProtocolError
 
 LOOP = "/ip4/127.0.0.1/tcp/0"

@@ -14,16 +14,18 @@ from __future__ import annotations
 import functools
 import json
 import sys
-import types
 from pathlib import Path
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from node.p2p import open_host
-from node.transfer.blobstore import BlobMeta
-from node.transfer.service import TransferService
-from protocol.transfer import Direction
+# run as a script: the repository first (the real ``node`` package), then tests/ for support.*
+sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
+
+from node.p2p import open_host  # noqa: E402
+from node.transfer.blobstore import BlobMeta  # noqa: E402
+from protocol.transfer import Direction  # noqa: E402
+from support.transfer import transfer_service  # noqa: E402
 
 
 def _status_kib(field: str) -> int:
@@ -46,8 +48,8 @@ def _head(path: str) -> bytes:
 
 async def serve(seed: str, data_dir: str, blob: str, client: str) -> None:
     key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed))
-    async with open_host(key, ["/ip4/127.0.0.1/tcp/0"]) as host, trio.open_nursery() as nursery:
-        svc = await nursery.start(TransferService().run, types.SimpleNamespace(key=key, p2p=host, data_dir=Path(data_dir)))
+    async with open_host(key, ["/ip4/127.0.0.1/tcp/0"]) as host, \
+            transfer_service(host, key, Path(data_dir)) as svc:
         meta = await trio.to_thread.run_sync(functools.partial(svc.store.import_file, Path(blob), chunk_size=64 << 10))
         head = await trio.to_thread.run_sync(_head, blob)  # a small blob for warming up the receiver
         warm = await trio.to_thread.run_sync(functools.partial(svc.store.import_bytes, head, chunk_size=64 << 10))
@@ -58,14 +60,13 @@ async def serve(seed: str, data_dir: str, blob: str, client: str) -> None:
                           "warm": [warm.digest, warm.size, warm.chunk_size, warm.chunk_root]}),
               flush=True)
         await trio.to_thread.run_sync(sys.stdin.read)
-        nursery.cancel_scope.cancel()
 
 
 async def fetch(seed: str, data_dir: str, servers_json: str) -> None:
     servers = json.loads(servers_json)
     key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed))
-    async with open_host(key, ["/ip4/127.0.0.1/tcp/0"]) as host, trio.open_nursery() as nursery:
-        svc = await nursery.start(TransferService().run, types.SimpleNamespace(key=key, p2p=host, data_dir=Path(data_dir)))
+    async with open_host(key, ["/ip4/127.0.0.1/tcp/0"]) as host, \
+            transfer_service(host, key, Path(data_dir)) as svc:
         for s in servers:
             svc.addrs[s["peer_id"]] = s["addrs"]
         s0 = servers[0]
@@ -79,7 +80,6 @@ async def fetch(seed: str, data_dir: str, servers_json: str) -> None:
         peak = _status_kib("VmHWM")
         print(json.dumps({"rss_before_kib": before, "peak_rss_kib": peak, "stats": svc.stats,
                           "stored": svc.store.has(meta.digest)}), flush=True)
-        nursery.cancel_scope.cancel()
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.podman import job_for
 from vectors.execution import sample_result
 
+from node.execute.executor import file_blob
 from node.execute.selftest_image import build_busybox_image  # noqa: E402
-from node.execute.service import file_blob, save_outputs
+from node.jobs.outputs import save_outputs
 from protocol.envelope import public_key_proto_of
 from protocol.identity import peer_id_from_proto_key
 from protocol.result import Outcome
@@ -39,9 +40,9 @@ def test_save_outputs_verifies_before_writing(tmp_path: Path) -> None:
 
 async def test_no_podman_means_no_runtime(tmp_path: Path) -> None:
     """Without podman the node says so and refuses jobs; it does not crash."""
+    from node.execute.executor import NO_RUNTIME, Executor
     from node.execute.podman import PodmanSettings
     from node.execute.selftest_image import BUSYBOX
-    from node.execute.service import NO_RUNTIME, Executor
 
     if not BUSYBOX.is_file():
         pytest.skip("busybox-static is not installed")

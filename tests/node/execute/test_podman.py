@@ -19,6 +19,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.podman import PodmanEnv, job_for, shared_env  # noqa: E402
 
+from node.execute.executor import Executor
 from node.execute.oci import pack_image
 from node.execute.podman import (
     Capability,
@@ -33,7 +34,6 @@ from node.execute.podman import (
     self_test,
 )
 from node.execute.selftest_image import busybox_rootfs
-from node.execute.service import Executor
 from protocol.envelope import public_key_proto_of
 from protocol.identity import peer_id_from_proto_key
 from protocol.result import Outcome, verify_result
@@ -339,33 +339,35 @@ async def test_real_gpu_container(podman_env: PodmanEnv, executor: Executor, tmp
 async def test_execution_service_self_tests_and_advertises(podman_env: PodmanEnv, tmp_path: Path) -> None:
     from types import SimpleNamespace
 
+    from node.api.routes import execution as routes_module
+    from node.api.server import Api
+    from node.config import ExecutionSection
     from node.execute.service import ExecutionService
 
-    routes: dict[str, object] = {}
     s = podman_env.settings
-    node = SimpleNamespace(
-        config=SimpleNamespace(raw={"execution": {
-            "enabled": True, "podman_root": str(s.root), "podman_runroot": str(s.runroot)}}),
-        data_dir=tmp_path, key=PROVIDER, peer_id=PROVIDER_ID, clock=lambda: 1_767_225_600,
-        api=SimpleNamespace(route=lambda method, path, handler, **kw: routes.__setitem__(path, handler)),
-    )
-    service = ExecutionService()
+    section = ExecutionSection(enabled=True, podman_root=str(s.root), podman_runroot=str(s.runroot))
+    service = ExecutionService(section, runs_dir=tmp_path / "runs", key=PROVIDER, peer_id=PROVIDER_ID,
+                               clock=lambda: 1_767_225_600)
+    api = Api()
+    routes_module.register(api, service)
+    routes = {r.template: r.handler for r in api.routes}
     async with trio.open_nursery() as nursery:
-        await nursery.start(service.run, node)
-    cap = node.container_capability
+        await nursery.start(service.run)
+    cap = service.capability
     assert cap.runtime.startswith("podman/") and {"memory", "pids", "network-none"} <= set(cap.limits)
-    status = await routes["/v1/execution"](None)  # type: ignore[operator]
+    status = await routes["/v1/execution"](None)  # type: ignore[arg-type]
     assert status["enabled"] and status["capability"]["ok"]
     # the log of a finished run is served from its file
     (tmp_path / "runs" / ("cd" * 16)).mkdir(parents=True)
     (tmp_path / "runs" / ("cd" * 16) / "log").write_bytes(b"a\nb\n")
-    response = await routes["/v1/execution/{job}/logs"](SimpleNamespace(params={"job": "cd" * 16}))  # type: ignore[operator]
+    response = await routes["/v1/execution/{job}/logs"](SimpleNamespace(params={"job": "cd" * 16}))  # type: ignore[arg-type]
     assert [item async for item in response.items] == [{"line": "a"}, {"line": "b"}]
     # disabled (the default): nothing runs, and the node claims no runtime
-    off = SimpleNamespace(**{**node.__dict__, "config": SimpleNamespace(raw={})})
+    off = ExecutionService(ExecutionSection(), runs_dir=tmp_path / "off", key=PROVIDER, peer_id=PROVIDER_ID,
+                           clock=lambda: 1_767_225_600)
     async with trio.open_nursery() as nursery:
-        await nursery.start(ExecutionService().run, off)
-    assert off.container_capability.runtime == "none"
+        await nursery.start(off.run)
+    assert off.capability.runtime == "none" and off.executor is None
 
 
 @pytest.mark.podman

@@ -13,17 +13,13 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from node.api.routes.find import requirement_from_json
+from node.api.server import ApiError
 from node.config import load_config
 from node.daemon import Node, run_node
-from node.find.discovery import (
-    ADVERT_PROTOCOL,
-    AdvertiseService,
-    AdvertValidator,
-    Finder,
-    advert_key,
-    fetch_advert,
-    requirement_from_json,
-)
+from node.find.adverts import DiscoveryService
+from node.find.finder import Finder
+from node.find.records import AdvertValidator, advert_key, fetch_advert
 from node.keys import peer_id_of
 from node.p2p import FramedStream, StreamClosed, open_host
 from protocol import cbor
@@ -32,6 +28,7 @@ from protocol.envelope import seal
 from protocol.errors import ProtocolError
 from protocol.identifiers import dht_key
 from protocol.resources import GpuInfo, ResourceSet
+from protocol.streams import ADVERT_PROTOCOL
 
 LOOP = "/ip4/127.0.0.1/tcp/0"
 
@@ -70,9 +67,7 @@ async def running_nodes(
 
 def find_on(node: Node) -> Finder:
     """The finder a node's POST /v1/find uses (tests call it directly for typed results)."""
-    (svc,) = [s for s in node.services if isinstance(s, AdvertiseService)]
-    assert svc.finder is not None
-    return svc.finder
+    return node.discovery.finder
 
 
 async def find_ids(node: Node, ident: str, **req: Any) -> Any:
@@ -166,9 +161,9 @@ async def test_find_by_requirement_ranks_and_explains(tmp_path: Path) -> None:
 
 async def test_cpn_id_lists_identifiers_with_cids(tmp_path: Path) -> None:
     async with running_nodes(tmp_path, ["h100:1"]) as (node,):
-        ids = [i["id"] for i in node.advertised]
+        ids = [i["id"] for i in node.discovery.advertised]
         assert "cpn:gpu/nvidia/h100" in ids and "cpn:cpu" in ids
-        for item in node.advertised:
+        for item in node.discovery.advertised:
             assert item["cid"].startswith("bafkrei")
 
 
@@ -315,7 +310,7 @@ async def test_advert_seq_increases_across_restarts(tmp_path: Path) -> None:
     seqs = []
     for _ in range(2):
         async with running_nodes(tmp_path, [""]) as (node,):
-            seqs.append(node.advertised and _current_seq(node))
+            seqs.append(node.discovery.advertised and _current_seq(node))
     assert seqs[1] > seqs[0]
 
 
@@ -336,26 +331,23 @@ def test_requirement_parsing() -> None:
     )
     assert req.gpu is not None and req.gpu.count == 2 and req.gpu.min_memory_mib == 40 * 1024
     assert req.gpu.models == ("h100",) and req.cpu_millis == 8000 and req.memory_mib == 16384
-    with pytest.raises(ValueError, match="gpu_mem"):
+    with pytest.raises(ApiError, match="gpu_mem"):
         requirement_from_json({"gpu_mem": "lots"})
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ApiError, match="unknown"):
         requirement_from_json({"gpuz": 1})
 
 
 # --------------------------------------------------------------------------- live capacity
 
 
-def advertiser(node: Node) -> AdvertiseService:
-    (svc,) = [s for s in node.services if isinstance(s, AdvertiseService)]
-    return svc
+def advertiser(node: Node) -> DiscoveryService:
+    return node.discovery
 
 
 async def test_advert_free_capacity_follows_the_scheduler(tmp_path: Path) -> None:
     """A reservation takes a GPU out of the advert at once; a release puts it back."""
     async with running_nodes(tmp_path, ["h100:2", ""]) as (provider, asker):
         svc, sched = advertiser(provider), provider.scheduler
-        with trio.fail_after(10):
-            await svc.wait_publications(1)  # the scheduler was hooked (first re-publish)
         two = requirement_from_json({"gpus": 2, "gpu_model": ["h100"]})
         one = requirement_from_json({"gpus": 1, "gpu_model": ["h100"]})
         before = await find_on(asker).find(two, within_s=10)
@@ -386,13 +378,14 @@ async def test_refresh_reprobes_and_keeps_identifiers(tmp_path: Path) -> None:
         svc = advertiser(node)
         assert isinstance(svc.current.message, Advert)
         seq, ids = svc.current.message.seq, list(svc.ids)
-        node.resources = None  # a re-probe must restore it
+        node.scheduler.resources = None  # a re-probe must restore it
         with trio.fail_after(10):
-            await svc.republish(node, reprobe=True)
+            await svc.republish(reprobe=True)
         adv = svc.current.message
         assert isinstance(adv, Advert) and adv.seq > seq
-        assert node.resources is not None and len(node.resources.gpus) == 4
-        assert list(adv.compute_ids) == ids and node.scheduler.resources == node.resources
+        res = node.scheduler.resources
+        assert res is not None and len(res.gpus) == 4
+        assert list(adv.compute_ids) == ids and res == svc.resources
 
 
 async def test_held_records_are_verified_at_the_time_of_use(tmp_path: Path) -> None:

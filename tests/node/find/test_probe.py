@@ -16,18 +16,9 @@ from typing import Any
 
 import pytest
 
-from node.find.probe import (
-    FAKE_PRESETS,
-    FakeNvml,
-    RealNvml,
-    describe,
-    load_fake_nvml,
-    make_backend,
-    probe,
-    probe_gpus,
-    probe_sync,
-)
+from node.find.nvml import FAKE_PRESETS, FakeNvml, RealNvml, load_fake_nvml, make_backend
 from node.find.probe import cpu_cores as probe_cpu_cores
+from node.find.probe import describe, probe, probe_gpus, probe_sync
 from node.find.probe import memory_mib as probe_memory_mib
 from protocol.advert import ContainerCapability, Price, make_advert, open_record
 from protocol.envelope import public_key_proto_of, seal

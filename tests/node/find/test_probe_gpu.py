@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from node.find.probe import RealNvml, describe, probe
+from node.find.nvml import RealNvml
+from node.find.probe import describe, probe
 from protocol.advert import Price, make_advert, open_record
 from protocol.envelope import public_key_proto_of, seal
 from protocol.identity import peer_id_from_proto_key

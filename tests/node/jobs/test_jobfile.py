@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from node.cli import CliError
-from node.jobs.jobfile import JobFileError, hash_file, job_blob_paths, load_job, load_job_file
+from node.jobs.jobfile import JobFileError, job_blob_paths, load_job, load_job_file
+from node.transfer.blobstore import hash_file
 from protocol.chunks import DEFAULT_CHUNK_SIZE, chunk_hashes, chunk_root
 from protocol.jobspec import JobSpec
 

@@ -7,7 +7,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from node.negotiate.agreements import Store
+from node.negotiate.agreements import AgreementStore as Store
 from protocol.negotiation import Phase
 from protocol.negotiation_state import Negotiation, State
 

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support.transfer import transfer_service
 
 from node.keys import peer_id_of
 from node.p2p import open_host
@@ -58,8 +58,7 @@ async def services(tmp: Path, n: int, **kw: object) -> AsyncIterator[list[Transf
             cm = open_host(key, ["/ip4/127.0.0.1/tcp/0"])
             host = await _enter(nursery, cm)
             hosts.append(host)
-            node = types.SimpleNamespace(key=key, p2p=host, data_dir=tmp / f"n{i}")
-            out.append(await nursery.start(TransferService(**kw).run, node))  # type: ignore[arg-type]
+            out.append(await _enter(nursery, transfer_service(host, key, tmp / f"n{i}", **kw)))
         for svc in out:
             for h in hosts:
                 svc.addrs[h.peer_id] = h.listen_addrs
@@ -336,10 +335,10 @@ async def test_daemon_runs_the_service_with_config_and_progress_api(tmp_path: Pa
     from node.config import load_config
     from node.daemon import run_node
 
-    cfg = load_config(None, {"node.data_dir": str(tmp_path / "d"), "node.listen": ["/ip4/127.0.0.1/tcp/0"]})
-    cfg.raw["transfer"] = {"quota_mib": 64}
+    cfg = load_config(None, {"node.data_dir": str(tmp_path / "d"), "node.listen": ["/ip4/127.0.0.1/tcp/0"],
+                             "transfer.quota_mib": 64})
     async with trio.open_nursery() as nursery:
-        node = await nursery.start(functools.partial(run_node, cfg, services=["node.transfer.service:TransferService"]))
+        node = await nursery.start(functools.partial(run_node, cfg))
         svc: TransferService = node.transfer
         assert svc.store is not None and svc.store.quota == 64 << 20
         async with services(tmp_path, 1) as (src,):
@@ -547,16 +546,3 @@ async def test_owner_names_other_holders_and_grants_fetching_from_them(tmp_path:
         assert exc.value.reason == "unauthorized"
         with pytest.raises(TransferFailed, match="unauthorized"):
             await stranger.fetch(meta, [pid(holder)])  # no grant presented: the holder refuses
-
-
-def test_serve_granted_config() -> None:
-    from node.config import ConfigError
-
-    svc = TransferService()
-    assert svc.serve_granted is True
-    svc._configure(types.SimpleNamespace(raw={"transfer": {"serve_granted": False}}))
-    assert svc.serve_granted is False
-    with pytest.raises(ConfigError, match="serve_granted: must be true or false"):
-        TransferService()._configure(types.SimpleNamespace(raw={"transfer": {"serve_granted": "no"}}))
-    with pytest.raises(ConfigError, match="unknown key"):
-        TransferService()._configure(types.SimpleNamespace(raw={"transfer": {"serve_grant": True}}))

@@ -1,0 +1,325 @@
+"""Advertising: probe this host, and keep its signed advert current (spec/dht.md).
+
+Three DHT-level facts make a provider findable:
+
+1. **Provider records** under the CID of every compute identifier the node
+   advertises (standard kad ``ADD_PROVIDER``, so stock libp2p nodes can find
+   us), re-announced every ``discovery.reprovide_interval_s``.
+2. **The signed advert** as a DHT value under ``/cpn-advert/<peer id>``.
+   Every node validates it on store *and* on fetch with
+   :func:`protocol.advert.open_record` at the current time (signature, signer
+   = named peer, unexpired, sane lifetime) and keeps the highest ``seq``.
+3. **The advert served directly** over ``/cpn/advert/0.1.0``; fetching it is
+   also the finder's reachability and round-trip check
+   (:mod:`node.find.finder`).
+
+py-libp2p keeps provider records for 48 h, so a provider record only nominates
+a *candidate*: the finder returns a provider only if a current advert from it
+verifies and is unexpired now.  On shutdown a signed tombstone (same ``seq``,
+which outranks the advert) replaces the advert in the DHT and is what the
+protocol handler serves while the node stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from node.clock import UnixClock
+from node.config import ConfigError, DiscoverySection
+from node.find.finder import Finder
+from node.find.nvml import make_backend
+from node.find.probe import ProbeReport, probe
+from node.find.records import Record, advert_key, answer_frame
+from node.metrics import Metrics
+from node.negotiate.scheduler import Scheduler
+from node.p2p import FramedStream, P2PHost
+from protocol.advert import (
+    Advert,
+    ContainerCapability,
+    FreeCapacity,
+    Price,
+    Tombstone,
+    refresh_due,
+)
+from protocol.envelope import seal
+from protocol.errors import ProtocolError
+from protocol.identifiers import advertised_ids, cid_string, dht_key
+from protocol.resources import ResourceSet
+from protocol.streams import ADVERT_PROTOCOL
+
+__all__ = ["DiscoveryService", "free_capacity"]
+
+log = logging.getLogger("cpn.discovery")
+
+SERVE_TIMEOUT = 3.0  #: serving one advert request
+DHT_TIMEOUT = 10.0  #: one DHT put/provide round
+CLEANUP_TIMEOUT = 3.0  #: publishing the tombstone at shutdown
+MAX_REQUEST = 64  #: bytes in an advert request frame
+SEQ_FILE = "advert.seq"
+CAPACITY_DEBOUNCE_S = 0.5  #: coalesce a burst of capacity changes into one advert
+#: ADD_PROVIDER rate limit of py-libp2p receivers: 10 per peer per 10 s (we stay under it)
+PROVIDE_BURST = 8
+PROVIDE_WINDOW_S = 11.0
+
+
+class DiscoveryService:
+    """Probe the host and keep the scheduler's view of it; advertise it until shutdown.
+
+    The probe always runs (the scheduler places jobs on what it found); with
+    ``discovery.enabled = false`` nothing is published, but the node still
+    routes DHT traffic and can find others (:attr:`finder`).  The advert's
+    free capacity follows the scheduler: every change of what is reserved or
+    committed republishes it (debounced).
+    """
+
+    def __init__(
+        self,
+        config: DiscoverySection,
+        *,
+        p2p: P2PHost,
+        key: Ed25519PrivateKey,
+        data_dir: Path,
+        clock: UnixClock,
+        scheduler: Scheduler,
+        capability: Callable[[], ContainerCapability],
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
+        self.p2p = p2p
+        self.key = key
+        self.peer_id = p2p.peer_id
+        self.data_dir = data_dir
+        self.clock = clock
+        self.scheduler = scheduler
+        self.capability = capability  #: the container capability execution's self-test proved
+        self.current: Record | None = None
+        self.seq = 0
+        self.ids: list[str] = []
+        self.report: ProbeReport | None = None
+        self.publications = 0  #: adverts published after the first (tests wait on it)
+        self.finder = Finder(p2p, clock, self_record=lambda: self.current, metrics=metrics)
+        self._published_total = metrics.counter(
+            "cpn_adverts_published_total", "Signed records this node published, by type"
+        )
+        self._capacity_changed = trio.Event()
+        self._ids_changed = trio.Event()
+        self._published = trio.Event()
+        scheduler.on_change.append(lambda: self._capacity_changed.set())
+
+    @property
+    def resources(self) -> ResourceSet | None:
+        """What the last probe found (None before the first probe)."""
+        return self.report.resource_set() if self.report is not None else None
+
+    @property
+    def advertised(self) -> list[dict[str, str]]:
+        """The compute identifiers advertised, with their CIDs."""
+        if not self.config.enabled:
+            return []
+        return [{"id": i, "cid": cid_string(i)} for i in self.ids]
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.p2p.set_stream_handler(ADVERT_PROTOCOL, self._serve)
+        self._adopt(await self._probe())
+        if not self.config.enabled:
+            task_status.started()
+            return
+        self.seq = _next_seq(self.data_dir, self.clock())
+        self._publish_local()
+        await self._publish_dht()
+        await self._provide(self.ids)
+        task_status.started()
+        log.info("advertising %d identifiers (seq %d)", len(self.ids), self.seq)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._provide_loop)
+                await self._refresh_loop()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT):
+                await self._withdraw()
+
+    async def _probe(self) -> ProbeReport:
+        try:
+            backend = make_backend(self.config.fake_gpus or None, seed=self.peer_id)
+        except ValueError as exc:  # the spec file changed since the config was loaded
+            raise ConfigError(f"discovery.fake_gpus: {exc}") from None
+        return await probe(self.data_dir, backend=backend, container=self.capability())
+
+    def _adopt(self, report: ProbeReport) -> bool:
+        """Take a probe report as the node's resources; True if the identifiers changed."""
+        self.report = report
+        resources = report.resource_set()
+        self.scheduler.resources = resources  # never place a job on a GPU no longer there
+        ids = advertised_ids(resources)
+        changed = ids != self.ids
+        self.ids = ids
+        return changed
+
+    async def _refresh_loop(self) -> None:
+        """Publish a fresh advert half-way through each lifetime (re-probing the
+        host first) and, debounced, whenever the scheduler's free capacity changes."""
+        while True:
+            assert self.current is not None and isinstance(self.current.message, Advert)
+            wait = refresh_due(self.current.message) - self.clock()
+            with trio.move_on_after(max(0.0, wait)):
+                await self._capacity_changed.wait()
+            if self._capacity_changed.is_set():
+                await trio.sleep(CAPACITY_DEBOUNCE_S)  # one advert for a burst of changes
+                self._capacity_changed = trio.Event()
+                await self.republish(reprobe=False)
+            elif self.clock() >= refresh_due(self.current.message):
+                await self.republish(reprobe=True)
+
+    async def republish(self, *, reprobe: bool) -> None:
+        """Sign and publish a new advert (higher ``seq``) with the free capacity now.
+
+        ``reprobe`` re-reads the hardware first (memory, disk, GPUs come and
+        go); new identifiers are announced at once.
+        """
+        if reprobe and self._adopt(await self._probe()):
+            self._ids_changed.set()
+        self.seq = _next_seq(self.data_dir, self.clock())
+        self._publish_local()
+        await self._publish_dht()
+        self.publications += 1
+        self._published.set()
+        self._published = trio.Event()
+
+    async def wait_publications(self, count: int) -> None:
+        """Return once ``count`` adverts were published after the first (stored
+        in the DHT as far as it goes): lets tests wait for a change, not sleep."""
+        while self.publications < count:
+            await self._published.wait()
+
+    async def _provide_loop(self) -> None:
+        """Re-announce provider records, often at first and then rarely.
+
+        Provider records go to the closest peers known *at announce time*:
+        peers that joined later and are closer hold none, a node that started
+        first announced to nobody, and an announcement sent while a peer was
+        overloaded is lost.  So the gap starts at :data:`PROVIDE_WINDOW_S` and
+        doubles up to ``reprovide_interval_s``; a routing table that grew by
+        10 % (once per window) or a change of identifiers re-announces at once.
+        """
+        gap = PROVIDE_WINDOW_S
+        provided_at_size = self.p2p.routing_table_size()
+        next_provide = trio.current_time() + gap
+        while True:
+            with trio.move_on_after(min(PROVIDE_WINDOW_S, next_provide - trio.current_time())):
+                await self._ids_changed.wait()
+            size = self.p2p.routing_table_size()
+            grew = size >= provided_at_size + max(1, provided_at_size // 10)
+            if self._ids_changed.is_set() or grew or trio.current_time() >= next_provide:
+                self._ids_changed = trio.Event()
+                await self._provide(self.ids)
+                provided_at_size = size
+                gap = min(gap * 2, self.config.reprovide_interval_s)
+                next_provide = trio.current_time() + gap
+
+    def _publish_local(self) -> None:
+        cfg = self.config
+        assert self.report is not None
+        res = self.report.resource_set()
+        now = self.clock()
+        adv = Advert(
+            peer_id=self.peer_id,
+            addrs=tuple(self.p2p.advertised_addrs()),
+            resources=res,
+            metrics=self.report.metrics(),
+            free=free_capacity(res, self.scheduler),
+            price=Price(
+                gpu_hour=cfg.price_gpu_hour,
+                cpu_core_hour=cfg.price_cpu_core_hour,
+                memory_gib_hour=cfg.price_memory_gib_hour,
+            ),
+            container=self.report.container,
+            compute_ids=tuple(self.ids),
+            seq=self.seq,
+            issued_at=now,
+            expires_at=now + cfg.advert_lifetime_s,
+        )
+        self.current = seal(adv, self.key)
+
+    async def _publish_dht(self) -> None:
+        assert self.current is not None
+        self._published_total.inc(type=type(self.current.message).__name__.lower())
+        with trio.move_on_after(DHT_TIMEOUT):
+            try:
+                await self.p2p.put_value(advert_key(self.peer_id), self.current.raw)
+            except ValueError as exc:  # our own validator refused: a bug, say so loudly
+                log.error("could not store our own advert: %s", exc)
+
+    async def _provide(self, ids: list[str]) -> None:
+        """Announce ``ids`` in bursts that respect receivers' ADD_PROVIDER rate limit.
+
+        py-libp2p accepts at most 10 ADD_PROVIDER messages per peer per 10 s and
+        *resets the stream* (dropping the record) beyond that; every identifier
+        goes to the same closest peers, so a ladder is sent in bursts of
+        :data:`PROVIDE_BURST` with a pause of :data:`PROVIDE_WINDOW_S` between.
+        """
+        for start in range(0, len(ids), PROVIDE_BURST):
+            if start:
+                await trio.sleep(PROVIDE_WINDOW_S)
+            with trio.move_on_after(DHT_TIMEOUT):
+                async with trio.open_nursery() as nursery:
+                    for i in ids[start : start + PROVIDE_BURST]:
+                        nursery.start_soon(self.p2p.provide, dht_key(i))
+
+    async def _withdraw(self) -> None:
+        """Replace the advert by a tombstone (served directly and stored in the DHT)."""
+        if self.current is None:
+            return
+        tomb = Tombstone(peer_id=self.peer_id, seq=self.seq, issued_at=self.clock())
+        self.current = seal(tomb, self.key)
+        await self._publish_dht()
+        log.info("advert withdrawn (tombstone seq %d)", self.seq)
+
+    async def _serve(self, stream: FramedStream) -> None:
+        with trio.fail_after(SERVE_TIMEOUT):
+            request = await stream.receive_frame(MAX_REQUEST)
+            if request:
+                await stream.send_frame(answer_frame(None, "bad_request"))
+                raise ProtocolError("bad_request", "advert request must be an empty frame")
+            if self.current is None:
+                await stream.send_frame(answer_frame(None, "no_advert"))
+            else:
+                await stream.send_frame(answer_frame(self.current.raw))
+            await stream.close()
+
+
+def free_capacity(res: ResourceSet, scheduler: Scheduler) -> FreeCapacity:
+    """What the advert offers as free now: the scheduler's view (capacity not
+    reserved or committed to jobs) within what the last probe found.
+
+    MIG-mode GPUs are never free (they cannot be scheduled whole).
+    """
+    free = scheduler.free()
+    idle = set(free.gpu_uuids)
+    gpus = [g.uuid for g in res.gpus if not g.mig and g.uuid in idle]
+    return FreeCapacity(
+        gpu_uuids=tuple(gpus),
+        cpu_millis=min(res.cpu_cores * 1000, max(0, free.cpu_millis)),
+        memory_mib=min(res.memory_mib, max(0, free.memory_mib)),
+        disk_mib=min(res.disk_mib, max(0, free.disk_mib)),
+    )
+
+
+def _next_seq(data_dir: Path, now: int) -> int:
+    """A sequence number above every one this key used before, even across restarts
+    or a lost state file (it never goes below the wall clock in seconds)."""
+    path = data_dir / SEQ_FILE
+    try:
+        last = int(path.read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        last = 0
+    seq = max(last + 1, now)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(seq))
+    os.replace(tmp, path)
+    return seq

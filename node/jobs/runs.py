@@ -1,0 +1,147 @@
+"""A submitted job as the submitter keeps it: the run, its attempts, and their store.
+
+A *run* is one job this node submitted, over all its *attempts*: each attempt
+is one co-signed agreement with one provider.  Runs are persisted as JSON
+rows in ``runs.sqlite`` (WAL) after every change, so a restarted submitter
+resumes them (:class:`node.jobs.runner.JobRunner`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from protocol.envelope import open_envelope
+from protocol.result import Receipt, Result
+
+__all__ = ["Run", "RunState", "Attempt", "AttemptState", "RunStore", "FINAL_STATES"]
+
+
+class RunState(StrEnum):
+    """Where a run is (spec/jobflow.md)."""
+
+    NEGOTIATING = "negotiating"  #: finding providers, getting quotes
+    AGREED = "agreed"  #: a co-signed agreement; the provider starts fetching
+    TRANSFERRING = "transferring"  #: the provider pulls the image and inputs
+    RUNNING = "running"  #: the container runs
+    COLLECTING = "collecting"  #: fetching and verifying the outputs
+    FINISHED = "finished"  #: outputs verified, receipt accepted
+    FAILED = "failed"  #: no provider, or every attempt failed
+    CANCELLED = "cancelled"  #: cancelled by the user
+    DISPUTED = "disputed"  #: the result did not verify; the receipt says why
+
+
+#: Run states after which nothing happens any more.
+FINAL_STATES = frozenset({RunState.FINISHED, RunState.FAILED, RunState.CANCELLED, RunState.DISPUTED})
+
+
+class AttemptState(StrEnum):
+    ACTIVE = "active"  #: the agreement stands and is being driven
+    DONE = "done"  #: result verified, receipt accepted
+    FAILED = "failed"  #: the provider failed, vanished or lied
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class Attempt:
+    """One agreement with one provider, within a run."""
+
+    agreement_id: str  #: hex
+    provider: str
+    addrs: list[str]
+    price: int
+    state: AttemptState = AttemptState.ACTIVE
+    detail: str = ""
+
+
+@dataclass
+class Run:
+    """One submitted job from the submitter's side, over all its attempts."""
+
+    id: str
+    state: RunState
+    job_hex: str  #: the signed JobSpec envelope
+    blobs: list[str]
+    results_dir: str
+    retries: int  #: further attempts allowed after a failed one
+    grace_s: float
+    providers: int
+    peers: list[str]
+    find_timeout: float
+    created_at: int
+    detail: str = ""
+    attempts: list[Attempt] = field(default_factory=list)
+    quotes: list[dict[str, Any]] = field(default_factory=list)  #: every provider asked, last negotiation
+    refusals: list[dict[str, Any]] = field(default_factory=list)  #: those that did not quote
+    result_hex: str = ""
+    receipt_hex: str = ""
+    output_dir: str = ""
+    problems: list[str] = field(default_factory=list)
+    find_summary: str = ""  #: what the last find said (why nobody matched)
+    settled: bool = False  #: the provider confirmed it recorded our last receipt
+
+    @property
+    def current(self) -> Attempt | None:
+        """The attempt being driven now, if any."""
+        a = self.attempts[-1] if self.attempts else None
+        return a if a is not None and a.state is AttemptState.ACTIVE else None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Run:
+        names = {f.name for f in dataclasses.fields(cls)}
+        fields = {k: v for k, v in data.items() if k in names}
+        fields["state"] = RunState(fields["state"])
+        fields["attempts"] = [
+            Attempt(**{**a, "state": AttemptState(a["state"])}) for a in fields.get("attempts", [])
+        ]
+        return cls(**fields)
+
+    def summary(self) -> dict[str, Any]:
+        """The run as the API shows it (the signed blobs decoded)."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("job_hex", "result_hex", "receipt_hex")}
+        if self.result_hex:
+            r = open_envelope(bytes.fromhex(self.result_hex), expected=Result).message
+            out["result"] = {
+                "outcome": r.outcome.value, "exit_code": r.exit_code, "detail": r.detail,
+                "provider": r.provider, "wall_ms": r.metering.wall_ms, "cpu_ms": r.metering.cpu_ms,
+                "peak_memory_bytes": r.metering.peak_memory_bytes,
+                "outputs": [{"path": o.path, "digest": o.digest, "size": o.size} for o in r.outputs],
+            }
+        if self.receipt_hex:
+            rc = open_envelope(bytes.fromhex(self.receipt_hex), expected=Receipt)
+            out["receipt"] = {"digest": rc.digest.hex(), "accepted": rc.message.accepted,
+                              "detail": rc.message.detail, "result_digest": rc.message.result_digest.hex(),
+                              "countersigned_by": rc.signer}
+        return out
+
+
+class RunStore:
+    """``runs.sqlite`` in the data dir: one row per run, the run as JSON (WAL)."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, state TEXT NOT NULL,"
+            " created_at INTEGER NOT NULL, data TEXT NOT NULL)"
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def save(self, run: Run) -> None:
+        self._db.execute(
+            "INSERT INTO runs (id, state, created_at, data) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE"
+            " SET state = excluded.state, data = excluded.data",
+            (run.id, run.state.value, run.created_at, json.dumps(asdict(run))),
+        )
+
+    def all(self) -> list[Run]:
+        """Every run, newest first."""
+        rows = self._db.execute("SELECT data FROM runs ORDER BY created_at DESC, id")
+        return [Run.from_json(json.loads(d)) for (d,) in rows]

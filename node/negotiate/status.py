@@ -1,0 +1,93 @@
+"""Job status events from provider to submitter (``/cpn/negotiate/status/0.1.0``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from node.clock import UnixClock
+from node.negotiate.agreements import AgreementStore
+from node.negotiate.framing import STEP_TIMEOUT, recv_frame, send_frame
+from node.p2p import FramedStream, P2PHost
+from protocol.envelope import open_envelope
+from protocol.errors import LocalProtocolError, ProtocolError
+from protocol.negotiation import (
+    Cancel,
+    JobStatus,
+    Phase,
+)
+from protocol.negotiation_state import FRAME_LIMITS, Negotiation
+from protocol.streams import STATUS_PROTOCOL
+
+__all__ = ["push_status", "status_handler", "STATUS_ACK"]
+
+log = logging.getLogger("cpn.negotiation")
+
+
+STATUS_ACK = b"ok"
+
+
+async def push_status(
+    p2p: P2PHost,
+    key: Ed25519PrivateKey,
+    store: AgreementStore,
+    negotiation_id: str,
+    phase: Phase,
+    *,
+    at: int,
+    clock: UnixClock,
+    detail: str = "",
+    exit_code: int | None = None,
+    addrs: Sequence[str] | None = None,
+) -> None:
+    """Provider side: report ``phase`` of an agreed job to its submitter.
+
+    The machine is rebuilt from the store, the signed status sent on its own
+    stream, and the new state saved only once the submitter acknowledged it,
+    so a failed push (raises StreamClosed / TooSlowError) can simply be
+    retried with the same sequence number.
+    """
+    rows = store.get(negotiation_id, "provider")
+    if len(rows) != 1 or rows[0].record is None:
+        raise LocalProtocolError(f"no agreement {negotiation_id} on this provider")
+    row = rows[0]
+    conn = Negotiation.from_record(row.record, key=key, replay_cache=store)
+    frame = conn.send_status(phase, at=at, detail=detail, exit_code=exit_code, now=clock())
+    with trio.fail_after(STEP_TIMEOUT):
+        stream = await p2p.open_stream(row.peer, STATUS_PROTOCOL, addrs)
+    try:
+        await send_frame(stream, frame)
+        if await recv_frame(stream) != STATUS_ACK:
+            raise ProtocolError("malformed", "status not acknowledged")
+    finally:
+        await stream.close()
+    store.save(negotiation_id, "provider", peer=row.peer, state=conn.state.value, now=clock(),
+               record=conn.to_record())
+    store.add_event(negotiation_id, "provider", kind=phase.value, at=at, data=frame)
+
+
+def status_handler(key: Ed25519PrivateKey, store: AgreementStore, clock: UnixClock) -> Callable[[FramedStream], Any]:
+    """Submitter side: accept status events (and cancels) for our agreements."""
+
+    async def handle(stream: FramedStream) -> None:
+        frame = await recv_frame(stream)
+        env = open_envelope(frame, expected=(JobStatus, Cancel), signer=stream.remote_peer, limits=FRAME_LIMITS)
+        nid = env.message.negotiation_id.hex()  # type: ignore[attr-defined]
+        rows = [r for r in store.get(nid, "submitter") if r.id == nid]
+        if not rows or rows[0].peer != stream.remote_peer or rows[0].record is None:
+            raise ProtocolError("binding_mismatch", "no agreement with this peer under that ID")
+        conn = Negotiation.from_record(rows[0].record, key=key)
+        conn.receive_data(frame)
+        conn.next_event(now=clock())  # ProtocolError: replayed, reordered, wrong terms...
+        kind = env.message.phase.value if isinstance(env.message, JobStatus) else "cancel"
+        store.save(nid, "submitter", peer=rows[0].peer, state=conn.state.value, now=clock(),
+                   record=conn.to_record())
+        store.add_event(nid, "submitter", kind=kind, at=clock(), data=frame)
+        await send_frame(stream, STATUS_ACK)
+        await stream.close()
+
+    return handle
