@@ -353,7 +353,7 @@ def reference() -> list[tuple[str, str, str, Any, str, str]]:
     for name, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
             hint = hints[f.name]
             kind = "list[str]" if typing.get_origin(hint) is list else hint.__name__
             out.append((name, f.name, kind, default, f.metadata["doc"], f.metadata["flag"]))

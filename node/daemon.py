@@ -52,6 +52,7 @@ from pathlib import Path
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from trio_typing import TaskStatus
 
 from node.api.routes import agreements as agreement_routes
 from node.api.routes import execution as execution_routes
@@ -175,7 +176,7 @@ def _register_metrics(node: Node) -> None:
 
 
 async def _serve(node: Node, *, prepare: Callable[[Node], None] | None,
-                 task_status: trio.TaskStatus[Node]) -> None:
+                 task_status: TaskStatus[Node]) -> None:
     config = node.config
     async with trio.open_nursery() as nursery:
         if prepare is not None:
@@ -200,7 +201,7 @@ async def run_node(
     clock: UnixClock = unix_now,
     handle_signals: bool = False,
     prepare: Callable[[Node], None] | None = None,
-    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
+    task_status: TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one node until cancelled (or a signal, with ``handle_signals``).
 

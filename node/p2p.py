@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from hashlib import sha256
@@ -92,7 +92,7 @@ os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 #: lookup saw 41 of 50.  go-libp2p-kad-dht has no such limit.  The bound still
 #: protects memory (records are only accepted from the provider itself).
 MAX_PROVIDERS_PER_KEY = 1000
-_provider_store.BUCKET_SIZE = MAX_PROVIDERS_PER_KEY
+setattr(_provider_store, "BUCKET_SIZE", MAX_PROVIDERS_PER_KEY)  # noqa: B010 - a module constant, not exported
 
 DIAL_TIMEOUT = 5.0  #: seconds for one dial (TCP + Noise + yamux)
 QUERY_TIMEOUT = 2.0  #: one GET_PROVIDERS query within a lookup
@@ -566,7 +566,7 @@ async def open_host(
     key: Ed25519PrivateKey,
     listen: Sequence[str],
     *,
-    validators: dict[str, RecordValidator] | None = None,
+    validators: Mapping[str, RecordValidator] | None = None,
     bootstrap: Sequence[str] = (),
 ) -> AsyncIterator[P2PHost]:
     """Run a Noise-only, yamux, kad-dht (server mode) host until the block exits.

@@ -276,9 +276,9 @@ async def _send_json(
     body = (json.dumps(obj) + "\n").encode()
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
     data = conn.send(h11.Response(status_code=status, headers=headers))
-    data += conn.send(h11.Data(data=body))  # type: ignore[operator]
-    data += conn.send(h11.EndOfMessage())  # type: ignore[operator]
-    await stream.send_all(data)  # type: ignore[arg-type]
+    data += conn.send(h11.Data(data=body))
+    data += conn.send(h11.EndOfMessage())
+    await stream.send_all(data)
 
 
 async def _send_stream(
@@ -289,18 +289,18 @@ async def _send_stream(
         ("Transfer-Encoding", "chunked"),
         ("Connection", "close"),
     ]
-    await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))  # type: ignore[arg-type]
+    await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
     try:
         async for item in resp.items:
-            await stream.send_all(conn.send(h11.Data(data=(json.dumps(item) + "\n").encode())))  # type: ignore[arg-type]
+            await stream.send_all(conn.send(h11.Data(data=(json.dumps(item) + "\n").encode())))
     except ApiError as exc:  # an error after the head: report it as the last line
         line = json.dumps({"error": exc.reason, "detail": exc.detail}) + "\n"
-        await stream.send_all(conn.send(h11.Data(data=line.encode())))  # type: ignore[arg-type]
+        await stream.send_all(conn.send(h11.Data(data=line.encode())))
     except Exception as exc:  # noqa: BLE001 - as in _respond: the last line says what broke
         log.exception("API stream failed")
         line = json.dumps({"error": "internal_error", "detail": f"{type(exc).__name__}: {exc}"[:500]}) + "\n"
-        await stream.send_all(conn.send(h11.Data(data=line.encode())))  # type: ignore[arg-type]
-    await stream.send_all(conn.send(h11.EndOfMessage()))  # type: ignore[arg-type]
+        await stream.send_all(conn.send(h11.Data(data=line.encode())))
+    await stream.send_all(conn.send(h11.EndOfMessage()))
 
 
 async def _try_send_error(stream: trio.SocketStream, conn: h11.Connection, exc: ApiError) -> None:

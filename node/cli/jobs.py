@@ -56,14 +56,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return 0
     if runs:  # jobs submitted end to end (cpn submit --follow), newest first
         table = [("JOB", "STATE", "PROVIDER", "SUBMITTED")]
-        for r in runs[: args.limit]:
-            prov = r["attempts"][-1]["provider"] if r["attempts"] else "-"
-            table.append((r["id"], r["state"], prov, _when(r["created_at"])))
+        for run in runs[: args.limit]:
+            prov = run["attempts"][-1]["provider"] if run["attempts"] else "-"
+            table.append((run["id"], run["state"], prov, _when(run["created_at"])))
         w = [max(len(t[i]) for t in table) for i in range(4)]
         for t in table:
             print("  ".join(c.ljust(x) for c, x in zip(t, w, strict=True)).rstrip())
         print()
-    rows = [("ID", "ROLE", "STATE", "PEER", "UPDATED")]
+    rows: list[tuple[str, ...]] = [("ID", "ROLE", "STATE", "PEER", "UPDATED")]
     for j in result["agreements"]:
         rows.append((j["id"], j["role"], j["state"], j["peer"], _when(j["updated_at"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

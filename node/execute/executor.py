@@ -312,7 +312,8 @@ class Executor:
             if outcome.status == "failed":
                 self._present.discard(image.image_id)
             out_dirs = [(p, run_dir / "out" / str(i)) for i, p in enumerate(job.outputs)]
-            outputs, note = ([], "")
+            outputs: list[tuple[OutputBlob, Path]] = []
+            note = ""
             if outcome.status in ("exited", "oom", "timeout"):
                 outputs, note = await trio.to_thread.run_sync(
                     lambda: collect_outputs(out_dirs, max_bytes=job.resources.disk_mib << 20)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from trio_typing import TaskStatus
 
 from node.clock import UnixClock
 from node.config import ExecutionSection
@@ -90,7 +91,7 @@ class ExecutionService:
             return dataclasses.replace(self.proven, gpu_cdi=False)
         return self.proven
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.executor is None:
             self.ready.set()
             task_status.started()

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from trio_typing import TaskStatus
 
 from node.clock import UnixClock
 from node.config import ConfigError, DiscoverySection
@@ -124,7 +125,7 @@ class DiscoveryService:
             return []
         return [{"id": i, "cid": cid_string(i)} for i in self.ids]
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.p2p.set_stream_handler(ADVERT_PROTOCOL, self._serve)
         self._adopt(await self._probe())
         if not self.config.enabled:

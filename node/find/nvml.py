@@ -193,7 +193,8 @@ class FakeGpu:
             return "memory_mib must be a positive integer"
         if not isinstance(self.cc, str) or not COMPUTE_CAPABILITY_RE.match(self.cc):
             return 'cc must be "major.minor", e.g. "9.0"'
-        if self.mig is not None and not isinstance(self.mig, bool):
+        mig: object = self.mig  # from JSON: its type is what is being checked
+        if mig is not None and not isinstance(mig, bool):
             return "mig must be true, false or null"
         if self.free_mib is not None and not (
             _is_int(self.free_mib) and 0 <= self.free_mib <= self.memory_mib
@@ -201,7 +202,8 @@ class FakeGpu:
             return "free_mib must be an integer between 0 and memory_mib"
         if not _is_int(self.utilisation) or not 0 <= self.utilisation <= 100:
             return "utilisation must be an integer percentage"
-        if not isinstance(self.pci_bus_id, str):
+        pci: object = self.pci_bus_id
+        if not isinstance(pci, str):
             return "pci_bus_id must be a string"
         if not isinstance(self.fail, dict) or not all(
             isinstance(v, str) for v in self.fail.values()

@@ -32,6 +32,7 @@ from typing import Any
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from trio_typing import TaskStatus
 
 from node.clock import UnixClock
 from node.execute.executor import Executor, file_blob
@@ -150,7 +151,7 @@ class ProviderJobs:
 
     # ---- lifecycle
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Resume the jobs of a previous life, then serve requests until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -164,7 +165,7 @@ class ProviderJobs:
 
     def _resume(self) -> None:
         assert self._nursery is not None
-        for row in self.store.list(role="provider", limit=10_000):
+        for row in self.store.recent(role="provider", limit=10_000):
             if row.state not in ("agreed", "transferring", "running", "finished", "failed") or not row.record:
                 continue
             try:
@@ -266,7 +267,7 @@ class ProviderJobs:
             pj.job, agreement_id=bytes.fromhex(pj.aid), job_digest=pj.job_digest, submitter=pj.submitter,
             gpus=pj.gpus, blob_path=store.path_of, store_output=store.import_file, on_running=on_running,
         )
-        return done.result  # type: ignore[no-any-return]
+        return done.result
 
     async def _fetch_all(self, pj: ProviderJob) -> None:
         t = self.transfer

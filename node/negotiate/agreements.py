@@ -175,7 +175,8 @@ class AgreementStore:
         exact = [r for r in rows if r.id == prefix]
         return exact or rows
 
-    def list(self, *, role: str | None = None, limit: int = 100) -> list[JobRow]:
+    def recent(self, *, role: str | None = None, limit: int = 100) -> list[JobRow]:
+        """Rows newest first (optionally of one role)."""
         sql = "SELECT * FROM jobs" + (" WHERE role = ?" if role else "") + " ORDER BY updated_at DESC LIMIT ?"
         args: tuple[Any, ...] = (role, limit) if role else (limit,)
         return [self._row(r) for r in self._db.execute(sql, args)]

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from trio_typing import TaskStatus
 
 from node.clock import UnixClock
 from node.negotiate.agreements import AgreementStore
@@ -78,7 +79,7 @@ class NegotiationService:
         if resumed:
             log.info("resumed %d agreement(s) after restart", len(resumed))
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve offers and status events (call :meth:`resume` first)."""
         self.p2p.set_stream_handler(NEGOTIATE_PROTOCOL, self.provider.handle)
         self.p2p.set_stream_handler(STATUS_PROTOCOL, status_handler(self.key, self.agreements, self.clock))

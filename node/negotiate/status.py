@@ -55,6 +55,7 @@ async def push_status(
     if len(rows) != 1 or rows[0].record is None:
         raise LocalProtocolError(f"no agreement {negotiation_id} on this provider")
     row = rows[0]
+    assert row.record is not None
     conn = Negotiation.from_record(row.record, key=key, replay_cache=store)
     frame = conn.send_status(phase, at=at, detail=detail, exit_code=exit_code, now=clock())
     with trio.fail_after(STEP_TIMEOUT):

@@ -502,7 +502,8 @@ async def _fetch_on(conn: ThreadSocket, state: FetchState, source: str, ticket: 
         finally:
             if drain or not ok:
                 settle_all()
-        done, waiting = [], []
+        done: list[tuple[int, int, Job]] = []
+        waiting: list[tuple[int, int, Job]] = []
         for c in carry:  # one landed() per chunk: it may land while we look
             (done if landed(c[2]) else waiting).append(c)
         carry[:] = waiting

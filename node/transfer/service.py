@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from trio_typing import TaskStatus
 
 from node.config import TransferSection
 from node.metrics import Metrics
@@ -190,7 +191,7 @@ class TransferService:
 
     # ---- lifecycle
 
-    async def run(self, *, task_status: trio.TaskStatus[TransferService] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[TransferService] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the data plane and the control protocol until cancelled.
 
         The blob store belongs to the caller, who closes it after this returns.
@@ -657,7 +658,7 @@ class TransferService:
                            ("bytes_received", "Verified bytes received"),
                            ("corrupt_chunks", "Chunks that failed verification"),
                            ("dedup_hits", "Fetches skipped because the blob was stored")):
-            metrics.gauge(f"cpn_transfer_{key}_total", help_, lambda k=key: self.stats[k])
+            metrics.gauge(f"cpn_transfer_{key}_total", help_, functools.partial(self.stats.__getitem__, key))
 
 
 _SOURCE_ERRORS = (SourceBanned, ProtocolError, OSError, trio.BrokenResourceError,

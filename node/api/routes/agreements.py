@@ -22,7 +22,7 @@ def register(api: Api, agreements: AgreementStore) -> None:
         if role is not None and role not in ROLES:
             raise ApiError(400, "bad_request", f"role: must be submitter or provider (got {role!r})")
         limit = query_int(request, "limit", 100, 1, 10_000)
-        return {"agreements": [r.to_json() for r in agreements.list(role=role, limit=limit)]}
+        return {"agreements": [r.to_json() for r in agreements.recent(role=role, limit=limit)]}
 
     async def show_agreement(request: Request) -> Any:
         """One negotiation by ID or unique prefix: state, co-signed terms, events."""

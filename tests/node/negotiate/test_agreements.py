@@ -78,5 +78,5 @@ def test_list_orders_by_update(tmp_path: Path) -> None:
     with Store.open(tmp_path) as store:
         store.save("aa" * 16, "submitter", peer="p", state="refused", now=1.0, detail="busy")
         store.save("bb" * 16, "submitter", peer="p", state="agreed", now=2.0)
-        assert [r.id for r in store.list()] == ["bb" * 16, "aa" * 16]
-        assert store.list()[1].to_json()["detail"] == "busy"
+        assert [r.id for r in store.recent()] == ["bb" * 16, "aa" * 16]
+        assert store.recent()[1].to_json()["detail"] == "busy"

@@ -191,7 +191,7 @@ async def test_restart_with_an_open_agreement(tmp_path: Path) -> None:
         assert again.agreement is None
         assert again.sessions[0].refusal is not None
         assert again.sessions[0].refusal.reason is RefusalReason.BUSY
-        assert len(prov2.store.list(role="provider")) == 2  # the agreement once, plus the refusal
+        assert len(prov2.store.recent(role="provider")) == 2  # the agreement once, plus the refusal
 
 
 async def test_daemons_submit_then_jobs_and_job_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
