@@ -3,11 +3,14 @@
 Sans-IO core of spec/transfer.md.  Three layers:
 
 * **Control messages** (tags 64-95), signed envelopes on the libp2p stream
-  ``/cpn/transfer/0.1.0``: ``Want``/``Have`` (which blobs and chunks a peer
-  holds, after Bitswap), ``GetChunkList``/``ChunkList`` (the chunk hashes,
-  checked against the signed root), ``TicketRequest``/``Ticket`` (admission to
-  the data plane), ``Offer``/``OfferResult`` (an upload is an invitation to
-  pull) and ``TransferError``.
+  ``/cpn/transfer/0.2.0``: ``Want``/``Have`` (which blobs and chunks a peer
+  holds, after Bitswap), ``GetChunkList``/``ChunkList`` (the chunk hashes in
+  pages of at most 4096, checked against the signed root once assembled),
+  ``TicketRequest``/``Ticket`` (admission to the data plane),
+  ``Offer``/``OfferResult`` (an upload is an invitation to pull),
+  ``TransferError``, and the owner-vouched sources ``WhoHas``/``Holders``/
+  ``FetchGrant``/``Present``.  Every control frame is at most 1 MiB, the
+  default CBOR decode limit of spec/encoding.md, and every message fits it.
 * **Data-plane frames**: after a plaintext preamble naming the ticket, every
   frame is AES-256-GCM sealed under a per-direction key derived from the
   ticket secret; the 12-byte frame header is the associated data and the nonce
@@ -23,8 +26,10 @@ TCP moves >1 GiB/s; the control plane stays on libp2p (authenticated peers).
 from __future__ import annotations
 
 import enum
+import ipaddress
+import re
 import struct as _struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -33,7 +38,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from . import cbor
-from .chunks import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, check_digest, chunk_count, chunk_matches
+from .chunks import (
+    DIGEST_RE,
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+    chunk_count,
+    chunk_matches,
+    verify_chunk_list,
+)
 from .errors import LocalProtocolError, ProtocolError, ValidationError
 from .identity import validate_peer_id
 from .wire import Message, Struct, message, struct
@@ -41,7 +53,13 @@ from .wire import Message, Struct, message, struct
 __all__ = [
     "PROTOCOL_ID",
     "MAX_CONTROL_FRAME",
+    "CONTROL_LIMITS",
+    "DATA_BODY_LIMITS",
     "MAX_CHUNKS",
+    "MAX_CHUNK_LIST_PAGE",
+    "MAX_WANT",
+    "MAX_PARTIAL",
+    "MAX_RANGES",
     "Direction",
     "HaveEntry",
     "Want",
@@ -78,17 +96,28 @@ __all__ = [
     "indexes_from_bitmap",
     "ranges_of",
     "ChunkScheduler",
+    "ChunkListAssembler",
+    "chunk_list_page",
+    "parse_request",
+    "check_ticket",
+    "check_empty_body",
 ]
 
-PROTOCOL_ID = "/cpn/transfer/0.1.0"
-#: Largest control frame: a ChunkList of MAX_CHUNKS hashes plus framing.
-MAX_CONTROL_FRAME = 4 << 20
+PROTOCOL_ID = "/cpn/transfer/0.2.0"
+#: Largest control frame (the envelope after the length prefix): the default
+#: CBOR decode limit of spec/encoding.md.  Every control message fits it (the
+#: largest, a Have with 32 partial entries of maximal bitmaps, is ~560 KiB).
+MAX_CONTROL_FRAME = 1 << 20
 #: Most chunks one blob may have (128 GiB at the 1 MiB default chunk size).
 MAX_CHUNKS = 1 << 17
-#: Largest byte string a control-plane decoder accepts.
+#: Decode limits of control envelopes and their payloads (tighter than the default depth).
 CONTROL_LIMITS = cbor.Limits(max_size=MAX_CONTROL_FRAME, max_depth=8, max_items=4096)
-MAX_WANT = 256
+#: Most chunk-list entries in one ChunkList (128 KiB of hashes); longer lists are paged.
+MAX_CHUNK_LIST_PAGE = 4096
+MAX_WANT = 256  #: digests in a Want or WhoHas; entries in a Have
+MAX_PARTIAL = 32  #: Have entries with complete = false (each bitmap is at most 16 KiB)
 MAX_RANGES = 1024
+MAX_REQUEST_CHUNKS = 4096  #: chunks one data-plane REQUEST names in all (repeats count)
 MAX_GRANTS = 64  #: FetchGrants in one Holders answer
 MAX_GRANT_TTL = 3600  #: seconds a holder accepts between now and a grant's expires_at
 
@@ -100,14 +129,30 @@ class Direction(enum.Enum):
     UPLOAD = "upload"  #: the peer wants us to pull (store) the blob from it
 
 
+_REASON_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def _digest(value: str, field: str = "digest") -> None:
+    if not DIGEST_RE.match(value):
+        raise ValidationError(field, "must be sha256: and 64 lowercase hex digits")
+
+
 def _check_common(digest: str, size: int, chunk_size: int) -> None:
-    check_digest(digest)
+    """Checked in this order: digest, size, chunk_size, chunk count."""
+    _digest(digest)
     if size < 0:
         raise ValidationError("size", "must be >= 0")
-    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
-        raise ValidationError("chunk_size", f"must be in {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}")
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE or chunk_size & (chunk_size - 1):
+        raise ValidationError("chunk_size", f"must be a power of two in {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}")
     if chunk_count(size, chunk_size) > MAX_CHUNKS:
         raise ValidationError("size", f"more than {MAX_CHUNKS} chunks")
+
+
+def _check_reason(reason: str, detail: str) -> None:
+    if not _REASON_RE.match(reason):
+        raise ValidationError("reason", "1..64 characters: a-z, then a-z, 0-9 or _")
+    if len(detail) > 1024:
+        raise ValidationError("detail", "at most 1024 characters")
 
 
 # --------------------------------------------------------------------------- control messages
@@ -116,8 +161,10 @@ def _check_common(digest: str, size: int, chunk_size: int) -> None:
 def _check_digests(digests: tuple[str, ...]) -> None:
     if not 1 <= len(digests) <= MAX_WANT:
         raise ValidationError("digests", f"1..{MAX_WANT} entries")
-    for d in digests:
-        check_digest(d)
+    for i, d in enumerate(digests):
+        _digest(d, f"digests[{i}]")
+    if len(set(digests)) != len(digests):
+        raise ValidationError("digests", "must be distinct")
 
 
 @struct
@@ -163,30 +210,55 @@ class Have(Message):
     def check(self) -> None:
         if len(self.blobs) > MAX_WANT:
             raise ValidationError("blobs", f"at most {MAX_WANT} entries")
+        if len({e.digest for e in self.blobs}) != len(self.blobs):
+            raise ValidationError("blobs", "one entry per digest")
+        if sum(1 for e in self.blobs if not e.complete) > MAX_PARTIAL:
+            raise ValidationError("blobs", f"at most {MAX_PARTIAL} entries with complete = false")
 
 
 @message(tag=66, domain="cpn/transfer/get-chunk-list")
 class GetChunkList(Message):
+    """Ask for entries ``start`` .. ``start + count - 1`` of a blob's chunk list
+    (one page; the answer holds ``min(count, n - start)`` entries)."""
+
     digest: str
+    start: int = 0  #: first entry wanted
+    count: int = MAX_CHUNK_LIST_PAGE  #: entries wanted, 1 .. MAX_CHUNK_LIST_PAGE
 
     def check(self) -> None:
-        check_digest(self.digest)
+        _digest(self.digest)
+        if not 0 <= self.start < MAX_CHUNKS:
+            raise ValidationError("start", f"must be in 0..{MAX_CHUNKS - 1}")
+        if not 1 <= self.count <= MAX_CHUNK_LIST_PAGE:
+            raise ValidationError("count", f"must be in 1..{MAX_CHUNK_LIST_PAGE}")
 
 
 @message(tag=67, domain="cpn/transfer/chunk-list")
 class ChunkList(Message):
-    """The raw 32-byte chunk hashes, concatenated; verified against the signed root."""
+    """One page of a blob's chunk list: the raw 32-byte entries ``start`` ..
+    ``start + k - 1``, concatenated.  The whole list (all pages) is verified
+    against the signed root."""
 
     digest: str
     size: int
     chunk_size: int
+    start: int = 0  #: index of the first entry in ``hashes``
     hashes: bytes
 
     def check(self) -> None:
         _check_common(self.digest, self.size, self.chunk_size)
         n = chunk_count(self.size, self.chunk_size)
-        if len(self.hashes) != 32 * n:
-            raise ValidationError("hashes", f"must be 32 * {n} bytes")
+        if self.start != 0 and not 0 < self.start < n:
+            raise ValidationError("start", f"must be in 0..{max(n - 1, 0)}")
+        k, rest = divmod(len(self.hashes), 32)
+        if rest:
+            raise ValidationError("hashes", "must be a whole number of 32-byte entries")
+        if k > MAX_CHUNK_LIST_PAGE:
+            raise ValidationError("hashes", f"at most {MAX_CHUNK_LIST_PAGE} entries")
+        if n and not 1 <= k <= n - self.start:
+            raise ValidationError("hashes", f"must hold 1..{n - self.start} entries from start {self.start}")
+        if not n and k:
+            raise ValidationError("hashes", "an empty blob has no entries")
 
     def hash_list(self) -> list[bytes]:
         return [self.hashes[i : i + 32] for i in range(0, len(self.hashes), 32)]
@@ -199,7 +271,7 @@ class TicketRequest(Message):
     digest: str
 
     def check(self) -> None:
-        check_digest(self.digest)
+        _digest(self.digest)
 
 
 @message(tag=69, domain="cpn/transfer/ticket")
@@ -210,7 +282,7 @@ class Ticket(Message):
     ticket_id: bytes  #: 16 random bytes, sent in clear in the data-plane preamble
     secret: bytes  #: 32 random bytes; input keying material of the frame keys
     digest: str
-    host: str  #: data-plane address (an IP literal)
+    host: str  #: data-plane address: an IPv4 or IPv6 literal, no brackets, no zone
     port: int
     expires_at: int  #: unix seconds; the ticket is single-use and MUST NOT be used after
 
@@ -219,11 +291,17 @@ class Ticket(Message):
             raise ValidationError("ticket_id", "must be 16 bytes")
         if len(self.secret) != 32:
             raise ValidationError("secret", "must be 32 bytes")
-        check_digest(self.digest)
+        _digest(self.digest)
+        if not 0 < len(self.host) <= 64 or "%" in self.host:
+            raise ValidationError("host", "an IP literal of 1..64 characters")
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            raise ValidationError("host", "an IP literal of 1..64 characters") from None
         if not 0 < self.port < 65536:
             raise ValidationError("port", "must be 1..65535")
-        if not self.host or len(self.host) > 64:
-            raise ValidationError("host", "1..64 characters")
+        if self.expires_at < 0:
+            raise ValidationError("expires_at", "must be >= 0")
 
 
 @message(tag=70, domain="cpn/transfer/offer")
@@ -238,7 +316,7 @@ class Offer(Message):
 
     def check(self) -> None:
         _check_common(self.digest, self.size, self.chunk_size)
-        check_digest(self.chunk_root, "chunk_root")
+        _digest(self.chunk_root, "chunk_root")
 
 
 @message(tag=71, domain="cpn/transfer/offer-result")
@@ -247,7 +325,7 @@ class OfferResult(Message):
     stored: bool  #: true once the blob is complete and verified in the receiver's store
 
     def check(self) -> None:
-        check_digest(self.digest)
+        _digest(self.digest)
 
 
 @message(tag=73, domain="cpn/transfer/who-has")
@@ -295,7 +373,7 @@ class FetchGrant(Message):
     expires_at: int  #: unix seconds
 
     def check(self) -> None:
-        check_digest(self.digest)
+        _digest(self.digest)
         validate_peer_id(self.grantee)
         validate_peer_id(self.holder)
         if self.grantee == self.holder:
@@ -320,12 +398,11 @@ class Present(Message):
 class TransferError(Message):
     """A refusal on the control stream; ``reason`` is machine-readable."""
 
-    reason: str
-    detail: str
+    reason: str  #: a-z, then a-z, 0-9 or _; 1..64 characters
+    detail: str  #: for humans; at most 1024 characters
 
     def check(self) -> None:
-        if not self.reason or len(self.reason) > 64 or len(self.detail) > 1024:
-            raise ValidationError("reason", "1..64 characters, detail at most 1024")
+        _check_reason(self.reason, self.detail)
 
 
 # --------------------------------------------------------------------------- data plane bodies
@@ -337,8 +414,10 @@ class ChunkRange(Struct):
     end: int  #: one past the last chunk index
 
     def check(self) -> None:
-        if not 0 <= self.start < self.end <= MAX_CHUNKS:
-            raise ValidationError("range", f"need 0 <= start < end <= {MAX_CHUNKS}")
+        if self.start < 0:
+            raise ValidationError("start", "must be >= 0")
+        if not self.start < self.end <= MAX_CHUNKS:
+            raise ValidationError("end", f"need start < end <= {MAX_CHUNKS}")
 
 
 @struct
@@ -350,6 +429,8 @@ class Request(Struct):
     def check(self) -> None:
         if not 1 <= len(self.ranges) <= MAX_RANGES:
             raise ValidationError("ranges", f"1..{MAX_RANGES} ranges")
+        if sum(r.end - r.start for r in self.ranges) > MAX_REQUEST_CHUNKS:
+            raise ValidationError("ranges", f"at most {MAX_REQUEST_CHUNKS} chunks in all")
 
     def indexes(self) -> list[int]:
         return [i for r in self.ranges for i in range(r.start, r.end)]
@@ -357,8 +438,18 @@ class Request(Struct):
 
 @struct
 class DataError(Struct):
-    reason: str
-    detail: str
+    """Data plane, server to client: why the server stops (then it closes)."""
+
+    reason: str  #: as TransferError.reason
+    detail: str  #: at most 1024 characters
+
+    def check(self) -> None:
+        _check_reason(self.reason, self.detail)
+
+    @classmethod
+    def of(cls, exc: ProtocolError) -> DataError:
+        """The ERROR body for a refusal (the detail cut to 1024 characters)."""
+        return cls(reason=exc.reason, detail=exc.detail[:1024])
 
 
 class FrameType(enum.IntEnum):
@@ -381,6 +472,8 @@ _HEADER = _struct.Struct(">B3xII")
 #: Largest body: one chunk of the largest chunk size (CBOR bodies are far smaller).
 MAX_BODY = MAX_CHUNK_SIZE + TAG_SIZE
 MAX_CONTROL_BODY = 64 << 10
+#: Decode limits of REQUEST and ERROR plaintexts (a frame of MAX_CONTROL_BODY bytes less the tag).
+DATA_BODY_LIMITS = cbor.Limits(max_size=MAX_CONTROL_BODY - TAG_SIZE, max_depth=8, max_items=2048)
 
 
 def encode_preamble(ticket_id: bytes) -> bytes:
@@ -509,6 +602,97 @@ def check_chunk(index: int, data: bytes | memoryview, hashes: Sequence[bytes], *
         raise ProtocolError("bad_chunk_index", f"chunk {index} of a blob with {len(hashes)} chunks")
     if not chunk_matches(index, data, hashes, size=size, chunk_size=chunk_size):
         raise ProtocolError("corrupt_chunk", f"chunk {index} does not match the chunk list")
+
+
+def check_empty_body(kind: FrameType, plain: bytes | memoryview) -> None:
+    """END and STOP frames carry an empty body (just the 16-byte tag)."""
+    if kind in (FrameType.END, FrameType.STOP) and len(plain):
+        raise ProtocolError("bad_frame", f"{kind.name} frame with a body of {len(plain)} bytes")
+
+
+def check_ticket(expires_at: float | None, now: float) -> None:
+    """Server: admit a preamble's ticket.  ``expires_at`` of the ticket issued
+    under that id and not used yet, or None if there is none."""
+    if expires_at is None:
+        raise ProtocolError("bad_ticket", "unknown or already used ticket")
+    if now > expires_at:
+        raise ProtocolError("bad_ticket", "expired ticket")
+
+
+def parse_request(body: bytes | memoryview, *, n_chunks: int, held: Collection[int] | None = None) -> Request:
+    """Server: decode a REQUEST plaintext and check it against the blob, in this
+    order: decoding (its reasons), every range within the blob's ``n_chunks``
+    chunks (``bad_chunk_index``), and for a partial holder every chunk in
+    ``held`` (``not_held``)."""
+    req = Request.decode(bytes(body), DATA_BODY_LIMITS)
+    for r in req.ranges:
+        if r.end > n_chunks:
+            raise ProtocolError("bad_chunk_index", f"chunk {r.end - 1} of a blob with {n_chunks} chunks")
+    if held is not None:
+        for r in req.ranges:
+            for i in range(r.start, r.end):
+                if i not in held:
+                    raise ProtocolError("not_held", f"chunk {i} is not held here")
+    return req
+
+
+def chunk_list_page(req: GetChunkList, *, size: int, chunk_size: int, hashes: Sequence[bytes]) -> ChunkList:
+    """Responder: the page of ``hashes`` (the blob's whole chunk list) that
+    ``req`` asks for; ``bad_chunk_index`` if ``req.start`` is beyond the list
+    (an empty blob has one empty page, at start 0)."""
+    if req.start >= max(len(hashes), 1):
+        raise ProtocolError("bad_chunk_index", f"start {req.start} of a chunk list of {len(hashes)} entries")
+    return ChunkList(digest=req.digest, size=size, chunk_size=chunk_size, start=req.start,
+                     hashes=b"".join(hashes[req.start : req.start + req.count]))
+
+
+class ChunkListAssembler:
+    """Initiator: fetch one blob's chunk list page by page from one source and
+    verify it against the signed root.
+
+    :meth:`request` gives the next ``GetChunkList`` (None once complete);
+    :meth:`add` checks the answer.  Both a page that does not answer the
+    request exactly and a whole list that fails the root raise
+    ``ProtocolError("bad_chunk_list")``: the source is to blame.  (A list that
+    matches the root but does not end in the blob's digest is the signed
+    BlobRef's fault, not the source's: the caller checks that separately.)
+    """
+
+    def __init__(self, *, digest: str, size: int, chunk_size: int, root: str,
+                 page: int = MAX_CHUNK_LIST_PAGE) -> None:
+        if not 1 <= page <= MAX_CHUNK_LIST_PAGE:
+            raise LocalProtocolError(f"page size must be 1..{MAX_CHUNK_LIST_PAGE}")
+        self.digest, self.size, self.chunk_size, self.root = digest, size, chunk_size, root
+        self.n = chunk_count(size, chunk_size)
+        self.page = page
+        self._entries: list[bytes] = []
+        self.complete = False
+
+    def request(self) -> GetChunkList | None:
+        if self.complete:
+            return None
+        return GetChunkList(digest=self.digest, start=len(self._entries), count=self.page)
+
+    def add(self, page: ChunkList) -> None:
+        if self.complete:
+            raise LocalProtocolError("the chunk list is complete")
+        start = len(self._entries)
+        want = min(self.page, self.n - start)
+        if (page.digest, page.size, page.chunk_size, page.start) != (self.digest, self.size, self.chunk_size, start):
+            raise ProtocolError("bad_chunk_list", "the page is not the one asked for")
+        if len(page.hashes) != 32 * want:
+            raise ProtocolError("bad_chunk_list", f"{len(page.hashes) // 32} entries where {want} were due")
+        self._entries += page.hash_list()
+        if len(self._entries) == self.n:
+            verify_chunk_list(self._entries, size=self.size, chunk_size=self.chunk_size, root=self.root)
+            self.complete = True
+
+    @property
+    def hashes(self) -> list[bytes]:
+        """The verified chunk list (only once :attr:`complete`)."""
+        if not self.complete:
+            raise LocalProtocolError("the chunk list is not complete yet")
+        return list(self._entries)
 
 
 def bitmap_from_indexes(indexes: Iterable[int], n: int) -> bytes:
