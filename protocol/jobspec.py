@@ -20,7 +20,7 @@ import re
 
 from .chunks import DIGEST_RE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, digest_of
 from .errors import ProtocolError, ValidationError
-from .resources import COMPUTE_CAPABILITY_RE, MAX_GPUS, TOKEN_RE
+from .resources import COMPUTE_CAPABILITY_RE, MAX_GPUS, TOKEN_RE, vendor_of_model
 from .wire import Message, Struct, message, struct
 
 __all__ = [
@@ -216,9 +216,6 @@ class GpuRequirement(Struct):
                 raise ValidationError(f"models[{i}]", "must be a normalised model token [a-z0-9]{1,32}")
         if list(self.models) != sorted(set(self.models)):
             raise ValidationError("models", "must be sorted and unique")
-        # Imported here: identifiers imports this module for Resources.
-        from .identifiers import vendor_of_model
-
         for i, model in enumerate(self.models):
             known = vendor_of_model(model)
             if known is None and self.vendor is None:

@@ -26,7 +26,7 @@ from protocol.identifiers import (
 )
 from protocol.identity import peer_id_from_proto_key, peer_id_from_raw_key, validate_peer_id
 from protocol.jobspec import JobSpec, Resources, check_created_at
-from protocol.resources import ResourceSet
+from protocol.resources import ResourceSet, parse_gpu_name, vendor_of_model
 from protocol.wire import REGISTRY
 
 VECTORS = Path(__file__).resolve().parents[2] / "spec" / "vectors"
@@ -163,6 +163,11 @@ def test_identifiers(v: dict[str, Any]) -> None:
     inp, op = v["input"], v["operation"]
 
     def run() -> dict[str, Any]:
+        if op == "model.vendor":
+            return {"vendor": vendor_of_model(inp["model"])}
+        if op == "gpu.parse_name":
+            parsed = parse_gpu_name(inp["name"])
+            return {"vendor": parsed.vendor, "model": parsed.model, "memory_gb": parsed.memory_gb}
         if op == "gpu.normalise":
             vendor, model = normalise_gpu_model(inp["name"])
             return {"vendor": vendor, "model": model, "memory_tier": memory_tier(inp["memory_mib"])}
