@@ -69,9 +69,9 @@ _TOKEN = r"[a-z0-9]{1,32}"
 _NUMBER = r"(?:0|[1-9][0-9]{0,8})"
 _GPU_RE = re.compile(
     rf"^cpn:gpu(?:/(?P<vendor>{_TOKEN})(?:/(?P<model>{_TOKEN})"
-    rf"(?:/(?:(?P<mem>{_NUMBER})g|x(?P<count>{_NUMBER})))?)?)?$"
+    rf"(?:/(?:(?P<mem>{_NUMBER})g|x(?P<count>{_NUMBER})))?)?)?\Z"
 )
-_CPU_RE = re.compile(rf"^cpn:cpu(?:/c(?P<cores>{_NUMBER})(?:/m(?P<ram>{_NUMBER})g)?)?$")
+_CPU_RE = re.compile(rf"^cpn:cpu(?:/c(?P<cores>{_NUMBER})(?:/m(?P<ram>{_NUMBER})g)?)?\Z")
 
 # ----------------------------------------------------------------------- tiers
 

@@ -39,12 +39,12 @@ __all__ = [
 
 #: A normalised vendor or model token: lowercase letters and digits only, so it
 #: can be a path segment of a compute identifier without escaping.
-TOKEN_RE = re.compile(r"^[a-z0-9]{1,32}$")
+TOKEN_RE = re.compile(r"^[a-z0-9]{1,32}\Z")
 #: CUDA compute capability "major.minor" ("9.0"); empty for non-NVIDIA devices.
-COMPUTE_CAPABILITY_RE = re.compile(r"^(?:0|[1-9][0-9]?)\.(?:0|[1-9][0-9]?)$")
+COMPUTE_CAPABILITY_RE = re.compile(r"^(?:0|[1-9][0-9]?)\.(?:0|[1-9][0-9]?)\Z")
 METRIC_SOURCES = ("nominal", "measured")
-_METRIC_TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
-_UNIT_RE = re.compile(r"^[A-Za-z0-9%/._-]{1,16}$")
+_METRIC_TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}\Z")
+_UNIT_RE = re.compile(r"^[A-Za-z0-9%/._-]{1,16}\Z")
 
 MAX_GPUS = 64  #: GPUs one node may report (bounds adverts and identifier ladders)
 MAX_CPU_CORES = 1 << 16

@@ -23,10 +23,11 @@ from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .chunks import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, check_digest, chunk_count
+from .chunks import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from .envelope import Signed, open_envelope, public_key_proto_of, seal
 from .errors import LocalProtocolError, ProtocolError, ValidationError
-from .identity import peer_id_from_proto_key, validate_peer_id
+from .identity import check_peer_id_field, peer_id_from_proto_key
+from .jobspec import DIGEST_TEXT_RE
 from .wire import Message, Struct, message, struct
 
 __all__ = [
@@ -79,13 +80,15 @@ class OutputBlob(Struct):
     chunk_root: str  #: "sha256:<hex>" chunk root (protocol.chunks)
 
     def check(self) -> None:
-        check_digest(self.digest, "digest")
-        check_digest(self.chunk_root, "chunk_root")
+        for name in ("digest", "chunk_root"):
+            if not DIGEST_TEXT_RE.match(getattr(self, name)):
+                raise ValidationError(name, "must be sha256:<64 lowercase hex>")
         if self.size < 0:
             raise ValidationError("size", "must be >= 0")
         if not MIN_CHUNK_SIZE <= self.chunk_size <= MAX_CHUNK_SIZE:
             raise ValidationError("chunk_size", f"must be in {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}")
-        chunk_count(self.size, self.chunk_size)
+        if self.chunk_size & (self.chunk_size - 1):
+            raise ValidationError("chunk_size", "must be a power of two")
         if len(self.path) > MAX_PATH:
             raise ValidationError("path", f"at most {MAX_PATH} characters")
         if self.path:
@@ -155,8 +158,8 @@ class Result(Message):
             raise ValidationError("agreement_id", f"must be {AGREEMENT_ID_LEN} bytes")
         if len(self.job_digest) != DIGEST_LEN:
             raise ValidationError("job_digest", f"must be {DIGEST_LEN} bytes")
-        validate_peer_id(self.submitter)
-        validate_peer_id(self.provider)
+        check_peer_id_field(self.submitter, "submitter")
+        check_peer_id_field(self.provider, "provider")
         if self.oom != (self.outcome is Outcome.OOM):
             raise ValidationError("oom", "set exactly when the outcome is oom")
         if self.timed_out != (self.outcome is Outcome.TIMEOUT):
