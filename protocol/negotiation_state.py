@@ -46,6 +46,7 @@ from . import cbor
 from .envelope import Signed, open_envelope, public_key_proto_of, seal
 from .errors import LocalProtocolError, ProtocolError
 from .identity import peer_id_from_proto_key
+from .jobspec import JobSpec, check_created_at
 from .negotiation import (
     NEGOTIATION_ID_LEN,
     NEGOTIATION_MESSAGES,
@@ -546,13 +547,16 @@ class Negotiation:
                 raise ProtocolError("binding_mismatch", "status names other terms than the agreement")
 
     def _check_offer(self, msg: Offer, now: int, *, incoming: bool) -> None:
-        from .jobspec import JobSpec  # the foundation's job spec; imported late to avoid a cycle
-
         if msg.expires_at <= now:
             raise ProtocolError("expired", f"offer expired at {msg.expires_at}, now {now}")
         if msg.expires_at > now + MAX_OFFER_TTL + CLOCK_SKEW:
             raise ProtocolError("expiry_too_far", f"offers live at most {MAX_OFFER_TTL} s")
-        job = open_envelope(msg.job, expected=JobSpec, signer=self.submitter, limits=FRAME_LIMITS)
+        job: Signed[JobSpec] = open_envelope(msg.job, expected=JobSpec, signer=self.submitter, limits=FRAME_LIMITS)
+        if incoming:
+            # jobspec.md "Freshness": a provider runs only recent specs.  Not
+            # checked when sending: a submitter with an old spec learns it from
+            # the provider's refusal instead of a local error.
+            check_created_at(job.message, now=now)
         if incoming:
             assert self.replay_cache is not None
             key = replay_key(self.submitter, msg.negotiation_id)
@@ -642,8 +646,6 @@ class Negotiation:
         cls, record: Mapping[str, Any], *, key: Ed25519PrivateKey, replay_cache: ReplayCache | None = None
     ) -> Negotiation:
         """Rebuild a machine from :meth:`to_record` (envelopes are verified again)."""
-        from .jobspec import JobSpec
-
         role = Role(record["role"])
         neg = cls(
             role,

@@ -399,3 +399,24 @@ def test_random_sequences_never_escape_the_table(role: Role, ops: list[tuple[int
 
         assert TRANSITIONS[(before, event_of(event.message), role.other)] is m.state
         assert isinstance(m.state, State)
+
+
+@pytest.mark.parametrize(
+    ("created_at", "reason"),
+    [(T0 + 301, "from_future"), (T0 - 86401, "expired"), (T0 + 300, None), (T0 - 86400, None)],
+)
+def test_provider_checks_the_freshness_of_the_offered_spec(created_at: int, reason: str | None) -> None:
+    """jobspec.md "Freshness", applied to every offer (negotiation.md §5); a failing
+    offer is not remembered, so the same ID with a fresh spec is not a replay."""
+    sub, prov = V.pair()
+    frame = sub.send_offer(V.job_envelope(SK, created_at=created_at), expires_at=T0 + 60, now=T0)
+    prov.receive_data(frame)
+    if reason is None:
+        assert prov.next_event(now=T0) is not NEED_DATA
+        assert prov.state is State.OFFERED
+        return
+    with pytest.raises(ProtocolError) as exc:
+        prov.next_event(now=T0)
+    assert exc.value.reason == reason
+    assert prov.state is State.IDLE
+    assert prov.replay_cache is not None and len(prov.replay_cache) == 0  # type: ignore[arg-type]
