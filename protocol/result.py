@@ -16,7 +16,6 @@ Pure validation: nothing here reads a clock; ``now`` is a parameter.
 from __future__ import annotations
 
 import enum
-import posixpath
 from dataclasses import dataclass
 from hashlib import sha256
 from typing import Final
@@ -53,6 +52,8 @@ MAX_OUTPUTS: Final = 1024
 MAX_DETAIL: Final = 512
 MAX_PATH: Final = 1024
 MAX_GPUS: Final = 64
+#: Exit status of a process killed by SIGKILL (128 + 9), what the OOM killer sends.
+OOM_EXIT_CODE: Final = 137
 
 
 class Outcome(enum.Enum):
@@ -94,8 +95,8 @@ class OutputBlob(Struct):
         if self.path:
             if self.path.startswith("/") or "\0" in self.path:
                 raise ValidationError("path", "must be relative, without NUL")
-            if posixpath.normpath(self.path) != self.path or self.path.split("/")[0] == "..":
-                raise ValidationError("path", "must be normalised and stay inside the output directory")
+            if any(part in ("", ".", "..") for part in self.path.split("/")):
+                raise ValidationError("path", "must be normalised (no empty, '.' or '..' segment)")
 
 
 @struct
@@ -143,7 +144,7 @@ class Result(Message):
     submitter: str  #: peer ID that must countersign
     provider: str  #: peer ID of the signer
     outcome: Outcome
-    exit_code: int | None  #: the command's exit status; null if it never exited by itself
+    exit_code: int | None  #: exit status for exited (0..255) and oom (137); null otherwise
     oom: bool
     timed_out: bool
     detail: str  #: human explanation for FAILED/CANCELLED ("" otherwise)
@@ -164,10 +165,19 @@ class Result(Message):
             raise ValidationError("oom", "set exactly when the outcome is oom")
         if self.timed_out != (self.outcome is Outcome.TIMEOUT):
             raise ValidationError("timed_out", "set exactly when the outcome is timeout")
-        if self.outcome is Outcome.EXITED and self.exit_code is None:
-            raise ValidationError("exit_code", "an exited run has an exit code")
-        if self.exit_code is not None and not 0 <= self.exit_code <= 255:
-            raise ValidationError("exit_code", "must be 0..255")
+        # The container's exit status when its process ended without the
+        # provider stopping it: by itself (exited) or by the kernel's OOM
+        # killer (oom, SIGKILL: 137).  Null when the provider stopped it or it
+        # never ran (spec/execution.md 1.1).
+        if self.outcome in (Outcome.EXITED, Outcome.OOM):
+            if self.exit_code is None:
+                raise ValidationError("exit_code", f"an {self.outcome.value} run has an exit code")
+            if not 0 <= self.exit_code <= 255:
+                raise ValidationError("exit_code", "must be 0..255")
+            if self.outcome is Outcome.OOM and self.exit_code != OOM_EXIT_CODE:
+                raise ValidationError("exit_code", f"an OOM-killed run exits with {OOM_EXIT_CODE}")
+        elif self.exit_code is not None:
+            raise ValidationError("exit_code", f"must be null for outcome {self.outcome.value}")
         if len(self.detail) > MAX_DETAIL:
             raise ValidationError("detail", f"at most {MAX_DETAIL} characters")
         if len(self.outputs) > MAX_OUTPUTS:
