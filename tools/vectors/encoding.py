@@ -154,6 +154,8 @@ def _cbor_vectors() -> list[dict[str, Any]]:
              "fb3ff199999999999a", "oversize", {"max_size": 8, "max_depth": 16, "max_items": 4096}),
         _bad("tag-argument-not-read", "a tag whose one-byte argument is missing: rejected on the initial byte", "d8", "forbidden_type"),
         _bad("simple-argument-not-read", "a two-byte simple value cut short: rejected on the initial byte", "f8", "forbidden_type"),
+        _bad("non-canonical-length-before-body", "a one-byte length 1 with the body missing: the argument is checked first",
+             "5801", "non_canonical"),
         _bad("truncated-before-utf8", "a text string cut inside a UTF-8 sequence", "62c3", "truncated"),
         _bad("non-canonical-before-trailing", "a non-canonical integer followed by another byte", "181700", "non_canonical"),
         _bad("map-key-repeated-later", "keys a, b, a: the second a sorts before b (non_canonical, not duplicate_key)",
