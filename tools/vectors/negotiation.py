@@ -197,8 +197,8 @@ def _try_open(body: bytes) -> Signed[Any] | None:
 
 # --------------------------------------------------------------------------- building frames
 
-SK, PK, OK_ = key_of(SUBMITTER_SEED), key_of(PROVIDER_SEED), key_of(OTHER_SEED)
-S_ID, P_ID, O_ID = peer_of(SK), peer_of(PK), peer_of(OK_)
+SK, PK, OTHER_KEY = key_of(SUBMITTER_SEED), key_of(PROVIDER_SEED), key_of(OTHER_SEED)
+S_ID, P_ID, O_ID = peer_of(SK), peer_of(PK), peer_of(OTHER_KEY)
 
 
 def _step(envelope: bytes, now: int) -> dict[str, Any]:
@@ -363,7 +363,7 @@ def _cases() -> list[Case]:  # noqa: C901 - one list of cases, read top to botto
     case("length-prefix-too-long", "a length prefix of 11 bytes", "provider",
          [{"frame_hex": ("ff" * 10) + "01", "now": T0}], ("malformed", 0, "idle"))
     case("wrong-signer-offer", "offer signed by a third peer", "provider",
-         [_step(_resign(offer, OK_), T0)], ("wrong_signer", 0, "idle"))
+         [_step(_resign(offer, OTHER_KEY), T0)], ("wrong_signer", 0, "idle"))
     bad_sig = bytearray(offer)
     bad_sig[-5] ^= 1  # inside the signature (the last map entry is "type"; sig precedes it)
     case("corrupt-frame", "one bit flipped in the offer's signature", "provider",
@@ -372,7 +372,7 @@ def _cases() -> list[Case]:  # noqa: C901 - one list of cases, read top to botto
     case("job-spec-as-frame", "a job spec envelope (tag 1) where a negotiation message is expected", "provider",
          [_step(job_envelope(SK), T0)], ("unexpected_type", 0, "idle"))
     case("quote-signed-by-third-peer", "a quote signed by someone other than the provider", "submitter",
-         [_step(offer, t[0]), _step(_resign(quote, OK_), t[1])], ("wrong_signer", 1, "offered"))
+         [_step(offer, t[0]), _step(_resign(quote, OTHER_KEY), t[1])], ("wrong_signer", 1, "offered"))
     case("quote-signed-by-submitter", "a quote signed by the submitter itself: a submitter never sends one",
          "provider", [_step(offer, t[0]), _step(_resign(quote, SK), t[1])], ("unexpected_message", 1, "offered"))
     case("type-before-signature", "a job spec envelope with a broken signature: the type is checked first",
@@ -429,7 +429,7 @@ def _cases() -> list[Case]:  # noqa: C901 - one list of cases, read top to botto
     case("offer-expired-before-job", "an expired offer whose job is not an envelope: expiry is checked first",
          "provider", [_step(seal(o.replace(expires_at=T0, job=b"\x00"), SK).raw, T0)], ("expired", 0, "idle"))
     case("job-signed-by-other", "the offered job spec is signed by another peer than the submitter", "provider",
-         [_step(seal(o.replace(job=job_envelope(OK_)), SK).raw, T0)], ("wrong_signer", 0, "idle"))
+         [_step(seal(o.replace(job=job_envelope(OTHER_KEY)), SK).raw, T0)], ("wrong_signer", 0, "idle"))
     case("job-not-a-job-spec", "the offered job is an envelope of another type (an offer)", "provider",
          [_step(seal(o.replace(job=offer), SK).raw, T0)], ("unexpected_type", 0, "idle"))
     case("job-bad-signature", "the offered job spec's signature does not verify", "provider",
@@ -460,7 +460,7 @@ def _cases() -> list[Case]:  # noqa: C901 - one list of cases, read top to botto
          [_step(offer, T0)], (None, None, "offered"), seen_offers=[{"negotiation_id_hex": bytes(16).hex(),
                                                                      "until": T0 + 90}])
     case("job-checked-before-replay", "a replayed offer whose job is invalid: the job is checked first", "provider",
-         [_step(seal(o.replace(job=job_envelope(OK_)), SK).raw, T0)], ("wrong_signer", 0, "idle"), seen_offers=seen)
+         [_step(seal(o.replace(job=job_envelope(OTHER_KEY)), SK).raw, T0)], ("wrong_signer", 0, "idle"), seen_offers=seen)
     ow = o.to_wire()
     case("offer-submitter-is-provider", "an offer naming the submitter as provider too", "provider",
          [_step(_raw(SK, Offer, {**ow, "provider": S_ID}), T0)], ("invalid_field", 0, "idle", "provider"))
@@ -519,7 +519,7 @@ def _cases() -> list[Case]:  # noqa: C901 - one list of cases, read top to botto
          [*quote_steps(), _step(seal(a.replace(terms=other_terms, submitter_sig=sign_terms(other_terms, SK)), SK).raw,
                                 t[2])], ("terms_mismatch", 2, "quoted"))
     case("accept-bad-terms-signature", "the terms signature is another peer's", "provider",
-         [*quote_steps(), _step(seal(a.replace(submitter_sig=sign_terms(a.terms, OK_)), SK).raw, t[2])],
+         [*quote_steps(), _step(seal(a.replace(submitter_sig=sign_terms(a.terms, OTHER_KEY)), SK).raw, t[2])],
          ("bad_signature", 2, "quoted"))
     case("accept-digest-before-expiry", "a late accept naming another quote: binding first", "provider",
          [*quote_steps(), _step(seal(a.replace(quote_digest=bytes(32)), SK).raw, T0 + 31)],
@@ -540,7 +540,7 @@ def _cases() -> list[Case]:  # noqa: C901 - one list of cases, read top to botto
          "submitter", agree_steps(seal(g.replace(submitter_sig=sign_terms(g.terms, PK)), PK).raw),
          ("terms_mismatch", 3, "accepted"))
     case("agreement-bad-provider-sig", "the provider's terms signature does not verify", "submitter",
-         agree_steps(seal(g.replace(provider_sig=sign_terms(g.terms, OK_)), PK).raw), ("bad_signature", 3, "accepted"))
+         agree_steps(seal(g.replace(provider_sig=sign_terms(g.terms, OTHER_KEY)), PK).raw), ("bad_signature", 3, "accepted"))
 
     # ---- refusals, cancels, status
     case("refusal-answers-nothing", "a refusal whose in_reply_to is not a message of ours", "submitter",
