@@ -26,7 +26,7 @@ from . import cbor
 from .envelope import Signed, open_envelope
 from .errors import LocalProtocolError, ProtocolError, ValidationError
 from .identifiers import advertised_ids, parse_id
-from .identity import validate_peer_id
+from .identity import check_peer_id_field
 from .resources import MAX_GPUS, Metric, ResourceSet
 from .wire import Message, Struct, message, struct
 
@@ -78,8 +78,8 @@ MAX_COMPUTE_IDS: Final = 256
 MAX_LIMITS: Final = 16
 MAX_TEXT: Final = 128
 
-_MULTIADDR_RE = re.compile(r"^(/[A-Za-z0-9._~:%+\-\[\]=]+)+$")
-_TOKEN_RE = re.compile(r"^[a-z0-9][a-z0-9._/+\-]*$")
+_MULTIADDR_RE = re.compile(r"^(/[A-Za-z0-9._~:%+\-\[\]=]+)+\Z")
+_TOKEN_RE = re.compile(r"^[a-z0-9][a-z0-9._/+\-]*\Z")
 _UINT_FIELDS = ("cpu_millis", "memory_mib", "disk_mib")
 
 
@@ -242,10 +242,7 @@ class Tombstone(Message):
 
 
 def _peer_field(name: str, value: str) -> None:
-    try:
-        validate_peer_id(value)
-    except ProtocolError:
-        raise ValidationError(name, "must be an Ed25519 libp2p peer ID") from None
+    check_peer_id_field(value, name)
 
 
 Record: TypeAlias = Advert | Tombstone

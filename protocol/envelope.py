@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from . import cbor
 from .errors import ProtocolError
 from .identity import peer_id_from_proto_key, public_key_from_proto, public_key_to_proto
-from .wire import REGISTRY, Message
+from .wire import REGISTRY, Message, uvarint
 
 __all__ = ["Signed", "seal", "open_envelope", "signing_bytes", "uvarint", "public_key_proto_of"]
 
@@ -53,18 +53,6 @@ def _verifier_of_proto(proto: bytes) -> Ed25519PublicKey:
     """``_verifier(public_key_from_proto(proto))``, cached by the envelope's key
     bytes (errors are not cached, so they are raised every time)."""
     return _verifier(public_key_from_proto(proto))
-
-
-def uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 @lru_cache(maxsize=256)

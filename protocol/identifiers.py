@@ -32,7 +32,11 @@ from dataclasses import dataclass
 
 from .errors import ProtocolError
 from .jobspec import Resources
-from .resources import ResourceSet
+
+# Model names live in protocol.resources (they are facts about a device, and
+# protocol.jobspec needs them without importing this module); re-exported here
+# for callers that still import them from protocol.identifiers.
+from .resources import ResourceSet, normalise_gpu_model, vendor_of_model
 
 __all__ = [
     "ComputeId",
@@ -65,74 +69,9 @@ _TOKEN = r"[a-z0-9]{1,32}"
 _NUMBER = r"(?:0|[1-9][0-9]{0,8})"
 _GPU_RE = re.compile(
     rf"^cpn:gpu(?:/(?P<vendor>{_TOKEN})(?:/(?P<model>{_TOKEN})"
-    rf"(?:/(?:(?P<mem>{_NUMBER})g|x(?P<count>{_NUMBER})))?)?)?$"
+    rf"(?:/(?:(?P<mem>{_NUMBER})g|x(?P<count>{_NUMBER})))?)?)?\Z"
 )
-_CPU_RE = re.compile(rf"^cpn:cpu(?:/c(?P<cores>{_NUMBER})(?:/m(?P<ram>{_NUMBER})g)?)?$")
-
-# ----------------------------------------------------------------- model names
-
-_NVIDIA_WORDS = {"nvidia", "tesla", "geforce", "quadro"}
-_AMD_WORDS = {"amd", "ati", "radeon", "instinct"}
-_INTEL_WORDS = {"intel"}
-#: words that name the brand, form factor or memory rather than the model
-_NOISE = re.compile(
-    r"^(?:nvidia|tesla|geforce|quadro|amd|ati|radeon|instinct|intel|graphics|gpu|"
-    r"pcie|sxm[0-9]*|nvl|hbm[0-9]*e?|gddr[0-9]*x?|[0-9]+gb|generation|accelerator|"
-    r"oam|mig|data|center|datacenter|r|tm)$"
-)
-_KNOWN_MODELS = {
-    "nvidia": {
-        "b100", "b200", "gb200", "h100", "h200", "h800", "h20", "gh200", "a100", "a800",
-        "a40", "a30", "a16", "a10", "a10g", "a2", "l40", "l40s", "l20", "l4", "v100",
-        "t4", "p100", "p40", "p4", "k80",
-    },
-    "amd": {"mi300x", "mi300a", "mi325x", "mi250x", "mi250", "mi210", "mi100", "mi50"},
-    "intel": {"max1550", "max1100", "flex170", "flex140"},
-}  # fmt: skip
-_MODEL_PREFIXES = (
-    ("nvidia", re.compile(r"^(?:rtx|gtx|titan|quadro)[a-z0-9]*$")),
-    ("amd", re.compile(r"^(?:mi[0-9]+[a-z]?|rx[0-9]+[a-z]*|w[0-9]+[a-z]*|pro[a-z0-9]*)$")),
-    ("intel", re.compile(r"^(?:arc[a-z0-9]*|max[0-9]+|flex[0-9]+)$")),
-)
-
-
-def vendor_of_model(model: str) -> str | None:
-    """The vendor of a normalised model token, if the model is known."""
-    for vendor, models in _KNOWN_MODELS.items():
-        if model in models:
-            return vendor
-    for vendor, pattern in _MODEL_PREFIXES:
-        if pattern.match(model):
-            return vendor
-    return None
-
-
-def normalise_gpu_model(name: str) -> tuple[str, str]:
-    """``(vendor, model)`` tokens for a device name as NVML or rocm-smi reports it.
-
-    "NVIDIA H100 80GB HBM3" -> ("nvidia", "h100"); "NVIDIA A100-SXM4-40GB" ->
-    ("nvidia", "a100"); "NVIDIA GeForce RTX 4090" -> ("nvidia", "rtx4090");
-    "AMD Instinct MI300X" -> ("amd", "mi300x").  Memory size, form factor and
-    brand words are dropped (memory has its own tier).  Names that yield
-    nothing give model "unknown"; an unrecognised vendor is "other".
-    """
-    text = name.lower()
-    # "AMD Instinct MI250X/MI250": the first alternative is the device itself.
-    text = text.split("/", 1)[0]
-    words = [w for w in re.split(r"[^a-z0-9]+", text) if w]
-    vendor: str | None = None
-    if _NVIDIA_WORDS.intersection(words):
-        vendor = "nvidia"
-    elif _AMD_WORDS.intersection(words):
-        vendor = "amd"
-    elif _INTEL_WORDS.intersection(words):
-        vendor = "intel"
-    kept = [w for w in words if not _NOISE.match(w)]
-    model = "".join(kept)[:32] or "unknown"
-    if vendor is None:
-        vendor = vendor_of_model(model) or "other"
-    return vendor, model
-
+_CPU_RE = re.compile(rf"^cpn:cpu(?:/c(?P<cores>{_NUMBER})(?:/m(?P<ram>{_NUMBER})g)?)?\Z")
 
 # ----------------------------------------------------------------------- tiers
 

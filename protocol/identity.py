@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .errors import ProtocolError
+from .errors import ProtocolError, ValidationError
 
 __all__ = [
     "public_key_to_proto",
@@ -20,6 +20,7 @@ __all__ = [
     "peer_id_from_raw_key",
     "peer_id_bytes",
     "validate_peer_id",
+    "check_peer_id_field",
     "b58encode",
     "b58decode",
 ]
@@ -90,6 +91,26 @@ def validate_peer_id(text: str) -> str:
     if b58encode(raw) != text:  # defensive: base58 round trip must be exact
         raise ProtocolError("bad_peer_id", f"{text!r} is not in canonical base58btc")
     return text
+
+
+@lru_cache(maxsize=4096)
+def _valid(text: str) -> bool:
+    # Only successes are cached (an invalid ID raises, and lru_cache does not
+    # store exceptions): the same few peer IDs recur in every message.
+    validate_peer_id(text)
+    return True
+
+
+def check_peer_id_field(value: str, field: str) -> str:
+    """A message field that holds a peer ID: ``invalid_field`` naming ``field``
+    unless it is an Ed25519 peer ID (spec/encoding.md section 2: inside a
+    message every broken rule is ``invalid_field``; ``bad_peer_id`` is the
+    reason of parsing a peer ID on its own)."""
+    try:
+        _valid(value)
+    except ProtocolError as exc:
+        raise ValidationError(field, f"must be an Ed25519 libp2p peer ID ({exc.detail})") from None
+    return value
 
 
 def public_key_of_peer(peer_id: str) -> Ed25519PublicKey:

@@ -18,9 +18,9 @@ from __future__ import annotations
 import posixpath
 import re
 
-from .chunks import DIGEST_RE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, digest_of
+from .chunks import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, digest_of
 from .errors import ProtocolError, ValidationError
-from .resources import COMPUTE_CAPABILITY_RE, MAX_GPUS, TOKEN_RE
+from .resources import COMPUTE_CAPABILITY_RE, MAX_GPUS, TOKEN_RE, vendor_of_model
 from .wire import Message, Struct, message, struct
 
 __all__ = [
@@ -58,9 +58,11 @@ NETWORK_POLICIES = ("none",)  #: v0.1: jobs never get a network
 GPU_VENDORS = ("nvidia", "amd", "intel")
 
 _EMPTY_ROOT = digest_of(b"")
-_MEDIA_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_MEDIA_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}\Z")
+#: "sha256:" and 64 lower-case hex digits, nothing after (``$`` would allow a final newline).
+DIGEST_TEXT_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 
 
 class LIMITS:
@@ -145,13 +147,13 @@ class BlobRef(Struct):
     media_type: str  #: OCI media type
 
     def check(self) -> None:
-        if not DIGEST_RE.match(self.digest):
+        if not DIGEST_TEXT_RE.match(self.digest):
             raise ValidationError("digest", "must be sha256:<64 lowercase hex>")
         _bounded(self.size, "size", 0, LIMITS.MAX_BLOB_SIZE)
         _bounded(self.chunk_size, "chunk_size", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
         if self.chunk_size & (self.chunk_size - 1):
             raise ValidationError("chunk_size", "must be a power of two")
-        if not DIGEST_RE.match(self.chunk_root):
+        if not DIGEST_TEXT_RE.match(self.chunk_root):
             raise ValidationError("chunk_root", "must be sha256:<64 lowercase hex>")
         if self.size == 0 and (self.chunk_root != _EMPTY_ROOT or self.digest != _EMPTY_ROOT):
             raise ValidationError("chunk_root", "an empty blob has digest and root sha256('')")
@@ -216,9 +218,6 @@ class GpuRequirement(Struct):
                 raise ValidationError(f"models[{i}]", "must be a normalised model token [a-z0-9]{1,32}")
         if list(self.models) != sorted(set(self.models)):
             raise ValidationError("models", "must be sorted and unique")
-        # Imported here: identifiers imports this module for Resources.
-        from .identifiers import vendor_of_model
-
         for i, model in enumerate(self.models):
             known = vendor_of_model(model)
             if known is None and self.vendor is None:

@@ -259,11 +259,13 @@ def explain(
     run_s: int | None = None,
     require_container: bool = False,
     invalid: int = 0,
+    unreachable: int = 0,
 ) -> tuple[list[tuple[Advert, Fit]], Explanation]:
     """Evaluate every advert; return the matching ones and the explanation.
 
-    ``invalid`` is the number of adverts the caller already threw away during
-    verification, carried into the explanation so ``cpn find`` can report it.
+    ``invalid`` and ``unreachable`` are the adverts the caller already threw
+    away (failed verification; provider did not answer), carried into the
+    explanation so ``cpn find`` can report them.
     """
     matched: list[tuple[Advert, Fit]] = []
     counts: Counter[str] = Counter()
@@ -283,7 +285,11 @@ def explain(
         else:
             counts[fit.failures[0]] += 1
     return matched, Explanation(
-        candidates=total, matched=len(matched), eliminated=dict(counts), invalid=invalid
+        candidates=total,
+        matched=len(matched),
+        eliminated=dict(counts),
+        unreachable=unreachable,
+        invalid=invalid,
     )
 
 

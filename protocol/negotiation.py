@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .envelope import signing_bytes
 from .errors import ProtocolError, ValidationError
-from .identity import public_key_of_peer
+from .identity import check_peer_id_field, public_key_of_peer
 from .identity import validate_peer_id as _validate_peer_id
 from .wire import Message, Struct, message, struct
 
@@ -114,8 +114,8 @@ class Phase(enum.Enum):
 def _check_header(m: Offer | Quote | Refusal | Accept | Agreement | Cancel | JobStatus) -> None:
     if len(m.negotiation_id) != NEGOTIATION_ID_LEN:
         raise ValidationError("negotiation_id", f"must be {NEGOTIATION_ID_LEN} bytes")
-    validate_peer_id(m.submitter)
-    validate_peer_id(m.provider)
+    check_peer_id_field(m.submitter, "submitter")
+    check_peer_id_field(m.provider, "provider")
     if m.submitter == m.provider:
         raise ValidationError("provider", "must differ from submitter")
     if m.seq < 0:
@@ -239,8 +239,8 @@ class Terms(Struct):
     def check(self) -> None:
         if len(self.negotiation_id) != NEGOTIATION_ID_LEN:
             raise ValidationError("negotiation_id", f"must be {NEGOTIATION_ID_LEN} bytes")
-        validate_peer_id(self.submitter)
-        validate_peer_id(self.provider)
+        check_peer_id_field(self.submitter, "submitter")
+        check_peer_id_field(self.provider, "provider")
         for name in ("job_digest", "offer_digest", "quote_digest"):
             _check_digest(getattr(self, name), name)
         if self.price < 0 or self.estimated_start < 0 or self.max_run_s <= 0:

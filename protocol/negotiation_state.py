@@ -46,6 +46,7 @@ from . import cbor
 from .envelope import Signed, open_envelope, public_key_proto_of, seal
 from .errors import LocalProtocolError, ProtocolError
 from .identity import peer_id_from_proto_key
+from .jobspec import JobSpec, check_created_at
 from .negotiation import (
     NEGOTIATION_ID_LEN,
     NEGOTIATION_MESSAGES,
@@ -79,6 +80,12 @@ __all__ = [
     "MAX_OFFER_TTL",
     "MAX_RESERVATION",
     "CLOCK_SKEW",
+    "PROTOCOL_ID",
+    "STATUS_PROTOCOL_ID",
+    "STATUS_ACK",
+    "STEP_TIMEOUT_S",
+    "SESSION_TIMEOUT_S",
+    "OFFER_TTL_S",
     "ReplayCache",
     "MemoryReplayCache",
     "replay_key",
@@ -91,6 +98,14 @@ FRAME_LIMITS: Final = cbor.Limits(max_size=MAX_FRAME, max_depth=16, max_items=40
 MAX_OFFER_TTL: Final = 300  #: seconds an offer may stay valid (bounds the replay cache)
 MAX_RESERVATION: Final = 600  #: seconds a quote may hold capacity
 CLOCK_SKEW: Final = 30  #: seconds of tolerated clock difference between peers
+
+# Wire facts of spec/negotiation.md sections 1 and 7, in one place (node/ serves them).
+PROTOCOL_ID: Final = "/cpn/negotiate/0.1.0"  #: offer .. agreement, one stream per negotiation
+STATUS_PROTOCOL_ID: Final = "/cpn/negotiate/status/0.1.0"  #: one status or cancel per stream
+STATUS_ACK: Final = b"ok"  #: the submitter's answer on the status stream once it stored the event
+STEP_TIMEOUT_S: Final = 10  #: default: one frame read or write
+SESSION_TIMEOUT_S: Final = 30  #: default: a whole negotiation on one stream
+OFFER_TTL_S: Final = 60  #: default: how long an offer a submitter sends stays valid
 
 
 class Role(enum.Enum):
@@ -313,6 +328,7 @@ class Negotiation:
         self.agreement: Signed[Agreement] | None = None
         self.terms_digest: bytes | None = None
         self.last: Signed[Message] | None = None  #: the last applied message, either side
+        self._last_received: bytes | None = None  # the last frame applied from the peer
 
     # ---- public API
 
@@ -373,7 +389,18 @@ class Negotiation:
             self.negotiation_id = signed.message.negotiation_id
         self._check(signed.message, sender, now, raw=signed)
         self._apply(signed, sender)
+        self._last_received = frame
         return signed
+
+    def is_duplicate(self, frame: bytes) -> bool:
+        """True if ``frame`` is byte for byte the last frame applied from the peer.
+
+        A provider that did not get the status stream's acknowledgement sends
+        the same status again (same ``seq``, same bytes); the submitter already
+        applied it, so the machine would reject it (``unexpected_message``).
+        The receiver acknowledges such a duplicate again and applies nothing
+        (spec/negotiation.md section 1).  Survives :meth:`to_record`."""
+        return self._last_received is not None and bytes(frame) == self._last_received
 
     def expire(self, *, now: int) -> bool:
         """Move to ``expired`` if the current state's deadline has passed."""
@@ -546,13 +573,16 @@ class Negotiation:
                 raise ProtocolError("binding_mismatch", "status names other terms than the agreement")
 
     def _check_offer(self, msg: Offer, now: int, *, incoming: bool) -> None:
-        from .jobspec import JobSpec  # the foundation's job spec; imported late to avoid a cycle
-
         if msg.expires_at <= now:
             raise ProtocolError("expired", f"offer expired at {msg.expires_at}, now {now}")
         if msg.expires_at > now + MAX_OFFER_TTL + CLOCK_SKEW:
             raise ProtocolError("expiry_too_far", f"offers live at most {MAX_OFFER_TTL} s")
-        job = open_envelope(msg.job, expected=JobSpec, signer=self.submitter, limits=FRAME_LIMITS)
+        job: Signed[JobSpec] = open_envelope(msg.job, expected=JobSpec, signer=self.submitter, limits=FRAME_LIMITS)
+        if incoming:
+            # jobspec.md "Freshness": a provider runs only recent specs.  Not
+            # checked when sending: a submitter with an old spec learns it from
+            # the provider's refusal instead of a local error.
+            check_created_at(job.message, now=now)
         if incoming:
             assert self.replay_cache is not None
             key = replay_key(self.submitter, msg.negotiation_id)
@@ -635,6 +665,7 @@ class Negotiation:
             "accept": self.accept.raw if self.accept else None,
             "agreement": self.agreement.raw if self.agreement else None,
             "sent": sorted(self._sent),
+            "last_received": self._last_received,
         }
 
     @classmethod
@@ -642,8 +673,6 @@ class Negotiation:
         cls, record: Mapping[str, Any], *, key: Ed25519PrivateKey, replay_cache: ReplayCache | None = None
     ) -> Negotiation:
         """Rebuild a machine from :meth:`to_record` (envelopes are verified again)."""
-        from .jobspec import JobSpec
-
         role = Role(record["role"])
         neg = cls(
             role,
@@ -658,6 +687,7 @@ class Negotiation:
         neg.state = State(record["state"])
         neg._seq = {S: int(record["seq"][0]), P: int(record["seq"][1])}
         neg._sent = set(record["sent"])
+        neg._last_received = record.get("last_received")  # absent in records of older versions
         if record["offer"] is not None:
             neg.offer = open_envelope(record["offer"], expected=Offer, signer=neg.submitter, limits=FRAME_LIMITS)
             neg.job = open_envelope(

@@ -16,17 +16,17 @@ Pure validation: nothing here reads a clock; ``now`` is a parameter.
 from __future__ import annotations
 
 import enum
-import posixpath
 from dataclasses import dataclass
 from hashlib import sha256
 from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .chunks import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, check_digest, chunk_count
+from .chunks import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from .envelope import Signed, open_envelope, public_key_proto_of, seal
 from .errors import LocalProtocolError, ProtocolError, ValidationError
-from .identity import peer_id_from_proto_key, validate_peer_id
+from .identity import check_peer_id_field, peer_id_from_proto_key
+from .jobspec import DIGEST_TEXT_RE
 from .wire import Message, Struct, message, struct
 
 __all__ = [
@@ -52,6 +52,8 @@ MAX_OUTPUTS: Final = 1024
 MAX_DETAIL: Final = 512
 MAX_PATH: Final = 1024
 MAX_GPUS: Final = 64
+#: Exit status of a process killed by SIGKILL (128 + 9), what the OOM killer sends.
+OOM_EXIT_CODE: Final = 137
 
 
 class Outcome(enum.Enum):
@@ -79,20 +81,22 @@ class OutputBlob(Struct):
     chunk_root: str  #: "sha256:<hex>" chunk root (protocol.chunks)
 
     def check(self) -> None:
-        check_digest(self.digest, "digest")
-        check_digest(self.chunk_root, "chunk_root")
+        for name in ("digest", "chunk_root"):
+            if not DIGEST_TEXT_RE.match(getattr(self, name)):
+                raise ValidationError(name, "must be sha256:<64 lowercase hex>")
         if self.size < 0:
             raise ValidationError("size", "must be >= 0")
         if not MIN_CHUNK_SIZE <= self.chunk_size <= MAX_CHUNK_SIZE:
             raise ValidationError("chunk_size", f"must be in {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}")
-        chunk_count(self.size, self.chunk_size)
+        if self.chunk_size & (self.chunk_size - 1):
+            raise ValidationError("chunk_size", "must be a power of two")
         if len(self.path) > MAX_PATH:
             raise ValidationError("path", f"at most {MAX_PATH} characters")
         if self.path:
             if self.path.startswith("/") or "\0" in self.path:
                 raise ValidationError("path", "must be relative, without NUL")
-            if posixpath.normpath(self.path) != self.path or self.path.split("/")[0] == "..":
-                raise ValidationError("path", "must be normalised and stay inside the output directory")
+            if any(part in ("", ".", "..") for part in self.path.split("/")):
+                raise ValidationError("path", "must be normalised (no empty, '.' or '..' segment)")
 
 
 @struct
@@ -140,7 +144,7 @@ class Result(Message):
     submitter: str  #: peer ID that must countersign
     provider: str  #: peer ID of the signer
     outcome: Outcome
-    exit_code: int | None  #: the command's exit status; null if it never exited by itself
+    exit_code: int | None  #: exit status for exited (0..255) and oom (137); null otherwise
     oom: bool
     timed_out: bool
     detail: str  #: human explanation for FAILED/CANCELLED ("" otherwise)
@@ -155,16 +159,25 @@ class Result(Message):
             raise ValidationError("agreement_id", f"must be {AGREEMENT_ID_LEN} bytes")
         if len(self.job_digest) != DIGEST_LEN:
             raise ValidationError("job_digest", f"must be {DIGEST_LEN} bytes")
-        validate_peer_id(self.submitter)
-        validate_peer_id(self.provider)
+        check_peer_id_field(self.submitter, "submitter")
+        check_peer_id_field(self.provider, "provider")
         if self.oom != (self.outcome is Outcome.OOM):
             raise ValidationError("oom", "set exactly when the outcome is oom")
         if self.timed_out != (self.outcome is Outcome.TIMEOUT):
             raise ValidationError("timed_out", "set exactly when the outcome is timeout")
-        if self.outcome is Outcome.EXITED and self.exit_code is None:
-            raise ValidationError("exit_code", "an exited run has an exit code")
-        if self.exit_code is not None and not 0 <= self.exit_code <= 255:
-            raise ValidationError("exit_code", "must be 0..255")
+        # The container's exit status when its process ended without the
+        # provider stopping it: by itself (exited) or by the kernel's OOM
+        # killer (oom, SIGKILL: 137).  Null when the provider stopped it or it
+        # never ran (spec/execution.md 1.1).
+        if self.outcome in (Outcome.EXITED, Outcome.OOM):
+            if self.exit_code is None:
+                raise ValidationError("exit_code", f"an {self.outcome.value} run has an exit code")
+            if not 0 <= self.exit_code <= 255:
+                raise ValidationError("exit_code", "must be 0..255")
+            if self.outcome is Outcome.OOM and self.exit_code != OOM_EXIT_CODE:
+                raise ValidationError("exit_code", f"an OOM-killed run exits with {OOM_EXIT_CODE}")
+        elif self.exit_code is not None:
+            raise ValidationError("exit_code", f"must be null for outcome {self.outcome.value}")
         if len(self.detail) > MAX_DETAIL:
             raise ValidationError("detail", f"at most {MAX_DETAIL} characters")
         if len(self.outputs) > MAX_OUTPUTS:

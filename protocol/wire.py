@@ -29,7 +29,19 @@ from typing import Any, ClassVar, TypeVar
 from . import cbor
 from .errors import LocalProtocolError, ProtocolError, ValidationError
 
-__all__ = ["Struct", "Message", "struct", "message", "REGISTRY", "to_wire", "from_wire"]
+__all__ = [
+    "Struct",
+    "Message",
+    "struct",
+    "message",
+    "REGISTRY",
+    "to_wire",
+    "from_wire",
+    "uvarint",
+    "encode_frame",
+    "decode_frame",
+    "MAX_VARINT_BYTES",
+]
 
 T = TypeVar("T")
 S = TypeVar("S", bound="Struct")
@@ -324,3 +336,61 @@ def to_wire(value: Struct) -> dict[str, Any]:
 
 def from_wire(cls: type[S], obj: Any) -> S:
     return cls.from_wire(obj)
+
+
+# --------------------------------------------------------------------------- framing
+#
+# Stream protocols carry one message per frame: ``uvarint(len(body)) || body``
+# (spec/negotiation.md section 1).  The length is read before the body, so a
+# receiver refuses an oversize frame without reading (or buffering) it.
+
+#: Longest length prefix a receiver reads (a 64-bit length needs 10 bytes).
+MAX_VARINT_BYTES = 10
+
+
+def uvarint(n: int) -> bytes:
+    """Unsigned LEB128 (multiformats unsigned-varint), shortest form."""
+    if n < 0:
+        raise LocalProtocolError("uvarint of a negative number")
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_frame(body: bytes) -> bytes:
+    """One frame: the body's length as a uvarint, then the body."""
+    return uvarint(len(body)) + bytes(body)
+
+
+def decode_frame(data: bytes | bytearray, max_size: int) -> tuple[bytes, int] | None:
+    """Split the first frame off ``data``: ``(body, bytes consumed)``, or None
+    when more bytes are needed.
+
+    Raises ``ProtocolError('malformed')`` for a length prefix longer than
+    :data:`MAX_VARINT_BYTES` and ``ProtocolError('oversize')`` as soon as the
+    prefix says more than ``max_size``, before any byte of the body is needed.
+    """
+    n = shift = 0
+    i = 0
+    while True:
+        if i >= len(data):
+            return None
+        b = data[i]
+        n |= (b & 0x7F) << shift
+        shift += 7
+        i += 1
+        if not b & 0x80:
+            break
+        if i >= MAX_VARINT_BYTES:
+            raise ProtocolError("malformed", "frame length prefix longer than 10 bytes")
+    if n > max_size:
+        raise ProtocolError("oversize", f"frame of {n} bytes exceeds limit {max_size}")
+    if len(data) < i + n:
+        return None
+    return bytes(data[i : i + n]), i + n

@@ -220,3 +220,104 @@ def test_metric_rules() -> None:
     with pytest.raises(ValidationError) as err:
         m.replace(type="GPU Memory")
     assert err.value.field == "type"
+
+
+# ----------------------------------------------------------------- the model table
+
+
+def _spec_model_table() -> tuple[dict[str, set[str]], list[tuple[str, str]]]:
+    """The model table and rules as spec/identifiers.md §2.1 writes them."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "spec" / "identifiers.md").read_text()
+    section = text[text.index("### 2.1") : text.index("### 2.2")]
+    table: dict[str, set[str]] = {}
+    rules: list[tuple[str, str]] = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if len(cells) == 2 and cells[0].startswith("`"):
+            table[cells[0].strip("`")] = set(re.findall(r"`([a-z0-9]+)`", cells[1]))
+        elif len(cells) >= 3 and cells[0].isdigit():
+            row = line.split("|", 3)[3].rsplit("|", 1)[0]
+            for pattern in re.findall(r"`([^`]+)`", row.replace("\\|", "|")):
+                rules.append((cells[1].strip("`"), pattern))
+    return table, rules
+
+
+def test_spec_model_table_is_the_code_table() -> None:
+    from protocol.resources import KNOWN_MODELS, MODEL_PREFIXES
+
+    table, rules = _spec_model_table()
+    assert table == {vendor: set(models) for vendor, models in KNOWN_MODELS.items()}
+    code_rules = [(vendor, alt) for vendor, pattern in MODEL_PREFIXES for alt in _alternatives(pattern.pattern)]
+    assert rules == code_rules
+
+
+def _alternatives(pattern: str) -> list[str]:
+    """Split a top-level alternation ``a|b`` (a group ``(x|y)z`` stays whole)."""
+    out, depth, start = [], 0, 0
+    for i, c in enumerate(pattern):
+        depth += c == "("
+        depth -= c == ")"
+        if c == "|" and depth == 0:
+            out.append(pattern[start:i])
+            start = i + 1
+    out.append(pattern[start:])
+    return [p.replace("(?:", "(") for p in out]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["H100", "h100", "rtx 4090", "a100-40g", "NVIDIA H100 80GB HBM3", "2xh100-80g", "MI300X", "l4"],
+)
+def test_one_normalisation_for_every_source(name: str) -> None:
+    """Probe names, typed names and what ``cpn find`` prints reach the same token."""
+    from protocol.resources import parse_gpu_name
+
+    parsed = parse_gpu_name(name)
+    assert normalise_gpu_model(name) == (parsed.vendor or "other", parsed.model)
+    # the printed form of a device (model-tier) normalises back to the device's model
+    assert parse_gpu_name(f"{parsed.model}-{memory_tier(81559)}").model == parsed.model
+
+
+def test_tier_floor_is_below_every_device_of_the_tier() -> None:
+    from protocol.resources import parse_gpu_name, tier_floor_mib
+
+    first: dict[str, int] = {}
+    for mib in range(1, 200 * 1024):
+        first.setdefault(memory_tier(mib), mib)
+    for tier, lowest in first.items():
+        gb = int(tier[:-1])
+        assert tier_floor_mib(gb) <= lowest, tier
+    assert parse_gpu_name("a100-40g").min_memory_mib == tier_floor_mib(40) == 36864
+
+
+def test_protocol_has_no_import_cycle() -> None:
+    """protocol.identifiers imported protocol.jobspec and back (issue 11): no cycles,
+    counting imports inside functions too."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "protocol"
+    graph: dict[str, set[str]] = {}
+    for path in root.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                deps.update(n.split(".")[0] for n in names)
+        graph[path.stem] = deps - {path.stem}
+
+    def reach(start: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(graph.get(start, ()))
+        while todo:
+            n = todo.pop()
+            if n not in seen:
+                seen.add(n)
+                todo.extend(graph.get(n, ()))
+        return seen
+
+    cycles = sorted(m for m in graph if m in reach(m))
+    assert cycles == []

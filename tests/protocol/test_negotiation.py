@@ -399,3 +399,63 @@ def test_random_sequences_never_escape_the_table(role: Role, ops: list[tuple[int
 
         assert TRANSITIONS[(before, event_of(event.message), role.other)] is m.state
         assert isinstance(m.state, State)
+
+
+@pytest.mark.parametrize(
+    ("created_at", "reason"),
+    [(T0 + 301, "from_future"), (T0 - 86401, "expired"), (T0 + 300, None), (T0 - 86400, None)],
+)
+def test_provider_checks_the_freshness_of_the_offered_spec(created_at: int, reason: str | None) -> None:
+    """jobspec.md "Freshness", applied to every offer (negotiation.md §5); a failing
+    offer is not remembered, so the same ID with a fresh spec is not a replay."""
+    sub, prov = V.pair()
+    frame = sub.send_offer(V.job_envelope(SK, created_at=created_at), expires_at=T0 + 60, now=T0)
+    prov.receive_data(frame)
+    if reason is None:
+        assert prov.next_event(now=T0) is not NEED_DATA
+        assert prov.state is State.OFFERED
+        return
+    with pytest.raises(ProtocolError) as exc:
+        prov.next_event(now=T0)
+    assert exc.value.reason == reason
+    assert prov.state is State.IDLE
+    assert prov.replay_cache is not None and len(prov.replay_cache) == 0  # type: ignore[arg-type]
+
+
+def test_a_resent_status_is_recognised_after_a_restore() -> None:
+    """negotiation.md §1.3: a provider that lost the "ok" sends the same frame again;
+    the submitter (restored from storage) sees it is the one it applied."""
+    sub, prov = V.pair()
+    deliver(sub.send_offer(V.job_envelope(SK), expires_at=T0 + 60, now=T0), prov)
+    deliver(prov.send_quote(price=1, estimated_start=T0, queue_position=0, reservation_expires_at=T0 + 30,
+                            gpu_models=(), now=T0), sub)
+    deliver(sub.send_accept(now=T0), prov)
+    deliver(prov.send_agreement(now=T0), sub)
+    status = prov.send_status(Phase.RUNNING, at=T0 + 1, now=T0 + 1)
+    assert not sub.is_duplicate(status)
+    deliver(status, sub, T0 + 1)
+    restored = Negotiation.from_record(cbor.decode(cbor.encode(sub.to_record())), key=SK)
+    assert restored.is_duplicate(status)
+    assert not restored.is_duplicate(prov.send_status(Phase.FINISHED, at=T0 + 2, exit_code=0, now=T0 + 2))
+    restored.receive_data(status)  # applying it again is not allowed
+    with pytest.raises(ProtocolError) as exc:
+        restored.next_event(now=T0 + 1)
+    assert exc.value.reason == "unexpected_message"
+    older = sub.to_record()
+    del older["last_received"]  # a record stored before this field existed
+    assert not Negotiation.from_record(older, key=SK).is_duplicate(status)
+
+
+def test_frames_split_on_the_length_prefix() -> None:
+    from protocol.wire import decode_frame, encode_frame
+
+    data = encode_frame(b"abc") + encode_frame(b"") + encode_frame(b"x" * 300)[:5]
+    assert decode_frame(data, 1000) == (b"abc", 4)
+    assert decode_frame(data[4:], 1000) == (b"", 1)
+    assert decode_frame(data[5:], 1000) is None  # needs the rest of the body
+    assert decode_frame(b"", 1000) is None
+    assert decode_frame(b"\x80", 1000) is None  # needs the rest of the prefix
+    with pytest.raises(ProtocolError, match="oversize"):
+        decode_frame(encode_frame(b"x" * 11)[:2], 10)  # refused on the prefix alone
+    with pytest.raises(ProtocolError, match="malformed"):
+        decode_frame(b"\xff" * 10, 1 << 20)

@@ -128,3 +128,39 @@ def test_outcomes_with_their_flags_are_valid() -> None:
     assert Result.decode(t.encode()).timed_out
     f = result(outcome=Outcome.FAILED, exit_code=None, detail="image refused", outputs=())
     assert Result.decode(f.encode()).outcome is Outcome.FAILED
+
+
+@pytest.mark.parametrize(
+    ("changes", "ok"),
+    [
+        ({"outcome": Outcome.OOM, "oom": True, "exit_code": 137}, True),
+        ({"outcome": Outcome.OOM, "oom": True, "exit_code": None}, False),
+        ({"outcome": Outcome.OOM, "oom": True, "exit_code": 1}, False),
+        ({"outcome": Outcome.TIMEOUT, "timed_out": True, "exit_code": None}, True),
+        ({"outcome": Outcome.TIMEOUT, "timed_out": True, "exit_code": 137}, False),
+        ({"outcome": Outcome.CANCELLED, "exit_code": 0}, False),
+        ({"outcome": Outcome.FAILED, "exit_code": 0}, False),
+        ({"outcome": Outcome.EXITED, "exit_code": 137}, True),  # a job that killed itself
+    ],
+)
+def test_exit_code_only_when_the_process_ended_on_its_own(changes: dict[str, Any], ok: bool) -> None:
+    """execution.md 1.1: exit_code for exited (0..255) and oom (137), null otherwise."""
+    if ok:
+        r = result(**changes)
+        assert Result.decode(r.encode()) == r
+    else:
+        with pytest.raises(ValidationError) as exc:
+            result(**changes)
+        assert exc.value.field == "exit_code"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("digest", "sha256:" + "0" * 64 + "\n"), ("chunk_root", "md5:0"), ("chunk_size", 4097), ("chunk_size", 2048)],
+)
+def test_output_blob_rules_are_invalid_field(field: str, value: Any) -> None:
+    ok: dict[str, Any] = dict(path="out/a", digest="sha256:" + "0" * 64, size=0, chunk_size=1 << 20,
+                              chunk_root="sha256:" + "0" * 64)
+    with pytest.raises(ValidationError) as exc:
+        OutputBlob(**{**ok, field: value})
+    assert exc.value.field == field

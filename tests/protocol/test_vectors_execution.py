@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from node.ledger import entry_hash
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, ValidationError
 from protocol.result import verify_receipt, verify_result
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +25,13 @@ VECTORS: list[dict[str, Any]] = CONTENT["vectors"]
 def _run(v: dict[str, Any]) -> dict[str, Any]:
     inp, op = v["input"], v["operation"]
     if op == "result.open":
-        signed = verify_result(bytes.fromhex(inp["envelope_hex"]), provider=inp.get("provider"))
+        signed = verify_result(
+            bytes.fromhex(inp["envelope_hex"]),
+            provider=inp.get("provider"),
+            submitter=inp.get("submitter"),
+            agreement_id=bytes.fromhex(inp["agreement_id_hex"]) if "agreement_id_hex" in inp else None,
+            job_digest=bytes.fromhex(inp["job_digest_hex"]) if "job_digest_hex" in inp else None,
+        )
         m = signed.message
         return {
             "outcome": "accept", "signer": signed.signer, "result_outcome": m.outcome.value,
@@ -50,6 +56,8 @@ def _run(v: dict[str, Any]) -> dict[str, Any]:
 def test_vector(v: dict[str, Any]) -> None:
     try:
         got = _run(v)
+    except ValidationError as exc:
+        got = {"outcome": "reject", "reason": exc.reason, "field": exc.field}
     except ProtocolError as exc:
         got = {"outcome": "reject", "reason": exc.reason}
     assert got == v["expected"]
@@ -59,8 +67,10 @@ def test_file_header_and_coverage() -> None:
     assert (CONTENT["area"], CONTENT["spec"]) == ("execution", "execution.md")
     reasons = {v["expected"].get("reason") for v in VECTORS}
     for needed in ("bad_signature", "wrong_signer", "wrong_countersigner", "digest_mismatch",
-                   "unexpected_type", "invalid_field"):
+                   "unexpected_type", "invalid_field", "binding_mismatch"):
         assert needed in reasons
+    outcomes = {v["expected"].get("result_outcome") for v in VECTORS}
+    assert {"exited", "oom", "timeout", "cancelled", "failed"} <= outcomes
     assert sum(v["expected"]["outcome"] == "accept" for v in VECTORS) >= 4
 
 

@@ -30,6 +30,20 @@ def _bad(name: str, description: str, hex_bytes: str, reason: str, limits: dict[
     return _dec(name, description, hex_bytes, reject(reason), limits)
 
 
+def _arrays(levels: int, inner: Any) -> Any:
+    value = inner
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def _maps(levels: int) -> Any:
+    value: Any = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
 def _cbor_vectors() -> list[dict[str, Any]]:
     nested16 = "81" * 15 + "80"
     nested17 = "81" * 16 + "80"
@@ -117,6 +131,44 @@ def _cbor_vectors() -> list[dict[str, Any]]:
         _bad("too-many-map-entries", "map of 2 with max_items 1", "a2616101616202", "too_many_items", {"max_size": 1 << 20, "max_depth": 16, "max_items": 1}),
         _bad("oversize", "9 bytes with max_size 8", "1b0000000100000000", "oversize", {"max_size": 8, "max_depth": 16, "max_items": 4096}),
         _bad("too-deep-custom", "depth 3 with max_depth 2", "818180", "too_deep", {"max_size": 1 << 20, "max_depth": 2, "max_items": 4096}),
+        _ok("nested-16-holding-int", "an integer at depth 16 inside 16 nested arrays: only arrays and maps are limited",
+            "81" * 16 + "00", _arrays(16, 0)),
+        _ok("nested-maps-16", "16 nested maps {\"a\": ...}: the default depth limit", "a16161" * 15 + "a0", _maps(16)),
+        _bad("nested-maps-17", "17 nested maps exceed the default depth", "a16161" * 16 + "a0", "too_deep"),
+        _bad("map-key-too-deep", "an array as map key at depth 16 is too deep before it is a bad key", "81" * 15 + "a1" + "80" + "00", "too_deep"),
+        # ---- order of checks on one head (spec/encoding.md 1.3)
+        _bad("too-deep-before-too-many-items", "an array head at depth 16 claiming 2^64-1 items: depth is checked first",
+             "81" * 16 + "9bffffffffffffffff", "too_deep"),
+        _bad("non-canonical-head-before-too-deep", "a non-canonical array length at depth 16: the argument is read first",
+             "81" * 16 + "9800", "non_canonical"),
+        _bad("indefinite-head-before-too-deep", "an indefinite array at depth 16: the argument is read first",
+             "81" * 16 + "9f", "indefinite_length"),
+        _bad("reserved-head-before-too-deep", "additional information 28 on an array at depth 16", "81" * 16 + "9c", "malformed"),
+        _bad("non-canonical-head-before-too-many-items", "array length 3 in a two-byte argument with max_items 2",
+             "990003010203", "non_canonical", {"max_size": 1 << 20, "max_depth": 16, "max_items": 2}),
+        _bad("truncated-head-before-too-many-items", "a two-byte array length cut short, with max_items 0",
+             "9900", "truncated", {"max_size": 1 << 20, "max_depth": 16, "max_items": 0}),
+        _bad("too-many-items-before-truncated", "an array of 3 with one element present, max_items 2: the count is checked on the head",
+             "8301", "too_many_items", {"max_size": 1 << 20, "max_depth": 16, "max_items": 2}),
+        _bad("oversize-before-anything", "a float (forbidden) of 9 bytes with max_size 8: size comes first",
+             "fb3ff199999999999a", "oversize", {"max_size": 8, "max_depth": 16, "max_items": 4096}),
+        _bad("tag-argument-not-read", "a tag whose one-byte argument is missing: rejected on the initial byte", "d8", "forbidden_type"),
+        _bad("simple-argument-not-read", "a two-byte simple value cut short: rejected on the initial byte", "f8", "forbidden_type"),
+        _bad("non-canonical-length-before-body", "a one-byte length 1 with the body missing: the argument is checked first",
+             "5801", "non_canonical"),
+        _bad("truncated-before-utf8", "a text string cut inside a UTF-8 sequence", "62c3", "truncated"),
+        _bad("non-canonical-before-trailing", "a non-canonical integer followed by another byte", "181700", "non_canonical"),
+        _bad("map-key-repeated-later", "keys a, b, a: the second a sorts before b (non_canonical, not duplicate_key)",
+             "a3616101616202616103", "non_canonical"),
+        _bad("map-key-truncated-before-bad-key", "a map key that is an array cut short: the key is read first", "a181", "truncated"),
+        _bad("map-bad-key-before-order", "a byte-string key after a text key: bad_map_key before any order check",
+             "a2616101410002", "bad_map_key"),
+        _bad("map-duplicate-before-value", "a duplicate key whose value is missing: duplicate_key is found before the value",
+             "a261610161 61".replace(" ", ""), "duplicate_key"),
+        _bad("map-int-key-text-order", "text key before integer key is out of order", "a2616101 0102".replace(" ", ""), "non_canonical"),
+        _bad("max-items-zero", "an array of one item with max_items 0", "8100", "too_many_items",
+             {"max_size": 1 << 20, "max_depth": 16, "max_items": 0}),
+        _ok("max-items-exact", "an array of exactly max_items items", "83010203", [1, 2, 3]),
     ]
     return v
 
@@ -156,4 +208,4 @@ def _peer_id_vectors() -> list[dict[str, Any]]:
 
 
 def generate() -> dict[str, Any]:
-    return vector_file("encoding", "encoding.md", 1, _cbor_vectors() + _peer_id_vectors())
+    return vector_file("encoding", "encoding.md", 2, _cbor_vectors() + _peer_id_vectors())

@@ -130,7 +130,7 @@ def generate() -> dict[str, Any]:
         vector("result-impostor-unbound", "Signed by mallory while naming the provider (no expected provider given).", R,
                {"envelope_hex": impostor.raw.hex()}, reject("wrong_signer")),
         vector("result-oom-flag-without-oom-outcome", "oom is true but the outcome is exited.", R,
-               {"envelope_hex": bad_rule_env.hex()}, reject("invalid_field")),
+               {"envelope_hex": bad_rule_env.hex()}, reject("invalid_field", field="oom")),
         vector("receipt-valid", "Submitter countersigns the exact result envelope.", V,
                {"receipt_hex": receipt(submitter, result.raw, digest).hex(), "submitter": sid},
                verified()),
@@ -153,6 +153,7 @@ def generate() -> dict[str, Any]:
         vector("receipt-is-a-result", "A Result envelope offered where a receipt is expected.", V,
                {"receipt_hex": result.raw.hex()}, reject("unexpected_type")),
     ]
+    vectors += _rule_vectors(provider, pid, sid, result)
     receipt_raw = receipt(submitter, result.raw, digest)
     h1 = _entry_hash(1, bytes(32), NOW + 4, receipt_raw)
     vectors.append(vector(
@@ -165,7 +166,95 @@ def generate() -> dict[str, Any]:
         {"seq": 2, "prev_hex": h1.hex(), "recorded_at": NOW + 5, "receipt_hex": receipt_raw.hex()},
         accept(entry_hash_hex=_entry_hash(2, h1, NOW + 5, receipt_raw).hex()),
     ))
-    return vector_file("execution", "execution.md", 1, vectors)
+    return vector_file("execution", "execution.md", 2, vectors)
+
+
+def _signed_wire(key: Ed25519PrivateKey, wire: dict[str, Any]) -> bytes:
+    payload = cbor.encode(wire)
+    return cbor.encode({
+        "key": public_key_proto_of(key), "payload": payload,
+        "sig": key.sign(signing_bytes(Result.DOMAIN, Result.TYPE, payload)), "type": Result.TYPE,
+    })
+
+
+def _rule_vectors(provider: Ed25519PrivateKey, pid: str, sid: str, result: Any) -> list[dict[str, Any]]:
+    """Each outcome, each rule of execution.md 1.1 with its field, each binding of 1.3."""
+    R = "result.open"
+    base = sample_result(provider, sid).to_wire()
+    good = result.message
+
+    def opened(msg: Result) -> dict[str, Any]:
+        m = msg.metering
+        return accept(signer=pid, result_outcome=msg.outcome.value, exit_code=msg.exit_code, wall_ms=m.wall_ms,
+                      cpu_ms=m.cpu_ms, peak_memory_bytes=m.peak_memory_bytes, gpu_ms={g.uuid: g.gpu_ms for g in m.gpus})
+
+    out = []
+    for outcome, flags, code, detail in (
+        (Outcome.EXITED, {}, 137, ""),
+        (Outcome.TIMEOUT, {"timed_out": True}, None, ""),
+        (Outcome.CANCELLED, {}, None, "cancelled by the submitter"),
+        (Outcome.FAILED, {}, None, "image refused: unsafe_layer"),
+    ):
+        msg = sample_result(provider, sid, outcome=outcome, exit_code=code, detail=detail, **flags)
+        out.append(vector(f"result-{outcome.value}-{code}", f"A valid {outcome.value} result (exit_code {code}).", R,
+                          {"envelope_hex": seal(msg, provider).raw.hex()}, opened(msg)))
+
+    def bad(name: str, description: str, field: str, **changes: Any) -> dict[str, Any]:
+        wire = {**base, **changes}
+        return vector(name, description, R, {"envelope_hex": _signed_wire(provider, wire).hex()},
+                      reject("invalid_field", field=field))
+
+    blob = base["outputs"][0]
+    out += [
+        bad("result-oom-without-exit-code", "An OOM-killed run has exit code 137, not null.", "exit_code",
+            outcome="oom", oom=True, exit_code=None),
+        bad("result-oom-other-exit-code", "An OOM-killed run exits with 137.", "exit_code",
+            outcome="oom", oom=True, exit_code=1),
+        bad("result-timeout-with-exit-code", "A run the provider stopped has no exit code.", "exit_code",
+            outcome="timeout", timed_out=True, exit_code=137),
+        bad("result-failed-with-exit-code", "A run that never ran has no exit code.", "exit_code",
+            outcome="failed", exit_code=0),
+        bad("result-exited-without-exit-code", "A run that ended by itself has an exit code.", "exit_code",
+            exit_code=None),
+        bad("result-exit-code-256", "Exit codes are 0..255.", "exit_code", exit_code=256),
+        bad("result-timeout-flag-missing", "A timeout outcome without the timed_out flag.", "timed_out",
+            outcome="timeout", exit_code=None),
+        bad("result-unknown-outcome", "An outcome outside the list.", "outcome", outcome="crashed"),
+        bad("result-bad-submitter", "The submitter is not an Ed25519 peer ID.", "submitter", submitter="Qm"),
+        bad("result-short-agreement-id", "The agreement ID is 16 bytes.", "agreement_id", agreement_id=bytes(8)),
+        bad("result-output-absolute-path", "Output paths are relative.", "outputs[0].path",
+            outputs=[{**blob, "path": "/etc/passwd"}]),
+        bad("result-output-dot-dot", "Output paths stay inside the output directory.", "outputs[0].path",
+            outputs=[{**blob, "path": "out/../../x"}]),
+        bad("result-output-dot", "A '.' segment is not a file.", "outputs[0].path", outputs=[{**blob, "path": "."}]),
+        bad("result-output-digest-newline", "A digest with a final newline.", "outputs[0].digest",
+            outputs=[{**blob, "digest": blob["digest"] + "\n"}]),
+        bad("result-output-chunk-size", "Chunk sizes are powers of two.", "outputs[0].chunk_size",
+            outputs=[{**blob, "chunk_size": 5000}]),
+        bad("result-outputs-unsorted", "Outputs are sorted by path.", "outputs",
+            outputs=[{**blob, "path": "out/b"}, {**blob, "path": "out/a"}]),
+        bad("result-output-empty-path", "Only the log has the path ''.", "outputs", outputs=[{**blob, "path": ""}]),
+        bad("result-log-path", "The log's path is ''.", "log.path", log={**base["log"], "path": "log.txt"}),
+        bad("result-gpus-unsorted", "Metering GPUs are sorted by uuid.", "metering.gpus",
+            metering={**base["metering"], "gpus": [{"uuid": "b", "gpu_ms": 1}, {"uuid": "a", "gpu_ms": 1}]}),
+        bad("result-finished-before-started", "finished_at is not before started_at.", "finished_at",
+            finished_at=base["started_at"] - 1),
+        bad("result-nested-before-outer", "A bad output path and a bad agreement ID: the output's own rule first.",
+            "outputs[0].path", agreement_id=bytes(8), outputs=[{**blob, "path": "/x"}]),
+    ]
+    sealed = result.raw.hex()
+    out += [
+        vector("result-other-submitter", "A verifier expecting another submitter.", R,
+               {"envelope_hex": sealed, "submitter": pid}, reject("binding_mismatch")),
+        vector("result-other-agreement", "A verifier expecting another agreement.", R,
+               {"envelope_hex": sealed, "agreement_id_hex": bytes(16).hex()}, reject("binding_mismatch")),
+        vector("result-other-job", "A verifier expecting another job.", R,
+               {"envelope_hex": sealed, "job_digest_hex": bytes(32).hex()}, reject("binding_mismatch")),
+        vector("result-bound", "A verifier that knows the agreement: every binding matches.", R,
+               {"envelope_hex": sealed, "provider": pid, "submitter": sid, "agreement_id_hex": good.agreement_id.hex(),
+                "job_digest_hex": good.job_digest.hex()}, opened(good)),
+    ]
+    return out
 
 
 def _entry_hash(seq: int, prev: bytes, recorded_at: int, receipt: bytes) -> bytes:

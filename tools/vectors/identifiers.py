@@ -48,6 +48,70 @@ NAMES = [
     ("NVIDIA", 512, "nvidia", "unknown", "1g"),
 ]
 
+# Model table version 1 (spec/identifiers.md 2.1), written out by hand: one
+# ``model.vendor`` vector per entry.
+TABLE = {
+    "nvidia": ["a10", "a100", "a10g", "a16", "a2", "a30", "a40", "a800", "b100", "b200", "gb200", "gh200",
+               "h100", "h20", "h200", "h800", "k80", "l20", "l4", "l40", "l40s", "p100", "p4", "p40", "t4", "v100"],
+    "amd": ["mi100", "mi210", "mi250", "mi250x", "mi300a", "mi300x", "mi325x", "mi50"],
+    "intel": ["flex140", "flex170", "max1100", "max1550"],
+}  # fmt: skip
+
+# (token, vendor or None, why): the rules for tokens outside the table.
+RULES = [
+    ("rtx4090", "nvidia", "rule 1: rtx..."),
+    ("rtxa6000", "nvidia", "rule 1: rtx..."),
+    ("gtx1080ti", "nvidia", "rule 1: gtx..."),
+    ("titanv", "nvidia", "rule 1: titan..."),
+    ("quadrop6000", "nvidia", "rule 1: quadro... (only a written token: probes drop the brand word)"),
+    ("rtx", "nvidia", "rule 1: the prefix alone matches"),
+    ("mi300", "amd", "rule 2: mi<digits> (not in the table)"),
+    ("mi60x", "amd", "rule 2: mi<digits> and one letter"),
+    ("mi300xx", None, "rule 2 allows one letter after mi<digits>: no rule matches"),
+    ("rx7900xtx", "amd", "rule 2: rx<digits><letters>"),
+    ("w7900", "amd", "rule 2: w<digits>"),
+    ("prow7900", "amd", "rule 2: pro..."),
+    ("arca770", "intel", "rule 3: arc..."),
+    ("max1450", "intel", "rule 3: max<digits> (not in the table)"),
+    ("flex170x", None, "rule 3 wants flex<digits> and nothing after"),
+    ("maxq", None, "rule 3 wants digits after max"),
+    ("h100x", None, "not in the table, no rule: the table is exact"),
+    ("a1000", None, "not in the table, no rule"),
+    ("unknown", None, "what normalisation gives for a name without a model word"),
+    ("rx", None, "rule 2 needs digits after rx"),
+]
+
+# (written name, vendor or None, model, memory_gb or None): spec/identifiers.md 2.2.
+WRITTEN = [
+    ("H100", "nvidia", "h100", None),
+    ("h100", "nvidia", "h100", None),
+    ("rtx 4090", "nvidia", "rtx4090", None),
+    ("RTX-4090", "nvidia", "rtx4090", None),
+    ("GeForce RTX 4090", "nvidia", "rtx4090", None),
+    ("a100-40g", "nvidia", "a100", 40),
+    ("A100 40GB", "nvidia", "a100", 40),
+    ("2xh100-80g", "nvidia", "h100", 80),
+    ("16xa100-40g+mig", "nvidia", "a100", 40),
+    ("NVIDIA H100 80GB HBM3", "nvidia", "h100", 80),
+    ("NVIDIA A100-SXM4-40GB", "nvidia", "a100", 40),
+    ("  nvidia   h100  ", "nvidia", "h100", None),
+    ("MI300X", "amd", "mi300x", None),
+    ("AMD Instinct MI250X/MI250", "amd", "mi250x", None),
+    ("Intel(R) Data Center GPU Max 1550", "intel", "max1550", None),
+    ("NVIDIA Foo 9", "nvidia", "foo9", None),
+    ("Foo 9", None, "foo9", None),
+    ("NVIDIA", "nvidia", "unknown", None),
+    ("", None, "unknown", None),
+    ("80g", None, "unknown", 80),
+    ("h100 0g", "nvidia", "h100", None),
+    ("h100 1234567890g", "nvidia", "h100", None),
+    ("8x", None, "8x", None),
+    ("\u00c4rger-GPU \u2713", None, "rger", None),
+    ("\u0130ntel Max 1550", None, "ntelmax1550", None),
+    ("\u212a80", None, "80", None),
+    ("abcdefghijklmnopqrstuvwxyz0123456789", None, "abcdefghijklmnopqrstuvwxyz012345", None),
+]
+
 VALID_IDS = [
     "cpn:gpu",
     "cpn:gpu/nvidia",
@@ -161,11 +225,24 @@ LOOKUPS: list[tuple[str, str, Resources, list[str]]] = [
     ("a100-or-h100-2-80g", "2 of A100 or H100 with 80 GB: one lookup per model; memory is checked on the advert",
      _req(_g(2, None, ("a100", "h100"), 81920)), ["cpn:gpu/nvidia/a100/x2", "cpn:gpu/nvidia/h100/x2"]),
     ("mi300x-2", "2 MI300X", _req(_g(2, "amd", ("mi300x",))), ["cpn:gpu/amd/mi300x/x2"]),
+    ("rule-vendor", "a model outside the table gets its vendor from a rule (rtx...)",
+     _req(_g(3, None, ("rtx4090",))), ["cpn:gpu/nvidia/rtx4090/x2"]),
+    ("unknown-model-explicit-vendor", "a model of no known vendor is looked up under the stated vendor",
+     _req(_g(1, "amd", ("foo9", "mi300x"))), ["cpn:gpu/amd/foo9", "cpn:gpu/amd/mi300x"]),
 ]
 
 
 def generate() -> dict[str, Any]:
     out: list[dict[str, Any]] = []
+    for vendor, models in TABLE.items():
+        for model in models:
+            out.append(vector(f"model-table-{model}", f"model table version 1: {model} is a {vendor} model",
+                              "model.vendor", {"model": model}, accept(vendor=vendor)))
+    for model, maybe_vendor, why in RULES:
+        out.append(vector(f"model-rule-{model}", why, "model.vendor", {"model": model}, accept(vendor=maybe_vendor)))
+    for n, (name, maybe_vendor, model, memory_gb) in enumerate(WRITTEN):
+        out.append(vector(f"parse-name-{n:02d}-{model}", f"written name {name!r}", "gpu.parse_name", {"name": name},
+                          accept(vendor=maybe_vendor, model=model, memory_gb=memory_gb)))
     for n, (name, mib, vendor, model, tier) in enumerate(NAMES):
         out.append(vector(f"normalise-{n:02d}-{model}-{tier}", f"NVML name {name!r} with {mib} MiB", "gpu.normalise",
                           {"name": name, "memory_mib": mib}, accept(vendor=vendor, model=model, memory_tier=tier)))
@@ -179,4 +256,4 @@ def generate() -> dict[str, Any]:
         out.append(vector(f"ladder-{name}", desc, "ids.advertise", {"resources_hex": resources.encode().hex()}, accept(ids=ids)))
     for name, desc, requirement, ids in LOOKUPS:
         out.append(vector(f"lookup-{name}", desc, "ids.lookup", {"requirement_hex": requirement.encode().hex()}, accept(ids=ids)))
-    return vector_file("identifiers", "identifiers.md", 1, out)
+    return vector_file("identifiers", "identifiers.md", 2, out)

@@ -74,10 +74,20 @@ def sample_spec(**changes: Any) -> JobSpec:
     return spec.replace(**changes) if changes else spec
 
 
-def _mutated(mutate: Callable[[dict[str, Any]], None]) -> bytes:
+def _mutated(mutate: Callable[[dict[str, Any]], Any]) -> bytes:
     wire = copy.deepcopy(sample_spec().to_wire())
     mutate(wire)
-    return cbor.encode(wire)
+    return cbor.encode(getattr(mutate, "replacement", wire))
+
+
+def _replaced_by(value: Any) -> Callable[[dict[str, Any]], None]:
+    """Not a mutation: the payload is ``value`` instead of the spec's map."""
+
+    def mutate(wire: dict[str, Any]) -> None:
+        pass
+
+    mutate.replacement = value  # type: ignore[attr-defined]
+    return mutate
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -96,6 +106,21 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
 
 def _delete(key: str) -> Callable[[dict[str, Any]], None]:
     return lambda wire: wire.pop(key)
+
+
+def _multi(*mutations: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], None]:
+    def mutate(wire: dict[str, Any]) -> None:
+        for m in mutations:
+            m(wire)
+
+    return mutate
+
+
+def _set_key(key: Any, value: Any) -> Callable[[dict[Any, Any]], None]:
+    def mutate(wire: dict[Any, Any]) -> None:
+        wire[key] = value
+
+    return mutate
 
 
 _A = "a" * 64
@@ -145,7 +170,63 @@ _INVALID: list[tuple[str, str, Callable[[dict[str, Any]], None], str, str | None
     ("manifest-media-type", "manifest with a layer media type", _set("image.manifest.media_type", "application/vnd.oci.image.layer.v1.tar"), "invalid_field", "image.manifest.media_type"),
     ("gpu-count-text", "count as text", _set("resources.gpu.count", "2"), "invalid_field", "resources.gpu.count"),
     ("outputs-not-array", "outputs as text", _set("outputs", "/work/out"), "invalid_field", "outputs"),
+    # ---- field paths of every kind of rule
+    ("name-trailing-newline", "a final newline is not part of any pattern", _set("name", "train\n"), "invalid_field", "name"),
+    ("digest-trailing-newline", "a digest followed by a newline", _set("image.config.digest", "sha256:" + _A + "\n"),
+     "invalid_field", "image.config.digest"),
+    ("env-key-trailing-newline", "an environment key followed by a newline", _set("env", {"X\n": "1"}), "invalid_field", "env.X\n"),
+    ("layer-media-type", "a layer with a config media type", _set("image.layers.0.media_type", OCI_CONFIG),
+     "invalid_field", "image.layers[0].media_type"),
+    ("layer-digest", "a layer digest that is not sha256", _set("image.layers.0.digest", "md5:abc"),
+     "invalid_field", "image.layers[0].digest"),
+    ("input-blob-digest", "an input blob digest in upper case", _set("inputs.0.blob.digest", "sha256:" + _A.upper()),
+     "invalid_field", "inputs[0].blob.digest"),
+    ("input-blob-media-type", "an input blob media type without a subtype", _set("inputs.0.blob.media_type", "text"),
+     "invalid_field", "inputs[0].blob.media_type"),
+    ("empty-blob-wrong-root", "a blob of size 0 must have digest and root sha256('')",
+     _set("image.manifest.size", 0), "invalid_field", "image.manifest.chunk_root"),
+    ("gpu-model-unknown-no-vendor", "a model of no known vendor without an explicit vendor",
+     _multi(_set("resources.gpu.vendor", None), _set("resources.gpu.models", ["a100", "zz9"])), "invalid_field",
+     "resources.gpu.models[1]"),
+    ("gpu-cc-amd", "a compute capability with an AMD model", _multi(_set("resources.gpu.vendor", None),
+     _set("resources.gpu.models", ["mi300x"])), "invalid_field", "resources.gpu.min_compute_capability"),
+    ("gpu-models-duplicate", "the same model twice", _set("resources.gpu.models", ["h100", "h100"]),
+     "invalid_field", "resources.gpu.models"),
+    ("gpu-models-too-many", "17 models", _set("resources.gpu.models", [f"m{i:02d}" for i in range(17)]),
+     "invalid_field", "resources.gpu.models"),
+    ("gpu-not-a-map", "the GPU requirement as a list", _set("resources.gpu", [2]), "invalid_field", "resources.gpu"),
+    ("gpu-memory-over", "more than 4 TiB per GPU", _set("resources.gpu.min_memory_mib", (1 << 22) + 1),
+     "invalid_field", "resources.gpu.min_memory_mib"),
+    ("command-too-many", "257 entries in command and args together", _set("command", ["/bin/true"] * 256),
+     "invalid_field", "command"),
+    ("arg-too-long", "an argument of 4097 characters", _set("args", ["x" * 4097]), "invalid_field", "args[0]"),
+    ("env-too-many", "257 environment variables", _set("env", {f"V{i}": "" for i in range(257)}), "invalid_field", "env"),
+    ("inputs-duplicate-path", "two inputs mounted at the same path",
+     lambda w: w["inputs"].append(copy.deepcopy(w["inputs"][0])), "invalid_field", "inputs[1].path"),
+    ("output-is-input", "an output path equal to an input path", _set("outputs", ["/data/train.csv"]),
+     "invalid_field", "outputs[0]"),
+    ("outputs-too-many", "65 outputs", _set("outputs", [f"/o/{i}" for i in range(65)]), "invalid_field", "outputs"),
+    ("workdir-dev", "a working directory under /dev", _set("workdir", "/dev/shm"), "invalid_field", "workdir"),
+    ("path-too-long", "a container path of 1025 characters", _set("workdir", "/" + "a" * 1024), "invalid_field", "workdir"),
+    ("nonce-null", "a required field given as null", _set("nonce", None), "invalid_field", "nonce"),
+    ("created-at-over", "created_at beyond 2^40", _set("created_at", (1 << 40) + 1), "invalid_field", "created_at"),
+    ("max-price-over", "max_price beyond 2^63-1", _set("max_price", 1 << 63), "invalid_field", "max_price"),
+    ("network-null", "network as null", _set("network", None), "invalid_field", "network"),
+    ("not-a-map", "the payload is an array", _replaced_by([1, 2]), "invalid_field", "JobSpec"),
+    # ---- decoding order (encoding.md section 2)
+    ("unknown-and-missing", "an unknown field and a missing one: unknown_field first",
+     _multi(_delete("nonce"), _set("priority", 1)), "unknown_field", None),
+    ("nested-missing-before-outer-rule", "resources lacks disk_mib and the name is bad: the nested key set comes first",
+     _multi(_set("name", "a/b"), lambda w: w["resources"].pop("disk_mib")), "missing_field", None),
+    ("field-type-before-later-missing", "the name is an integer and resources lacks disk_mib: name comes first",
+     _multi(_set("name", 1), lambda w: w["resources"].pop("disk_mib")), "invalid_field", "name"),
+    ("nested-rule-before-outer-rule", "a bad GPU count and a bad name: the nested rule comes first",
+     _multi(_set("name", "a/b"), _set("resources.gpu.count", 0)), "invalid_field", "resources.gpu.count"),
+    ("integer-key", "an integer key in the job spec map", _set_key(1, 0), "unknown_field", None),
 ]
+
+
+
 
 
 def _spec_vectors() -> list[dict[str, Any]]:
@@ -194,30 +275,41 @@ def _reordered(data: bytes) -> bytes:
 
 def _signed_vectors() -> list[dict[str, Any]]:
     submitter = seed("jobspec/submitter")
-    signed = seal(sample_spec(), key_from_seed(submitter))
+    key = key_from_seed(submitter)
+    signed = seal(sample_spec(), key)
+    ok = accept(signer=signed.signer, job_digest_hex=signed.digest.hex())
+    other = seal(sample_spec(), key_from_seed(seed("jobspec/other")))
+
+    def opened(name: str, description: str, raw: bytes, now: int, expected: dict[str, Any]) -> dict[str, Any]:
+        return vector(name, description, "jobspec.open",
+                      {"envelope_hex": raw.hex(), "now": now, "submitter_seed_hex": submitter.hex()}, expected)
+
+    bad_spec = sample_spec().to_wire()
+    bad_spec["timeouts"]["run_s"] = 0
+    invalid = _sealed_payload(key, cbor.encode(bad_spec))
     return [
-        vector(
-            "signed-jobspec",
-            "a job spec sealed by its submitter; the job is identified by sha256 of the envelope",
-            "jobspec.open",
-            {"envelope_hex": signed.raw.hex(), "now": NOW},
-            accept(signer=signed.signer, job_digest_hex=signed.digest.hex(), submitter_seed_hex=submitter.hex()),
-        ),
-        vector(
-            "signed-jobspec-expired",
-            "a spec created more than 24 h before now is refused",
-            "jobspec.open",
-            {"envelope_hex": signed.raw.hex(), "now": NOW + 24 * 3600 + 1},
-            reject("expired"),
-        ),
-        vector(
-            "signed-jobspec-from-future",
-            "a spec created more than 300 s after now is refused",
-            "jobspec.open",
-            {"envelope_hex": signed.raw.hex(), "now": NOW - 301},
-            reject("from_future"),
-        ),
+        opened("signed-jobspec", "a job spec sealed by its submitter; the job is identified by sha256 of the envelope",
+               signed.raw, NOW, ok),
+        opened("signed-jobspec-oldest", "created exactly 86400 s before now: still fresh", signed.raw, NOW + 86400, ok),
+        opened("signed-jobspec-expired", "created 86401 s before now: expired", signed.raw, NOW + 86401, reject("expired")),
+        opened("signed-jobspec-newest", "created exactly 300 s after now: tolerated clock skew", signed.raw, NOW - 300, ok),
+        opened("signed-jobspec-from-future", "created 301 s after now", signed.raw, NOW - 301, reject("from_future")),
+        opened("signed-jobspec-other-signer", "signed by another key: the signer is whoever signed (checked by the caller)",
+               other.raw, NOW, accept(signer=other.signer, job_digest_hex=other.digest.hex())),
+        opened("signed-jobspec-invalid-before-fresh", "an invalid spec that is also expired: the payload is checked first",
+               invalid, NOW + 86401, reject("invalid_field", field="timeouts.run_s")),
+        opened("signed-jobspec-not-a-jobspec", "an envelope of another type (a Tombstone, tag 17)",
+               _sealed_payload(key, cbor.encode({"peer_id": signed.signer, "seq": 1, "issued_at": NOW}), tag=17,
+                               domain="cpn/discovery/tombstone"), NOW, reject("unexpected_type")),
     ]
+
+
+def _sealed_payload(key: Any, payload: bytes, *, tag: int = 1, domain: str = "cpn/jobspec") -> bytes:
+    """An envelope around arbitrary payload bytes (seal() would refuse an invalid spec)."""
+    from protocol.envelope import public_key_proto_of, signing_bytes
+
+    return cbor.encode({"key": public_key_proto_of(key), "payload": payload,
+                        "sig": key.sign(signing_bytes(domain, tag, payload)), "type": tag})
 
 
 def _chunk_vectors() -> list[dict[str, Any]]:
@@ -248,4 +340,4 @@ def _chunk_vectors() -> list[dict[str, Any]]:
 
 
 def generate() -> dict[str, Any]:
-    return vector_file("jobspec", "jobspec.md", 1, _spec_vectors() + _signed_vectors() + _chunk_vectors())
+    return vector_file("jobspec", "jobspec.md", 3, _spec_vectors() + _signed_vectors() + _chunk_vectors())
