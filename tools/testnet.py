@@ -2,7 +2,10 @@
 
     tools/testnet up -n 5 [--fake-gpus mix|SPEC[;SPEC...]] [--execution 0,1]
                                                              start, wait until healthy, print table
+    tools/testnet up --nat [--topology SPEC] [--rate R] [--no-nodes]
+                                                             the NAT testbed (root; see below)
     tools/testnet status                                     health of each node
+    tools/testnet exec HOST -- CMD...                        CMD in a host's namespace
     tools/testnet down                                       stop exactly those PIDs, remove state
 
 State lives in ``.testnet/`` at the repository root (gitignored; or in
@@ -37,6 +40,29 @@ module ``up`` fails naming it, or with ``--netem-optional`` warns and goes on
 without.  Every namespace and link is written to ``state.json`` *before* it is
 created, so ``down`` removes exactly those (and stops exactly its PIDs) even
 after an ``up`` that failed half-way or was killed.
+
+``--nat`` (root only; also needs nftables) builds the NAT testbed of
+``tools/netlab.py`` and runs one node per host in it:
+
+    tools/testnet up --nat [--topology SPEC] [--rate 100mbit] [--no-nodes]
+    tools/testnet exec HOST -- CMD...          run CMD in HOST's namespace
+
+A public segment (198.51.100.0/24, a bridge in ``cpn-tn-<id>-hub``) holds the
+public hosts and the WAN side of one router namespace per private segment;
+the routers NAT with nftables: ``eim`` (port-preserving masquerade:
+endpoint-independent mapping), ``symmetric`` (``masquerade fully-random``),
+``firewall`` (no NAT, public 203.0.113.x hosts, new inbound connections
+dropped).  The default topology is pub-0..2 (pub-0 the bootstrap node),
+eim1-0, eim2-0, sym1-0, sym2-0, fw1-0, fw2-0; ``--topology
+'pub=public:2,home=eim:1'`` (or a JSON list, see tools/netlab.py) changes
+it.  Every node listens on its own address (private ones behind NATs), so
+today a node behind a router can dial out (to the bootstrap node) but
+nobody can dial it.  ``--rate`` shapes each link to the public segment with
+TBF in both directions (this kernel has no sch_netem for delay).
+``--no-nodes`` builds only the network (for experiments; ``exec`` runs a
+command in a host).  ``status`` prints the hosts, their addresses and the
+address the public segment sees; ``down`` deletes every namespace (and so
+every link, bridge and nft table) it made.  Docs: docs/testbed.md.
 """
 
 from __future__ import annotations
@@ -44,7 +70,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -62,6 +87,9 @@ CPN = [str(ROOT / ".venv" / "bin" / "cpn")]
 MIX = ["h100:8", "a100-40g:2", "rtx4090:1", "none", "l4:4", "h100:1,a100-80g:1", "t4:2", "l40s:2"]
 
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import netlab  # noqa: E402  (tools/netlab.py)
 
 
 def _fake_for(spec: str | None, i: int) -> str | None:
@@ -97,8 +125,7 @@ NETEM_HINT = (
 )
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+_ip = netlab.ip
 
 
 def _must(proc: subprocess.CompletedProcess[str], what: str) -> None:
@@ -110,15 +137,15 @@ def _node_ip(i: int) -> str:
     return f"169.254.{1 + i // 250}.{1 + i % 250}"
 
 
-def _netns_preflight() -> None:
+def _netns_preflight(flag: str = "--netns") -> None:
     if os.geteuid() != 0:
         raise SystemExit(
-            "testnet: --netns needs root (it creates network namespaces, veth pairs and a bridge); "
-            "run it as root, or leave out --netns for the 127.0.0.1 testnet"
+            f"testnet: {flag} needs root (it creates network namespaces, veth pairs and a bridge); "
+            f"run it as root, or leave out {flag} for the 127.0.0.1 testnet"
         )
-    for tool in ("ip", "nsenter"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"testnet: --netns needs `{tool}` (apt-get install iproute2 util-linux)")
+    reason = netlab.preflight(nat=flag == "--nat")
+    if reason:
+        raise SystemExit(f"testnet: {flag} {reason}")
 
 
 def _net_setup(n: int, netem: str | None, netem_optional: bool) -> None:
@@ -127,11 +154,7 @@ def _net_setup(n: int, netem: str | None, netem_optional: bool) -> None:
     Each resource is recorded in ``_NET`` and saved *before* it is created, so a
     failure at any point leaves ``down`` a complete list to remove."""
     global _NET
-    existing = _ip("netns", "list").stdout.split()
-    while True:  # an id no namespace here uses yet (another testnet's stay untouched)
-        prefix = f"cpn-tn-{secrets.token_hex(2)}-"
-        if not any(name.startswith(prefix) for name in existing):
-            break
+    prefix = netlab.new_prefix()  # another testnet's namespaces stay untouched
     hub, bridge = prefix + "hub", prefix + "br"
     _NET = {"prefix": prefix, "hub": hub, "bridge": bridge, "namespaces": [], "links": [],
             "netem": ""}
@@ -185,29 +208,44 @@ def _net_setup(n: int, netem: str | None, netem_optional: bool) -> None:
     _save([])
 
 
+def _nat_setup(topology: list[dict[str, Any]], rate: str | None) -> dict[str, Any]:
+    """Plan and build the NAT testbed; every resource is saved before it is made."""
+    global _NET
+    layout = netlab.plan(topology, netlab.new_prefix())
+    _NET = {"mode": "nat", "prefix": layout["prefix"], "hub": layout["hub"],
+            "namespaces": [], "links": [], "rate": rate or "", "layout": layout}
+    netlab.build(layout, _NET, on_change=lambda: _save([]), rate=rate)
+    _save([])
+    return layout
+
+
 def _net_teardown(net: dict[str, Any]) -> list[str]:
     """Delete exactly the links and namespaces in ``net``; returns what is left over."""
-    for ns, dev in reversed(net.get("links", [])):
-        _ip("-n", ns, "link", "delete", dev)  # absent (never created, or ns gone): fine
-    for ns in reversed(net.get("namespaces", [])):
-        _ip("netns", "delete", ns)
-    listed = _ip("netns", "list").stdout.split()
-    return [ns for ns in net.get("namespaces", []) if ns in listed]
+    return netlab.teardown(net)
 
 
 def _start(
-    i: int, bootstrap: list[str], fake: str | None, log_level: str, execution: bool = False
+    i: int,
+    bootstrap: list[str],
+    fake: str | None,
+    log_level: str,
+    execution: bool = False,
+    host_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    data = STATE_DIR / f"node{i}"
+    """Start node ``i``: on 127.0.0.1, in ``--netns`` namespace ``n<i>``, or
+    (``host_info``, from a NAT layout) in that host's namespace."""
+    name = host_info["name"] if host_info else f"node{i}"
+    data = STATE_DIR / name
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     extra: list[str] = []
     conf = ""
     if execution:  # runs containers (podman self-test at start-up, host storage)
         conf += "[execution]\nenabled = true\n"
-    host, prefix = "127.0.0.1", []
+    host, prefix, ns = "127.0.0.1", [], ""
     if _NET is not None:  # in its namespace; nsenter keeps the host's /sys (cgroups)
-        host = _node_ip(i)
-        prefix = ["nsenter", f"--net=/run/netns/{_NET['prefix']}n{i}", "--"]
+        host, ns = (host_info["ip"], host_info["ns"]) if host_info else (
+            _node_ip(i), f"{_NET['prefix']}n{i}")
+        prefix = netlab.in_ns(ns, [])
         conf += f'[transfer]\ndata_host = "{host}"\n'
     if conf:
         (data / "config.toml").write_text(conf)
@@ -239,15 +277,18 @@ def _start(
             start_new_session=True,  # survives this command; Ctrl-C here does not reach it
         )
     _PROCS[proc.pid] = proc
-    return {
-        "name": f"node{i}",
+    node = {
+        "name": name,
         "pid": proc.pid,
         "data_dir": str(data),
         "fake_gpus": fake or "",
         "execution": execution,
-        "netns": f"{_NET['prefix']}n{i}" if _NET is not None else "",
+        "netns": ns,
         "cmd": cmd,
     }
+    if host_info:
+        node.update({k: host_info[k] for k in ("segment", "kind", "ip", "public_ip", "roles")})
+    return node
 
 
 def _wait_ready(nodes: list[dict[str, Any]], timeout: float) -> None:
@@ -304,6 +345,15 @@ def load_net() -> dict[str, Any] | None:
 def mode_line(net: dict[str, Any] | None) -> str:
     if net is None:
         return "mode: loopback (127.0.0.1)"
+    if net.get("mode") == "nat":
+        segs = "; ".join(
+            f"{s['name']} {s['kind']} {s['subnet']}"
+            + (f" via {net['layout']['routers'][s['name']]['wan_ip']}" if s.get("router") else "")
+            for s in net["layout"]["segments"]
+        )
+        rate = f", TBF {net['rate']} each way" if net.get("rate") else ""
+        return (f"mode: nat (namespaces {net['prefix']}*, public segment in {net['hub']}"
+                f"{rate}; segments: {segs})")
     netem = f", netem {net['netem']!r} on each eth0" if net.get("netem") else ", no netem"
     return (f"mode: netns (namespaces {net['prefix']}*, bridge in {net['hub']}, "
             f"169.254.0.0/16{netem})")
@@ -318,37 +368,79 @@ def up(
     netns: bool = False,
     netem: str | None = None,
     netem_optional: bool = False,
+    nat: bool = False,
+    topology: list[dict[str, Any]] | None = None,
+    rate: str | None = None,
+    nodes_too: bool = True,
 ) -> list[dict[str, Any]]:
     """Start ``n`` nodes and wait until every one answers ``/v1/health``.
 
     Nodes whose index is in ``execution`` run containers ([execution] enabled).
-    ``netns``: each node in its own network namespace (see the module docstring)."""
+    ``netns``: each node in its own network namespace (see the module docstring).
+    ``nat``: build the NAT testbed from ``topology`` (default
+    ``netlab.DEFAULT_TOPOLOGY``; ``n`` is ignored) and run one node per host
+    (none with ``nodes_too=False``); bootstrap-role hosts start first."""
     global _NET
     if load_state() or load_net():
         raise SystemExit("testnet: already up (run `tools/testnet down` first)")
     if netem and not netns:
-        raise SystemExit("testnet: --netem needs --netns (loopback traffic cannot be shaped)")
-    if netns:
-        _netns_preflight()
+        raise SystemExit("testnet: --netem needs --netns (loopback traffic cannot be shaped; "
+                         "with --nat use --rate)")
+    if nat and netns:
+        raise SystemExit("testnet: --nat and --netns are two different layouts: pick one")
+    if rate and not nat:
+        raise SystemExit("testnet: --rate needs --nat")
+    if netns or nat:
+        _netns_preflight("--nat" if nat else "--netns")
+    if nat:  # check the topology before anything is made
+        try:
+            netlab.plan(topology or netlab.DEFAULT_TOPOLOGY, "cpn-tn-check-")
+            if rate:
+                netlab.parse_rate(rate)
+        except netlab.LabError as exc:
+            raise SystemExit(f"testnet: {exc}") from None
     if STATE_DIR.exists():
         shutil.rmtree(STATE_DIR)
     STATE_DIR.mkdir(mode=0o700)
     _NET = None
     nodes: list[dict[str, Any]] = []
     try:
-        if netns:
-            _net_setup(n, netem, netem_optional)
-        # Two seeds first; everyone else bootstraps from both.
-        for i in range(min(n, 2)):
-            nodes.append(
-                _start(i, [m["addr"] for m in nodes], _fake_for(fake, i), log_level, i in execution)
-            )
-            _save(nodes)
-            _wait_ready(nodes, timeout)
-        seeds = [m["addr"] for m in nodes]
-        for i in range(2, n):
-            nodes.append(_start(i, seeds, _fake_for(fake, i), log_level, i in execution))
-            _save(nodes)  # each PID on record at once: `down` after a killed `up` finds it
+        if nat:
+            try:
+                layout = _nat_setup(topology or netlab.DEFAULT_TOPOLOGY, rate)
+            except netlab.LabError as exc:
+                raise SystemExit(f"testnet: {exc}") from None
+            if not nodes_too:
+                return []
+            hosts = list(layout["hosts"].values())
+            seeds_first = [h for h in hosts if "bootstrap" in h["roles"]] or hosts[:1]
+            order = seeds_first + [h for h in hosts if h not in seeds_first]
+            for i, h in enumerate(order):
+                if h in seeds_first:  # one by one, each bootstrapping from the earlier ones
+                    nodes.append(_start(i, [m["addr"] for m in nodes], _fake_for(fake, i),
+                                        log_level, i in execution, host_info=h))
+                    _save(nodes)
+                    _wait_ready(nodes, timeout)
+                    continue
+                seeds = [m["addr"] for m in nodes[: len(seeds_first)]]
+                nodes.append(_start(i, seeds, _fake_for(fake, i), log_level, i in execution,
+                                    host_info=h))
+                _save(nodes)
+        else:
+            if netns:
+                _net_setup(n, netem, netem_optional)
+            # Two seeds first; everyone else bootstraps from both.
+            for i in range(min(n, 2)):
+                nodes.append(
+                    _start(i, [m["addr"] for m in nodes], _fake_for(fake, i), log_level,
+                           i in execution)
+                )
+                _save(nodes)
+                _wait_ready(nodes, timeout)
+            seeds = [m["addr"] for m in nodes]
+            for i in range(2, n):
+                nodes.append(_start(i, seeds, _fake_for(fake, i), log_level, i in execution))
+                _save(nodes)  # each PID on record at once: `down` after a killed `up` finds it
         _wait_ready(nodes, timeout)
         _save(nodes)
         for node in nodes:
@@ -368,7 +460,8 @@ def _health(node: dict[str, Any]) -> dict[str, Any]:
 
 def status() -> list[dict[str, Any]]:
     nodes = load_state()
-    mode = "netns" if load_net() else "loopback"
+    net = load_net()
+    mode = "loopback" if net is None else net.get("mode", "netns")
     out = []
     for node in nodes:
         row = dict(node, mode=mode)
@@ -419,6 +512,35 @@ def down(timeout: float = 15.0) -> int:
     return killed
 
 
+def _host_rows(net: dict[str, Any] | None, nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per NAT-testbed host, with its node's columns where one runs there."""
+    by_name = {n["name"]: n for n in nodes}
+    rows = []
+    for h in (net or {}).get("layout", {}).get("hosts", {}).values():
+        row = dict(h, roles=",".join(h["roles"]) or "-")
+        row.update({k: v for k, v in by_name.get(h["name"], {}).items() if k != "roles"})
+        rows.append(row)
+    return rows
+
+
+def _exec(host: str, command: list[str]) -> int:
+    """Replace this process with ``command`` run in ``host``'s network namespace."""
+    net = load_net()
+    if net is None:
+        raise SystemExit("testnet: `exec` needs a --netns or --nat testnet")
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise SystemExit("testnet: exec HOST -- CMD [ARG...]")
+    names = {n["name"]: n["netns"] for n in load_state() if n.get("netns")}
+    names.update({h: v["ns"] for h, v in net.get("layout", {}).get("hosts", {}).items()})
+    names.update({f"r-{r}": v["ns"] for r, v in net.get("layout", {}).get("routers", {}).items()})
+    if host not in names:
+        raise SystemExit(f"testnet: no host {host!r} (hosts: {', '.join(sorted(names))})")
+    argv = netlab.in_ns(names[host], command)
+    os.execvp(argv[0], argv)
+
+
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     data = [cols] + [[str(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(r[i]) for r in data) for i in range(len(cols))]
@@ -435,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = p.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("up", help="start N daemons")
-    u.add_argument("-n", type=int, default=3)
+    u.add_argument("-n", type=int, default=None, help="number of nodes (default 3; not --nat)")
     u.add_argument("--fake-gpus", help="'mix' or 'SPEC;SPEC;...' cycled over nodes")
     u.add_argument("--log-level", default="info")
     u.add_argument(
@@ -461,38 +583,96 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="warn and go on without netem when the kernel lacks sch_netem",
     )
+    u.add_argument(
+        "--nat",
+        action="store_true",
+        help="root only, needs nftables: the NAT testbed (public segment, eim / symmetric NAT "
+        "and firewall routers, one node per host; see tools/netlab.py, docs/testbed.md)",
+    )
+    u.add_argument(
+        "--topology",
+        metavar="SPEC",
+        help="with --nat: NAME=KIND[:HOSTS],... (kinds: public, eim, symmetric, firewall; "
+        "exactly one public segment) or a JSON list or @FILE; default: pub=public:3,"
+        "eim1=eim,eim2=eim,sym1=symmetric,sym2=symmetric,fw1=firewall,fw2=firewall",
+    )
+    u.add_argument(
+        "--rate",
+        metavar="RATE",
+        help="with --nat: TBF-shape every link to the public segment, both ways (e.g. 100mbit)",
+    )
+    u.add_argument(
+        "--no-nodes",
+        action="store_true",
+        help="with --nat: build only the network, start no daemons (use `exec` to run things)",
+    )
     u.add_argument("--json", action="store_true")
-    s = sub.add_parser("status", help="health of each node")
+    s = sub.add_parser("status", help="health of each node (with --nat: and the hosts)")
     s.add_argument("--json", action="store_true")
-    sub.add_parser("down", help="stop the nodes, delete --netns namespaces/links, remove .testnet/")
+    e = sub.add_parser("exec", help="--netns/--nat: run a command in a host's namespace",
+                       description="tools/testnet exec HOST -- CMD [ARG...]: run CMD inside "
+                       "HOST's network namespace (nsenter --net), e.g. tools/testnet exec "
+                       "eim1-0 -- python3 -c ...; HOST is a node or host name.")
+    e.add_argument("host")
+    e.add_argument("command", nargs=argparse.REMAINDER)
+    sub.add_parser("down", help="stop the nodes, delete the namespaces/links/nft rules it made, "
+                   "remove .testnet/")
     args = p.parse_args(argv)
     if args.cmd == "up":
-        if not 1 <= args.n <= 200:
+        nat = args.nat
+        if args.n is not None and nat:
+            p.error("-n does not apply to --nat (the topology says how many hosts)")
+        n = 3 if args.n is None else args.n
+        if not 1 <= n <= 200:
             p.error("-n must be 1..200")
+        if (args.topology or args.no_nodes or args.rate) and not nat:
+            p.error("--topology, --rate and --no-nodes need --nat")
         try:
             execution = frozenset(int(x) for x in args.execution.split(",") if x.strip())
         except ValueError:
             p.error("--execution takes node indices, e.g. 0,1")
-        nodes = up(args.n, args.fake_gpus, args.log_level, execution=execution,
-                   netns=args.netns, netem=args.netem, netem_optional=args.netem_optional)
+        topology = None
+        if args.topology:
+            spec = args.topology
+            if spec.startswith("@"):
+                spec = Path(spec[1:]).read_text()
+            try:
+                topology = netlab.parse_topology(spec)
+            except (netlab.LabError, ValueError) as exc:
+                p.error(f"--topology: {exc}")
+        nodes = up(n, args.fake_gpus, args.log_level, execution=execution,
+                   netns=args.netns, netem=args.netem, netem_optional=args.netem_optional,
+                   nat=nat, topology=topology, rate=args.rate, nodes_too=not args.no_nodes)
         if args.json:
-            print(json.dumps(nodes, indent=2))
+            print(json.dumps(nodes if not args.no_nodes else _NET, indent=2))
         else:
             print(mode_line(_NET))
-            print(_table(nodes, ["name", "pid", "peer_id", "addr", "api", "fake_gpus", "execution"]))
+            if nat:
+                print(_table(_host_rows(_NET, nodes),
+                             ["name", "kind", "ip", "public_ip", "roles", "pid", "peer_id"]))
+            else:
+                print(_table(nodes, ["name", "pid", "peer_id", "addr", "api", "fake_gpus",
+                                     "execution"]))
         return 0
+    if args.cmd == "exec":
+        return _exec(args.host, args.command)
     if args.cmd == "status":
         rows = status()
-        if not rows:
+        net = load_net()
+        if not rows and not (net and net.get("mode") == "nat"):
             print("testnet: not running")
             return 1
-        if not args.json:
-            print(mode_line(load_net()))
-        print(
-            json.dumps(rows, indent=2)
-            if args.json
-            else _table(rows, ["name", "pid", "health", "peers", "peer_id", "fake_gpus"])
-        )
+        if args.json:
+            print(json.dumps(rows if net is None or net.get("mode") != "nat"
+                             else {"net": net, "nodes": rows}, indent=2))
+        else:
+            print(mode_line(net))
+            if net and net.get("mode") == "nat":
+                print(_table(_host_rows(net, rows),
+                             ["name", "kind", "ip", "public_ip", "roles", "pid", "health",
+                              "peers", "peer_id"]))
+            else:
+                print(_table(rows, ["name", "pid", "health", "peers", "peer_id", "fake_gpus"]))
         return 0 if all(r["health"] == "ok" for r in rows) else 1
     killed = down()
     print("testnet: stopped" + (f" ({killed} needed SIGKILL)" if killed else ""))
