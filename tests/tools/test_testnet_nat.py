@@ -59,7 +59,7 @@ def test_nat_testnet_up_status_exec_down(tmp_path: Path) -> None:
             ("pub-0", "ok", "nat"), ("home-0", "ok", "nat")]
         # The node behind the NAT dialled out to the bootstrap node: they are connected.
         peers = run(str(ROOT / ".venv" / "bin" / "python"), "-c",
-                    "import sys, json; from node.apiclient import ApiClient; "
+                    "import sys, json; from node.api.client import ApiClient; "
                     "print(json.dumps(ApiClient(socket_path=sys.argv[1], timeout=10)"
                     ".get('/v1/peers')))", pub["api"], env=env)
         assert peers.returncode == 0, peers.stderr
