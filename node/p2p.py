@@ -59,8 +59,8 @@ from libp2p.tools.anyio_service import background_trio_service
 from node.addrs import split_peer, with_peer
 from node.keys import seed_of
 from node.logs import route_library_logs
-from protocol.envelope import uvarint
 from protocol.errors import ProtocolError
+from protocol.framing import decode_frame_prefix, encode_frame
 
 __all__ = [
     "StreamClosed",
@@ -103,7 +103,6 @@ QUORUM = 3  #: identical answers from this many closest peers settle a lookup
 KAD_INBOUND_STREAM_S = 15.0
 KAD_PROTOCOL = "/ipfs/kad/1.0.0"
 K = 20  #: kad bucket size: how many closest peers a lookup must hear from
-MAX_VARINT_BYTES = 10
 
 
 class StreamClosed(Exception):
@@ -150,7 +149,7 @@ class FramedStream:
     async def send_frame(self, data: bytes) -> None:
         """Send one frame.  Raises :class:`StreamClosed` if the stream is gone."""
         try:
-            await self._stream.write(uvarint(len(data)) + bytes(data))
+            await self._stream.write(encode_frame(data))
         except BaseLibp2pError as exc:
             raise StreamClosed(f"write failed: {exc}") from None
 
@@ -164,26 +163,15 @@ class FramedStream:
         self._buf += chunk
 
     async def receive_frame(self, max_size: int) -> bytes:
-        """Receive one frame of at most ``max_size`` bytes.
+        """Receive one frame of at most ``max_size`` bytes (spec/README.md, "Frames").
 
-        Raises :class:`StreamClosed` at end of stream (also mid-frame) and
-        ``ProtocolError('oversize')`` before reading a frame that is too big.
+        Raises :class:`StreamClosed` at end of stream (also mid-frame) and the
+        prefix's ``ProtocolError`` (``oversize``, ``malformed``) before reading
+        a byte of the body.
         """
-        n = shift = 0
-        i = 0
-        while True:
-            while i >= len(self._buf):
-                await self._fill()
-            b = self._buf[i]
-            n |= (b & 0x7F) << shift
-            shift += 7
-            i += 1
-            if not b & 0x80:
-                break
-            if i >= MAX_VARINT_BYTES:
-                raise ProtocolError("malformed", "frame length varint too long")
-        if n > max_size:
-            raise ProtocolError("oversize", f"frame of {n} bytes exceeds limit {max_size}")
+        while (head := decode_frame_prefix(self._buf, max_size)) is None:
+            await self._fill()
+        n, i = head
         while len(self._buf) < i + n:
             await self._fill()
         frame = bytes(self._buf[i : i + n])

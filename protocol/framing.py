@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .errors import LocalProtocolError, ProtocolError
 
-__all__ = ["MAX_PREFIX_BYTES", "encode_frame", "decode_frame_prefix"]
+__all__ = ["MAX_PREFIX_BYTES", "encode_frame", "decode_frame_prefix", "decode_frame"]
 
 #: A prefix longer than this is malformed whatever the limit (a uvarint of a 64-bit value).
 MAX_PREFIX_BYTES = 10
@@ -31,9 +31,9 @@ def _uvarint(n: int) -> bytes:
             return bytes(out)
 
 
-def encode_frame(body: bytes, max_size: int) -> bytes:
+def encode_frame(body: bytes, max_size: int | None = None) -> bytes:
     """``uvarint(len(body)) || body``; refuses (a local bug) a body above ``max_size``."""
-    if len(body) > max_size:
+    if max_size is not None and len(body) > max_size:
         raise LocalProtocolError(f"frame body of {len(body)} bytes exceeds {max_size}")
     return _uvarint(len(body)) + bytes(body)
 
@@ -61,3 +61,15 @@ def decode_frame_prefix(data: bytes | bytearray | memoryview, max_size: int) -> 
     if len(data) >= MAX_PREFIX_BYTES:
         raise ProtocolError("malformed", f"frame length prefix longer than {MAX_PREFIX_BYTES} bytes")
     return None
+
+
+def decode_frame(data: bytes | bytearray, max_size: int) -> tuple[bytes, int] | None:
+    """Split the first frame off ``data``: ``(body, bytes consumed)``, or None
+    when more bytes are needed (the prefix is checked as :func:`decode_frame_prefix` does)."""
+    head = decode_frame_prefix(data, max_size)
+    if head is None:
+        return None
+    n, i = head
+    if len(data) < i + n:
+        return None
+    return bytes(data[i : i + n]), i + n

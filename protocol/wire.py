@@ -38,8 +38,6 @@ __all__ = [
     "to_wire",
     "from_wire",
     "uvarint",
-    "encode_frame",
-    "decode_frame",
     "MAX_VARINT_BYTES",
 ]
 
@@ -361,36 +359,3 @@ def uvarint(n: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
-
-
-def encode_frame(body: bytes) -> bytes:
-    """One frame: the body's length as a uvarint, then the body."""
-    return uvarint(len(body)) + bytes(body)
-
-
-def decode_frame(data: bytes | bytearray, max_size: int) -> tuple[bytes, int] | None:
-    """Split the first frame off ``data``: ``(body, bytes consumed)``, or None
-    when more bytes are needed.
-
-    Raises ``ProtocolError('malformed')`` for a length prefix longer than
-    :data:`MAX_VARINT_BYTES` and ``ProtocolError('oversize')`` as soon as the
-    prefix says more than ``max_size``, before any byte of the body is needed.
-    """
-    n = shift = 0
-    i = 0
-    while True:
-        if i >= len(data):
-            return None
-        b = data[i]
-        n |= (b & 0x7F) << shift
-        shift += 7
-        i += 1
-        if not b & 0x80:
-            break
-        if i >= MAX_VARINT_BYTES:
-            raise ProtocolError("malformed", "frame length prefix longer than 10 bytes")
-    if n > max_size:
-        raise ProtocolError("oversize", f"frame of {n} bytes exceeds limit {max_size}")
-    if len(data) < i + n:
-        return None
-    return bytes(data[i : i + n]), i + n

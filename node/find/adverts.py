@@ -36,7 +36,7 @@ from node.config import ConfigError, DiscoverySection
 from node.find.finder import Finder
 from node.find.nvml import make_backend
 from node.find.probe import ProbeReport, probe
-from node.find.records import Record, advert_key, answer_frame
+from node.find.records import Record, advert_key
 from node.metrics import Metrics
 from node.negotiate.scheduler import Scheduler
 from node.p2p import FramedStream, P2PHost
@@ -48,6 +48,7 @@ from protocol.advert import (
     Tombstone,
     refresh_due,
 )
+from protocol.dht_advert import MAX_REQUEST, check_request, encode_answer
 from protocol.envelope import seal
 from protocol.errors import ProtocolError
 from protocol.identifiers import advertised_ids, cid_string, dht_key
@@ -61,7 +62,6 @@ log = logging.getLogger("cpn.discovery")
 SERVE_TIMEOUT = 3.0  #: serving one advert request
 DHT_TIMEOUT = 10.0  #: one DHT put/provide round
 CLEANUP_TIMEOUT = 3.0  #: publishing the tombstone at shutdown
-MAX_REQUEST = 64  #: bytes in an advert request frame
 SEQ_FILE = "advert.seq"
 CAPACITY_DEBOUNCE_S = 0.5  #: coalesce a burst of capacity changes into one advert
 #: ADD_PROVIDER rate limit of py-libp2p receivers: 10 per peer per 10 s (we stay under it)
@@ -282,15 +282,18 @@ class DiscoveryService:
         log.info("advert withdrawn (tombstone seq %d)", self.seq)
 
     async def _serve(self, stream: FramedStream) -> None:
+        """Answer one advert request (spec/dht.md section 3): the current record."""
         with trio.fail_after(SERVE_TIMEOUT):
             request = await stream.receive_frame(MAX_REQUEST)
-            if request:
-                await stream.send_frame(answer_frame(None, "bad_request"))
-                raise ProtocolError("bad_request", "advert request must be an empty frame")
+            try:
+                check_request(request)
+            except ProtocolError:
+                await stream.send_frame(encode_answer(error="bad_request"))
+                raise
             if self.current is None:
-                await stream.send_frame(answer_frame(None, "no_advert"))
+                await stream.send_frame(encode_answer(error="no_advert"))
             else:
-                await stream.send_frame(answer_frame(self.current.raw))
+                await stream.send_frame(encode_answer(self.current.raw))
             await stream.close()
 
 

@@ -36,8 +36,7 @@ import trio
 
 from node.find.nvml import MIB, NvmlBackend, NvmlError, NvmlNotSupported, RealNvml, make_backend
 from protocol.advert import NO_CONTAINER, ContainerCapability
-from protocol.identifiers import normalise_gpu_model
-from protocol.resources import GpuInfo, Metric, ResourceSet
+from protocol.resources import GpuInfo, Metric, ResourceSet, normalise_gpu_model
 
 __all__ = [
     "GpuReport",

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from node.errors import UserError
+from node.gpu_names import GpuNameError, parse_models
 from node.transfer.blobstore import hash_file
 from protocol.chunks import DEFAULT_CHUNK_SIZE, DIGEST_RE
 from protocol.errors import ValidationError
-from protocol.identifiers import normalise_gpu_model
 from protocol.jobspec import (
     INPUT_MEDIA_TYPE,
     BlobRef,
@@ -164,13 +164,17 @@ class _Loader:
         where = "resources.gpu"
         self.known(table, _GPU_KEYS, where)
         vendor = self.get(table, "vendor", str, where, None)
-        # People write models as they see them ("H100", "RTX 4090"): normalise.
-        models = sorted({normalise_gpu_model(m)[1] for m in self.strings(table, "models", where)})
+        # People write models as they see them ("H100", "RTX 4090", "a100-40g"):
+        # the same normalisation as `cpn find --gpu-model` (node/gpu_names.py).
+        try:
+            choice = parse_models(self.strings(table, "models", where))
+        except GpuNameError as exc:
+            raise self.fail(f"{where}.models", str(exc)) from None
         fields = {
             "count": self.get(table, "count", int, where, 1),
-            "min_memory_mib": self.get(table, "min_memory_mib", int, where, 0),
+            "min_memory_mib": self.get(table, "min_memory_mib", int, where, choice.min_memory_mib),
             "vendor": None if vendor is None else vendor.lower(),
-            "models": tuple(models),
+            "models": choice.models,
             "min_compute_capability": self.get(table, "min_compute_capability", str, where, None),
         }
         return self.build(GpuRequirement, fields, where)  # type: ignore[no-any-return]

@@ -47,11 +47,12 @@ from protocol.errors import LocalProtocolError, ProtocolError
 from protocol.jobflow import (
     HEARTBEAT_S,
     MAX_LINE,
-    MAX_LINES,
     JobCancel,
     JobPhase,
     JobUpdate,
     JobWatch,
+    batch_lines,
+    unknown_agreement,
 )
 from protocol.jobspec import JobSpec
 from protocol.negotiation_state import Negotiation
@@ -366,10 +367,7 @@ class ProviderJobs:
             await stream.send_frame(raw)
 
     async def _unknown(self, stream: FramedStream, aid: bytes) -> None:
-        msg = JobUpdate(agreement_id=aid, phase=JobPhase.FAILED, at=int(self.clock()),
-                        detail="unknown agreement (not agreed here, or with another submitter)",
-                        transfer_done=0, transfer_total=0, log_from=0, lines=())
-        await self._send(stream, seal(msg, self.key).raw)
+        await self._send(stream, seal(unknown_agreement(aid, int(self.clock())), self.key).raw)
 
     async def _watch(self, stream: FramedStream, req: JobWatch, peer: str) -> None:
         pj = self._job_for(req.agreement_id, peer)
@@ -380,7 +378,7 @@ class ProviderJobs:
         last: tuple[Any, ...] | None = None
         while True:
             changed = pj.changed
-            lines = _batch(pj.lines, sent)
+            lines = batch_lines(pj.lines, sent)
             state = (pj.phase, pj.detail, pj.transfer_now)
             if lines or state != last:
                 update = _update(pj, int(self.clock()), sent, lines)
@@ -436,17 +434,3 @@ class ProviderJobs:
 
 class _JobFailed(Exception):
     pass
-
-
-def _batch(lines: list[str], start: int, max_bytes: int = 256 << 10) -> list[str]:
-    """Lines from ``start`` for one JobUpdate: at most MAX_LINES and about ``max_bytes``
-    (an envelope must stay well under the 1 MiB CBOR limit)."""
-    out: list[str] = []
-    size = 0
-    for line in lines[start : start + MAX_LINES]:
-        line = line[:MAX_LINE]
-        size += len(line.encode()) + 4
-        if out and size > max_bytes:
-            break
-        out.append(line)
-    return out

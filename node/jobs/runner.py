@@ -54,7 +54,7 @@ from node.transfer.blobstore import BlobStoreError
 from node.transfer.service import TransferFailed, TransferService
 from protocol.envelope import Signed, open_envelope, seal
 from protocol.errors import ProtocolError
-from protocol.jobflow import HEARTBEAT_S, JobCancel, JobPhase, JobUpdate, JobWatch
+from protocol.jobflow import HEARTBEAT_S, JobCancel, JobPhase, JobUpdate, JobWatch, WatchView
 from protocol.jobspec import JobSpec
 from protocol.result import Outcome, Result, countersign, verify_result
 from protocol.streams import JOB_FRAME_LIMIT, JOB_FRAME_LIMITS, JOB_PROTOCOL
@@ -355,7 +355,7 @@ class JobRunner:
 
     async def _watch(self, run: Run, cur: Attempt) -> Signed[Result]:
         """Follow the provider until it hands over its signed Result."""
-        seen = _WatchState()
+        seen = _WatchState(WatchView(bytes.fromhex(cur.agreement_id)))
         while True:
             try:
                 stream = await self._open(cur)
@@ -375,8 +375,7 @@ class JobRunner:
 
     async def _watch_stream(self, run: Run, cur: Attempt, stream: FramedStream, seen: _WatchState) -> Signed[Result]:
         """One watch stream: updates until the Result (raises when the stream breaks)."""
-        live = self.live[run.id]
-        req = JobWatch(agreement_id=bytes.fromhex(cur.agreement_id), log_lines=len(live.lines))
+        req = JobWatch(agreement_id=bytes.fromhex(cur.agreement_id), log_lines=seen.view.lines)
         with trio.fail_after(STEP_TIMEOUT):
             await stream.send_frame(seal(req, self.key).raw)
         while True:
@@ -391,23 +390,23 @@ class JobRunner:
 
     def _update(self, run: Run, cur: Attempt, u: JobUpdate, seen: _WatchState) -> None:
         live = self.live[run.id]
-        if u.agreement_id.hex() != cur.agreement_id:
-            raise ProtocolError("binding_mismatch", "update for another agreement")
-        if u.log_from <= len(live.lines):
-            new = list(u.lines[len(live.lines) - u.log_from :])
-            live.lines.extend(new)
-            for line in new:
-                self._event(run, "log", line=line)
-        if u.phase is not seen.phase:
-            seen.phase = u.phase
+        last_phase = seen.view.phase
+        try:
+            new = seen.view.receive(u)  # this attempt's log lines, none repeated or missed
+        except ProtocolError as exc:
+            if exc.reason == "unknown_agreement":
+                raise _AttemptFailed(f"provider does not know the agreement: {u.detail}") from None
+            raise
+        live.lines.extend(new)
+        for line in new:
+            self._event(run, "log", line=line)
+        if u.phase is not last_phase:
             if u.phase in (JobPhase.TRANSFERRING, JobPhase.RUNNING):
                 self._set(run, RunState(u.phase.value))
             self._event(run, "phase", phase=u.phase.value, detail=u.detail)
         if u.transfer_total and u.transfer_done != seen.done:
             seen.done = u.transfer_done
             self._event(run, "progress", done=u.transfer_done, total=u.transfer_total)
-        if u.phase is JobPhase.FAILED and "unknown agreement" in u.detail:
-            raise _AttemptFailed(f"provider does not know the agreement: {u.detail}")
 
     async def _fetch_outputs(self, run: Run, cur: Attempt, r: Result, deadline: float) -> list[str]:
         """Fetch the outputs and the log; write the verified ones under a partial dir."""
@@ -574,6 +573,6 @@ class JobRunner:
 class _WatchState:
     """What one attempt's watch has seen, across reconnects."""
 
+    view: WatchView  #: phase and log lines delivered (spec/jobflow.md)
     last_contact: float = field(default_factory=trio.current_time)
-    phase: JobPhase | None = None
     done: int = -1

@@ -31,7 +31,11 @@ log = logging.getLogger("cpn.negotiation")
 
 
 SESSION_TIMEOUT = 30.0  #: seconds for a whole negotiation on one stream
-_ERROR_REASONS = {"expired": RefusalReason.EXPIRED, "replayed": RefusalReason.REPLAYED}
+_ERROR_REASONS = {
+    "expired": RefusalReason.EXPIRED,
+    "replayed": RefusalReason.REPLAYED,
+    "busy": RefusalReason.BUSY,  # the replay memory is full (spec/negotiation.md section 5)
+}
 
 _HOLDING = frozenset({State.AGREED, State.TRANSFERRING, State.QUEUED, State.RUNNING})
 
@@ -115,7 +119,9 @@ class Provider:
                 raise  # not even a signed offer from this peer: reset
             reason = _ERROR_REASONS.get(exc.reason, RefusalReason.MALFORMED)
             log.info("offer from %s refused: %s", conn.submitter, exc)
-            await self._refuse(stream, conn, reason, str(exc), in_reply_to=sha256(frame).digest())
+            depth = 0 if reason is RefusalReason.BUSY else None  # busy refusals carry a queue depth
+            await self._refuse(stream, conn, reason, str(exc), in_reply_to=sha256(frame).digest(),
+                               queue_depth=depth)
             return None
         job: JobSpec = conn.job.message  # type: ignore[union-attr]
         key = conn.negotiation_id.hex()  # type: ignore[union-attr]

@@ -82,6 +82,10 @@ def status_handler(key: Ed25519PrivateKey, store: AgreementStore, clock: UnixClo
         if not rows or rows[0].peer != stream.remote_peer or rows[0].record is None:
             raise ProtocolError("binding_mismatch", "no agreement with this peer under that ID")
         conn = Negotiation.from_record(rows[0].record, key=key)
+        if conn.is_duplicate(frame):  # our ack was lost: acknowledge again, apply nothing
+            await send_frame(stream, STATUS_ACK)
+            await stream.close()
+            return
         conn.receive_data(frame)
         conn.next_event(now=clock())  # ProtocolError: replayed, reordered, wrong terms...
         kind = env.message.phase.value if isinstance(env.message, JobStatus) else "cancel"

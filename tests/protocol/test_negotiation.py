@@ -447,7 +447,7 @@ def test_a_resent_status_is_recognised_after_a_restore() -> None:
 
 
 def test_frames_split_on_the_length_prefix() -> None:
-    from protocol.wire import decode_frame, encode_frame
+    from protocol.framing import decode_frame, encode_frame
 
     data = encode_frame(b"abc") + encode_frame(b"") + encode_frame(b"x" * 300)[:5]
     assert decode_frame(data, 1000) == (b"abc", 4)
@@ -458,4 +458,4 @@ def test_frames_split_on_the_length_prefix() -> None:
     with pytest.raises(ProtocolError, match="oversize"):
         decode_frame(encode_frame(b"x" * 11)[:2], 10)  # refused on the prefix alone
     with pytest.raises(ProtocolError, match="malformed"):
-        decode_frame(b"\xff" * 10, 1 << 20)
+        decode_frame(b"\x80" * 10, 1 << 20)

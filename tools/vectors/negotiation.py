@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from protocol import cbor
 from protocol.envelope import Signed, open_envelope, public_key_proto_of, seal, signing_bytes
 from protocol.errors import ProtocolError
+from protocol.framing import decode_frame, encode_frame
 from protocol.identity import peer_id_from_proto_key
 from protocol.jobspec import BlobRef, GpuRequirement, ImageRef, JobSpec, Resources, Timeouts
 from protocol.negotiation import (
@@ -48,7 +49,7 @@ from protocol.negotiation_state import (
     Role,
     replay_key,
 )
-from protocol.wire import Message, decode_frame, encode_frame, uvarint
+from protocol.wire import Message, uvarint
 
 SUBMITTER_SEED = bytes(range(1, 33))
 PROVIDER_SEED = bytes(range(101, 133))
@@ -360,8 +361,8 @@ def _cases() -> list[Case]:  # noqa: C901 - one list of cases, read top to botto
     # ---- frames and envelopes (section 5, step 1)
     case("oversize-frame", "a length prefix of 1048577 bytes is refused before the body is read", "submitter",
          [_step(offer, t[0]), {"frame_hex": uvarint(MAX_FRAME + 1).hex(), "now": t[1]}], ("oversize", 1, "offered"))
-    case("length-prefix-too-long", "a length prefix of 11 bytes", "provider",
-         [{"frame_hex": ("ff" * 10) + "01", "now": T0}], ("malformed", 0, "idle"))
+    case("length-prefix-too-long", "a length prefix still unfinished after 10 bytes (its value stays 0)",
+         "provider", [{"frame_hex": ("80" * 10) + "01", "now": T0}], ("malformed", 0, "idle"))
     case("wrong-signer-offer", "offer signed by a third peer", "provider",
          [_step(_resign(offer, OTHER_KEY), T0)], ("wrong_signer", 0, "idle"))
     bad_sig = bytearray(offer)

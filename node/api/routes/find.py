@@ -8,6 +8,7 @@ from typing import Any
 from node.api.params import body_object, get_float, get_int, get_str, get_str_list, known_fields
 from node.api.server import Api, ApiError, Request
 from node.find.adverts import DiscoveryService
+from node.gpu_names import GpuNameError, parse_models
 from protocol.errors import ProtocolError
 from protocol.identifiers import parse_id
 from protocol.jobspec import GpuRequirement, Resources
@@ -49,10 +50,14 @@ def requirement_from_json(body: dict[str, Any]) -> Resources:
     """The find request body -> :class:`Resources` (raises ApiError naming the field)."""
     known_fields(body, _FIND_FIELDS)
     gpus = get_int(body, "gpus", 0, 0, 1024)
-    models = tuple(sorted(set(get_str_list(body, "gpu_model"))))
-    vendor = get_str(body, "vendor", max_len=32) or None
+    try:  # "H100", "rtx 4090", "a100-40g": as job files write them (node/gpu_names.py)
+        choice = parse_models(get_str_list(body, "gpu_model", max_len=64))
+    except GpuNameError as exc:
+        raise ApiError(400, "bad_request", f"gpu_model: {exc}") from None
+    models = choice.models
+    vendor = get_str(body, "vendor", max_len=32).lower() or None
     cc = get_str(body, "cc", max_len=16) or None
-    gpu_mem = parse_size_mib(body["gpu_mem"], "gpu_mem") if body.get("gpu_mem") else 0
+    gpu_mem = parse_size_mib(body["gpu_mem"], "gpu_mem") if body.get("gpu_mem") else choice.min_memory_mib
     gpu = None
     try:
         if gpus or models or gpu_mem or cc or vendor:
