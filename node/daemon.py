@@ -77,6 +77,7 @@ from node.negotiate.service import NegotiationService
 from node.p2p import P2PHost, open_host
 from node.transfer.blobstore import BlobStore
 from node.transfer.service import TransferService
+from protocol import sha256
 
 __all__ = ["Node", "run_node", "main"]
 
@@ -191,6 +192,9 @@ async def _serve(node: Node, *, prepare: Callable[[Node], None] | None,
         await nursery.start(node.provider_jobs.run)
         await nursery.start(node.negotiation.run)
         await nursery.start(node.runner.run)
+        if sha256.BACKEND != "libcrypto":
+            log.warning("SHA-256 runs in pure Python (no libcrypto found): blob transfers are about "
+                        "1000x slower; install OpenSSL's libcrypto (Debian: libssl3)")
         log.info("node %s ready on %s", node.peer_id, ", ".join(node.p2p.listen_addrs))
         task_status.started(node)
 

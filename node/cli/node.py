@@ -77,6 +77,8 @@ def cmd_id(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"peer id:  {info['peer_id']}")
+    if info.get("sha256_backend", "libcrypto") != "libcrypto":
+        print("warning:  SHA-256 runs in pure Python (no libcrypto): transfers are ~1000x slower")
     for addr in info["addrs"]:
         print(f"address:  {addr}")
     if not info["identifiers"]:

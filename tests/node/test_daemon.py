@@ -57,6 +57,7 @@ async def test_node_starts_serves_api_and_stops_cleanly(tmp_path: Path) -> None:
         ident = await trio.to_thread.run_sync(client.get, "/v1/id")
         assert ident["peer_id"] == node.peer_id == peer_id_of(node.key)
         assert ident["addrs"][0].startswith("/ip4/127.0.0.1/tcp/")
+        assert ident["sha256_backend"] == "libcrypto"
         health = await trio.to_thread.run_sync(client.get, "/v1/health")
         assert health["status"] == "ok"
         doc = await trio.to_thread.run_sync(client.get, "/v1/openapi.json")
@@ -199,3 +200,17 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     assert fake.returncode == 1 and "discovery.fake_gpus" in fake.stderr
     assert not os.path.exists(tmp_path / "y" / KEY_FILE)  # refused before anything was made
     assert not (tmp_path / "y" / "api.sock").exists()
+
+
+async def test_pure_python_sha256_is_announced_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without libcrypto the data plane is ~1000x slower: the start-up log says so."""
+    from protocol import sha256
+
+    monkeypatch.setattr(sha256, "BACKEND", "pure")
+    with caplog.at_level("WARNING", logger="cpn"):
+        async with trio.open_nursery() as nursery:
+            node = await nursery.start(partial(run_node, config(tmp_path / "d")))
+            node.stop()
+    assert any("pure Python" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)

@@ -11,6 +11,7 @@ import trio
 from node.api.server import Api, Request
 from node.find.adverts import DiscoveryService
 from node.p2p import P2PHost
+from protocol import sha256
 
 __all__ = ["register"]
 
@@ -36,6 +37,8 @@ def register(
             "addrs": p2p.listen_addrs,
             "identifiers": discovery.advertised,
             "data_dir": str(data_dir),
+            # "pure" means SHA-256 in Python (no libcrypto found): ~1000x slower transfers
+            "sha256_backend": sha256.BACKEND,
         }
 
     async def peers(request: Request) -> Any:
