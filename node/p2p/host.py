@@ -1,54 +1,26 @@
-"""The one adapter between CPN and py-libp2p (the only module that imports libp2p).
-
-Everything py-libp2p-specific is handled here once, so the rest of the node
-sees a small, typed surface (peer IDs are ``str``, addresses are ``str``
-multiaddrs, streams are :class:`FramedStream`):
-
-* **Noise only.**  py-libp2p offers ``/noise``, ``/tls``, ``/secio`` and
-  ``/plaintext`` by default; with plaintext a peer could claim a peer ID whose
-  key it does not hold.  We configure Noise as the sole security transport.
-* **yamux**, and ``max_connections_per_peer=1`` (the default config waits on a
-  ~250 ms happy-eyeballs timer for every dial).
-* **kad-dht** in server mode on the standard ``/ipfs/kad/1.0.0`` protocol with
-  ``strict_validation=True`` and our own namespace validators, so a stock
-  libp2p (e.g. js-libp2p) can find our providers while nobody can store
-  arbitrary values through us.
-* **Framing.**  A remote ``reset()`` reads as ``StreamEOF`` in py-libp2p, the
-  same as a clean close, so every message is length-prefixed
-  (:class:`FramedStream`) and a truncated frame is an error, not a message.
-* **Logs.**  The ``libp2p`` logger does not propagate; we forward it into
-  ``cpn.libp2p`` and demote its noisy per-close warnings to DEBUG.
-
-Callers put a ``trio.fail_after`` around every network call (no keepalive: a
-frozen peer otherwise hangs a stream for minutes).
-"""
+"""The libp2p host: Noise, yamux, kad-dht, and the calls the node makes on it."""
 
 from __future__ import annotations
 
 import logging
 import os
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from hashlib import sha256
-from typing import Any, Protocol
+from typing import Any
 
 import multiaddr
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from libp2p import new_host
-from libp2p.crypto.ed25519 import Ed25519PrivateKey as LibEd25519PrivateKey
-from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
-from libp2p.kad_dht import provider_store as _provider_store
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
-from libp2p.records.validator import NamespacedValidator, Validator
+from libp2p.records.validator import NamespacedValidator
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux import yamux as _yamux
@@ -57,24 +29,31 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
 from node.addrs import split_peer, with_peer
-from node.keys import seed_of
 from node.logs import route_library_logs
+from node.p2p.dht import (
+    ALPHA,
+    KAD_PROTOCOL,
+    QUERY_TIMEOUT,
+    HostStats,
+    K,
+    LookupResult,
+    RecordValidator,
+    ValidatorAdapter,
+    agreed,
+    capped_kad_handler,
+    dht_key,
+    xor_distance,
+)
+from node.p2p.keys import to_libp2p_keypair
+from node.p2p.streams import FramedStream, PeerUnreachable, StreamClosed, StreamHandler
 from protocol.errors import ProtocolError
-from protocol.framing import decode_frame_prefix, encode_frame
-
-__all__ = [
-    "StreamClosed",
-    "PeerUnreachable",
-    "FramedStream",
-    "P2PHost",
-    "RecordValidator",
-    "LookupResult",
-    "open_host",
-    "DIAL_TIMEOUT",
-    "KAD_PROTOCOL",
-]
 
 log = logging.getLogger("cpn.p2p")
+
+__all__ = ["P2PHost", "open_host", "DIAL_TIMEOUT", "PING_TIMEOUT"]
+
+DIAL_TIMEOUT = 5.0  #: seconds for one dial (TCP + Noise + yamux)
+PING_TIMEOUT = 0.5  #: one muxer-level ping (a miss falls back to a full request)
 
 # py-libp2p's yamux sends a WINDOW_UPDATE frame after *every* read by default
 # (``PY_YAMUX_RELEASE_ON_READ=1``): one extra Noise-encrypted write per
@@ -85,172 +64,6 @@ log = logging.getLogger("cpn.p2p")
 # operator's explicit setting wins.
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
-#: Provider records one node keeps per key.  py-libp2p 0.8.1 keeps only the
-#: first k = 20 (``provider_store.BUCKET_SIZE``) and ignores later providers,
-#: so a general identifier with more providers than that (``cpn:cpu`` on a
-#: 50-node testnet) lost providers at random: no node held them all and a
-#: lookup saw 41 of 50.  go-libp2p-kad-dht has no such limit.  The bound still
-#: protects memory (records are only accepted from the provider itself).
-MAX_PROVIDERS_PER_KEY = 1000
-setattr(_provider_store, "BUCKET_SIZE", MAX_PROVIDERS_PER_KEY)  # noqa: B010 - a module constant, not exported
-
-DIAL_TIMEOUT = 5.0  #: seconds for one dial (TCP + Noise + yamux)
-QUERY_TIMEOUT = 2.0  #: one GET_PROVIDERS query within a lookup
-PING_TIMEOUT = 0.5  #: one muxer-level ping (a miss falls back to a full request)
-ALPHA = 3  #: peers asked in parallel per lookup round (kad's alpha)
-QUORUM = 3  #: identical answers from this many closest peers settle a lookup
-#: longest an inbound kad stream may stay open (see :func:`_capped_kad_handler`)
-KAD_INBOUND_STREAM_S = 15.0
-KAD_PROTOCOL = "/ipfs/kad/1.0.0"
-K = 20  #: kad bucket size: how many closest peers a lookup must hear from
-
-
-class StreamClosed(Exception):
-    """The stream ended (closed, reset, or the connection died) before a whole frame."""
-
-
-class PeerUnreachable(StreamClosed):
-    """Dialling the peer, or negotiating the protocol with it, failed."""
-
-
-
-# --------------------------------------------------------------------------- keys
-
-
-def to_libp2p_keypair(key: Ed25519PrivateKey) -> KeyPair:
-    """The libp2p ``KeyPair`` of the node's identity key."""
-    lib = LibEd25519PrivateKey.from_bytes(seed_of(key))
-    return KeyPair(lib, lib.get_public_key())
-
-
-def from_libp2p_keypair(pair: KeyPair) -> Ed25519PrivateKey:
-    """Inverse of :func:`to_libp2p_keypair`."""
-    raw = pair.private_key.to_bytes()
-    return Ed25519PrivateKey.from_private_bytes(raw[:32])
-
-
-# --------------------------------------------------------------------------- framing
-
-
-
-class FramedStream:
-    """A libp2p stream carrying uvarint-length-prefixed frames.
-
-    Framing exists because py-libp2p reports a remote reset as a plain EOF:
-    without a length, a half-received message would look complete.
-    """
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self._buf = bytearray()
-        self.remote_peer: str = str(stream.muxed_conn.peer_id)
-        self.protocol: str = str(stream.get_protocol() or "")
-
-    async def send_frame(self, data: bytes) -> None:
-        """Send one frame.  Raises :class:`StreamClosed` if the stream is gone."""
-        try:
-            await self._stream.write(encode_frame(data))
-        except BaseLibp2pError as exc:
-            raise StreamClosed(f"write failed: {exc}") from None
-
-    async def _fill(self) -> None:
-        try:
-            chunk = await self._stream.read(65536)
-        except BaseLibp2pError as exc:  # StreamEOF, StreamReset, muxer errors
-            raise StreamClosed(str(exc) or type(exc).__name__) from None
-        if not chunk:
-            raise StreamClosed("end of stream")
-        self._buf += chunk
-
-    async def receive_frame(self, max_size: int) -> bytes:
-        """Receive one frame of at most ``max_size`` bytes (spec/README.md, "Frames").
-
-        Raises :class:`StreamClosed` at end of stream (also mid-frame) and the
-        prefix's ``ProtocolError`` (``oversize``, ``malformed``) before reading
-        a byte of the body.
-        """
-        while (head := decode_frame_prefix(self._buf, max_size)) is None:
-            await self._fill()
-        n, i = head
-        while len(self._buf) < i + n:
-            await self._fill()
-        frame = bytes(self._buf[i : i + n])
-        del self._buf[: i + n]
-        return frame
-
-    async def close(self) -> None:
-        """Half-close our side (the peer reads end-of-stream)."""
-        try:
-            await self._stream.close()
-        except BaseLibp2pError:
-            pass
-
-    async def reset(self) -> None:
-        """Abort the stream in both directions."""
-        try:
-            await self._stream.reset()
-        except BaseLibp2pError:
-            pass
-
-
-StreamHandler = Callable[[FramedStream], Awaitable[None]]
-
-
-# --------------------------------------------------------------------------- DHT glue
-
-
-class RecordValidator(Protocol):
-    """A DHT namespace validator (pure: no IO).  Raise ``ProtocolError`` to reject."""
-
-    def validate(self, key: str, value: bytes) -> None: ...
-
-    def select(self, key: str, values: list[bytes]) -> int: ...
-
-
-class _ValidatorAdapter(Validator):
-    """Adapts a :class:`RecordValidator` to py-libp2p's ``Validator`` class.
-
-    py-libp2p treats any exception from ``validate`` as a rejection; we raise
-    ``ValueError`` so its logs carry our reason.
-    """
-
-    def __init__(self, inner: RecordValidator, on_reject: Callable[[str], None]) -> None:
-        self.inner = inner
-        self.on_reject = on_reject
-
-    def validate(self, key: str, value: bytes) -> None:
-        try:
-            self.inner.validate(key, value)
-        except ProtocolError as exc:
-            self.on_reject(exc.reason)
-            raise ValueError(f"rejected record {key}: {exc}") from None
-
-    def select(self, key: str, values: list[bytes]) -> int:
-        return self.inner.select(key, values)
-
-
-@dataclass
-class LookupResult:
-    """Providers found for one key, with how many hops the lookup took."""
-
-    providers: list[tuple[str, list[str]]]  #: (peer ID, multiaddrs)
-    hops: int  #: rounds of queries until the providers were found (0 = local)
-    rounds: int  #: rounds of queries made in all
-    queried: int  #: peers asked
-
-
-def _xor_distance(a: bytes, b: bytes) -> int:
-    return int.from_bytes(sha256(a).digest(), "big") ^ int.from_bytes(sha256(b).digest(), "big")
-
-
-@dataclass
-class HostStats:
-    lookups: int = 0
-    lookup_errors: int = 0
-    rejected_records: dict[str, int] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- host
 
 
 class P2PHost:
@@ -356,7 +169,7 @@ class P2PHost:
 
     async def provide(self, key: bytes) -> bool:
         """Announce ourselves as a provider of ``key`` (a binary CID or multihash)."""
-        return bool(await self._dht.provider_store.provide(_dht_key(key)))
+        return bool(await self._dht.provider_store.provide(dht_key(key)))
 
     async def find_providers(
         self,
@@ -376,7 +189,7 @@ class P2PHost:
         called for each new provider as soon as it is known, so the caller can
         start verifying while the lookup goes on.
         """
-        mh = _dht_key(key)
+        mh = dht_key(key)
         store = self._dht.provider_store
         self.stats.lookups += 1
         found: dict[str, list[str]] = {}
@@ -395,7 +208,7 @@ class P2PHost:
         hops = 0
 
         def dist(p: ID) -> int:
-            return _xor_distance(mh, p.to_bytes())
+            return xor_distance(mh, p.to_bytes())
 
         async def ask(peer: ID, closer_out: list[ID], answers: list[frozenset[str]]) -> None:
             try:
@@ -437,7 +250,7 @@ class P2PHost:
             known.update(p for p in closer if p != me)
             if found_at_hop is None and len(found) > before:
                 found_at_hop = hops
-            if _agreed(answers):
+            if agreed(answers):
                 break
             if found_at_hop is not None and len(found) == before and hops > 1:
                 break  # providers known and a further round added none: settled
@@ -508,46 +321,6 @@ class P2PHost:
         self._dht.value_store.remove(key.encode())
 
 
-def _agreed(answers: list[frozenset[str]]) -> bool:
-    """QUORUM answers in, all naming the same non-empty set of providers."""
-    return len(answers) >= QUORUM and bool(answers[0]) and all(a == answers[0] for a in answers)
-
-
-def _dht_key(key: bytes) -> bytes:
-    """kad keys for CIDs are the CID's multihash (what go/js/py implementations use).
-
-    A binary CIDv1 is ``0x01 <codec varint> <multihash>``; raw codec 0x55 is one
-    byte.  Anything else is passed through as-is (already a multihash).
-    """
-    if len(key) > 2 and key[0] == 0x01 and key[1] < 0x80:
-        return key[2:]
-    return key
-
-
-def _capped_kad_handler(dht: KadDHT) -> Callable[[Any], Awaitable[None]]:
-    """py-libp2p's kad handler, reset after :data:`KAD_INBOUND_STREAM_S`.
-
-    The stock handler reads messages until the client closes the stream, with
-    no timeout, under a limiter of 12 concurrent inbound streams; when the
-    limiter is full it resets every new kad stream.  A client whose query was
-    cancelled (a timeout, a finished lookup) never closes its stream, so a
-    seed node that every newcomer queried ended up with all 12 slots held
-    forever and answered no kad query again.  Capping each inbound stream's
-    life frees the slot; a client that reuses kad streams just reopens one.
-    """
-
-    async def handle(stream: Any) -> None:
-        with trio.move_on_after(KAD_INBOUND_STREAM_S) as scope:
-            await dht.handle_stream(stream)
-        if scope.cancelled_caught:
-            with trio.move_on_after(1):
-                try:
-                    await stream.reset()
-                except BaseLibp2pError:
-                    pass
-
-    return handle
-
 
 @asynccontextmanager
 async def open_host(
@@ -588,11 +361,11 @@ async def open_host(
             r[reason] = r.get(reason, 0) + 1
 
     ns = NamespacedValidator(
-        {name: _ValidatorAdapter(v, on_reject) for name, v in (validators or {}).items()},
+        {name: ValidatorAdapter(v, on_reject) for name, v in (validators or {}).items()},
         strict_validation=True,
     )
     dht = KadDHT(host, DHTMode.SERVER, validator=ns, validator_changed=True, strict_validation=True)
-    host.set_stream_handler(TProtocol(KAD_PROTOCOL), _capped_kad_handler(dht))
+    host.set_stream_handler(TProtocol(KAD_PROTOCOL), capped_kad_handler(dht))
     async with host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]):
         async with background_trio_service(dht):
             p2p = P2PHost(host, dht)
