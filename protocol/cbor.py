@@ -172,10 +172,14 @@ class _Decoder:
         return n
 
     def value(self, depth: int) -> Any:
-        # Hot path (inlined ``_take``/``_argument`` with locals): ints below 256 and
-        # byte/text strings shorter than 256 bytes, most items of a message (keys,
-        # peer IDs, digests, signatures).  Same results and errors as the generic
-        # path below; profiling showed call and slice overhead dominating decode.
+        """Decode the item at ``pos`` (``depth`` levels deep) and move past it.
+
+        Hot path: the commonest items (ints and strings with a head of at most
+        2 bytes, i.e. keys, peer IDs, digests, signatures; 2- and 4-byte ints;
+        simple values) are decoded inline with locals, because profiling showed
+        call and slice overhead dominating decode.  Rarer items go through
+        ``_argument``/``_scalar``/``_map``, with the same results and errors.
+        """
         data = self.data
         size = len(data)
         start = self.pos
@@ -209,12 +213,11 @@ class _Decoder:
                 raise ProtocolError("bad_utf8", f"text string at offset {start}") from None
         self.pos = start + 1
         if major == 0 and (info == 25 or info == 26):
-            # Fast path for 2- and 4-byte unsigned ints (times, prices, sizes).
             width, floor = (2, 0x100) if info == 25 else (4, 0x10000)
             end = start + 1 + width
-            if end > len(self.data):
+            if end > size:
                 raise ProtocolError("truncated", f"needs {width} bytes at offset {start + 1}")
-            n = int.from_bytes(self.data[start + 1 : end], "big")
+            n = int.from_bytes(data[start + 1 : end], "big")
             if n < floor:
                 raise ProtocolError("non_canonical", f"argument {n} not in shortest form")
             self.pos = end
@@ -232,27 +235,34 @@ class _Decoder:
         if major == 6:
             raise ProtocolError("forbidden_type", f"tag at offset {start}")
         arg = self._argument(info)
-        if major == 0:
-            return arg
-        if major == 1:
-            return -1 - arg
-        if major == 2:
-            return self._take(arg)
-        if major == 3:
-            raw = self._take(arg)
-            try:
-                return raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ProtocolError("bad_utf8", f"text string at offset {start}") from None
+        if major <= 3:
+            return self._scalar(major, arg, start)
         if depth >= self.limits.max_depth:
             raise ProtocolError("too_deep", f"nesting exceeds {self.limits.max_depth} at offset {start}")
         if major == 4:
             return [self.value(depth + 1) for _ in range(self._count(arg, "array"))]
-        # major == 5: map
+        return self._map(self._count(arg, "map"), depth)  # major == 5
+
+    def _scalar(self, major: int, arg: int, start: int) -> Any:
+        """The rest of an int or string (major 0..3) whose head at ``start`` gave ``arg``."""
+        if major == 0:
+            return arg
+        if major == 1:
+            return -1 - arg
+        raw = self._take(arg)
+        if major == 2:
+            return raw
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("bad_utf8", f"text string at offset {start}") from None
+
+    def _map(self, n: int, depth: int) -> dict[Any, Any]:
+        """The ``n`` entries of a map (nested ``depth`` deep): keys unique and in canonical order."""
         result: dict[Any, Any] = {}
         previous = b""
         data = self.data
-        for i in range(self._count(arg, "map")):
+        for i in range(n):
             key_start = self.pos
             head = data[key_start] if key_start < len(data) else -1
             if 0x60 <= head <= 0x77:

@@ -3,8 +3,9 @@
 One :class:`Negotiation` object tracks one negotiation between one submitter
 and one provider, from either side (``role``).  Both sides run the *same*
 machine over the *same* transcript, so they agree on the state after every
-message.  The transitions are data (:data:`TRANSITIONS`); spec/negotiation.md
-contains the same table and a test compares the two.
+message.  The transitions are data (:data:`TRANSITIONS`, in
+:mod:`protocol.negotiation_table`); spec/negotiation.md contains the same table
+and a test compares the two.
 
 Byte interface: :meth:`Negotiation.send` returns one frame (a signed
 envelope) to hand to the transport; :meth:`Negotiation.receive_data` takes one
@@ -25,7 +26,7 @@ Replay and confusion protection, all checked here:
 * every message carries its sender's sequence number, which must be exactly
   the next one (a replayed or reordered message fails);
 * offers expire (``expires_at``) and a provider remembers every offer it saw
-  until then in a :class:`ReplayCache`, so a replayed offer is refused even
+  until then in a :class:`ReplayCache` (:mod:`protocol.negotiation_replay`), so a replayed offer is refused even
   in a fresh negotiation object (and, with a persistent cache, after a
   restart);
 * quotes, accepts, agreements and status events name the digest of the
@@ -37,8 +38,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Mapping
-from hashlib import sha256
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -66,6 +66,8 @@ from .negotiation import (
     validate_peer_id,
     verify_terms_signature,
 )
+from .negotiation_replay import MemoryReplayCache, ReplayCache, replay_key
+from .negotiation_table import SENDERS, TERMINAL_STATES, TRANSITIONS, Event, Role, State, event_of
 from .wire import Message
 
 __all__ = [
@@ -108,49 +110,6 @@ SESSION_TIMEOUT_S: Final = 30  #: default: a whole negotiation on one stream
 OFFER_TTL_S: Final = 60  #: default: how long an offer a submitter sends stays valid
 
 
-class Role(enum.Enum):
-    SUBMITTER = "submitter"
-    PROVIDER = "provider"
-
-    @property
-    def other(self) -> Role:
-        return Role.PROVIDER if self is Role.SUBMITTER else Role.SUBMITTER
-
-
-class State(enum.Enum):
-    IDLE = "idle"
-    OFFERED = "offered"
-    QUOTED = "quoted"
-    ACCEPTED = "accepted"
-    AGREED = "agreed"
-    TRANSFERRING = "transferring"
-    QUEUED = "queued"
-    RUNNING = "running"
-    FINISHED = "finished"
-    FAILED = "failed"
-    REFUSED = "refused"
-    CANCELLED = "cancelled"
-    EXPIRED = "expired"
-
-
-class Event(enum.Enum):
-    """What moves the machine: one per message type (one per status phase), plus
-    ``expire``, a local event (no message) raised by :meth:`Negotiation.expire`."""
-
-    OFFER = "offer"
-    QUOTE = "quote"
-    REFUSAL = "refusal"
-    ACCEPT = "accept"
-    AGREEMENT = "agreement"
-    CANCEL = "cancel"
-    TRANSFERRING = "transferring"
-    QUEUED = "queued"
-    RUNNING = "running"
-    FINISHED = "finished"
-    FAILED = "failed"
-    EXPIRE = "expire"
-
-
 class _NeedData(enum.Enum):
     NEED_DATA = "need_data"
 
@@ -159,123 +118,6 @@ class _NeedData(enum.Enum):
 NEED_DATA: Final = _NeedData.NEED_DATA
 
 S, P = Role.SUBMITTER, Role.PROVIDER
-_ST = State
-_LIVE_JOB = (_ST.AGREED, _ST.TRANSFERRING, _ST.QUEUED, _ST.RUNNING)
-
-
-def _table() -> dict[tuple[State, Event, Role | None], State]:
-    t: dict[tuple[State, Event, Role | None], State] = {
-        (_ST.IDLE, Event.OFFER, S): _ST.OFFERED,
-        (_ST.IDLE, Event.REFUSAL, P): _ST.REFUSED,  # an offer the provider could not take at all
-        (_ST.OFFERED, Event.QUOTE, P): _ST.QUOTED,
-        (_ST.OFFERED, Event.REFUSAL, P): _ST.REFUSED,
-        (_ST.QUOTED, Event.ACCEPT, S): _ST.ACCEPTED,
-        (_ST.QUOTED, Event.REFUSAL, P): _ST.REFUSED,  # e.g. an accept that came too late
-        (_ST.ACCEPTED, Event.AGREEMENT, P): _ST.AGREED,
-        (_ST.ACCEPTED, Event.REFUSAL, P): _ST.REFUSED,
-        (_ST.AGREED, Event.TRANSFERRING, P): _ST.TRANSFERRING,
-        (_ST.AGREED, Event.QUEUED, P): _ST.QUEUED,
-        (_ST.TRANSFERRING, Event.QUEUED, P): _ST.QUEUED,
-        (_ST.AGREED, Event.RUNNING, P): _ST.RUNNING,
-        (_ST.TRANSFERRING, Event.RUNNING, P): _ST.RUNNING,
-        (_ST.QUEUED, Event.RUNNING, P): _ST.RUNNING,
-        (_ST.RUNNING, Event.FINISHED, P): _ST.FINISHED,
-        (_ST.OFFERED, Event.EXPIRE, None): _ST.EXPIRED,
-        (_ST.QUOTED, Event.EXPIRE, None): _ST.EXPIRED,
-    }
-    for state in _LIVE_JOB:
-        t[(state, Event.FAILED, P)] = _ST.FAILED
-    for state in (_ST.OFFERED, _ST.QUOTED, _ST.ACCEPTED, *_LIVE_JOB):
-        t[(state, Event.CANCEL, S)] = _ST.CANCELLED
-    for state in (_ST.QUOTED, *_LIVE_JOB):
-        t[(state, Event.CANCEL, P)] = _ST.CANCELLED
-    return t
-
-
-#: ``(state, event, sender) -> next state``; sender ``None`` marks a local event.
-#: Anything not listed is a protocol violation.
-TRANSITIONS: Final[Mapping[tuple[State, Event, Role | None], State]] = _table()
-
-TERMINAL_STATES: Final = frozenset(
-    {_ST.FINISHED, _ST.FAILED, _ST.REFUSED, _ST.CANCELLED, _ST.EXPIRED}
-)
-
-#: Which role may send each message type.
-_SENDERS: Final[dict[type[Message], frozenset[Role]]] = {
-    Offer: frozenset({S}),
-    Accept: frozenset({S}),
-    Quote: frozenset({P}),
-    Refusal: frozenset({P}),
-    Agreement: frozenset({P}),
-    JobStatus: frozenset({P}),
-    Cancel: frozenset({S, P}),
-}
-
-_SIMPLE_EVENTS: Final[dict[type[Message], Event]] = {
-    Offer: Event.OFFER,
-    Quote: Event.QUOTE,
-    Refusal: Event.REFUSAL,
-    Accept: Event.ACCEPT,
-    Agreement: Event.AGREEMENT,
-    Cancel: Event.CANCEL,
-}
-
-
-def event_of(msg: Message) -> Event:
-    """The table event a message triggers."""
-    if isinstance(msg, JobStatus):
-        return Event(msg.phase.value)
-    try:
-        return _SIMPLE_EVENTS[type(msg)]
-    except KeyError:
-        raise ProtocolError("unexpected_type", f"{type(msg).__name__} is not a negotiation message") from None
-
-
-# --------------------------------------------------------------------------- replay cache
-
-
-class ReplayCache(Protocol):
-    """Remembers offers until they expire, so none is acted on twice.
-
-    ``remember`` returns False when ``key`` was already seen (a replay) and
-    True when it is new (and records it until ``expires_at``).  The in-memory
-    :class:`MemoryReplayCache` is pure; the node's SQLite store implements the
-    same interface so a restart forgets nothing.
-    """
-
-    def remember(self, key: bytes, expires_at: int, now: int) -> bool: ...
-
-
-def replay_key(submitter: str, negotiation_id: bytes) -> bytes:
-    """Cache key of an offer: per submitter, so one peer cannot block another's IDs."""
-    return sha256(b"cpn/negotiation/replay\0" + submitter.encode() + b"\0" + negotiation_id).digest()
-
-
-class MemoryReplayCache:
-    """A bounded in-memory :class:`ReplayCache`.
-
-    When full of unexpired entries it refuses new offers (``ProtocolError
-    ('busy')``) rather than forget one early: forgetting would reopen a replay
-    window, refusing only delays honest submitters.
-    """
-
-    def __init__(self, max_entries: int = 100_000) -> None:
-        self.max_entries = max_entries
-        self._entries: dict[bytes, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def remember(self, key: bytes, expires_at: int, now: int) -> bool:
-        seen = self._entries.get(key)
-        if seen is not None and seen >= now:
-            return False
-        if len(self._entries) >= self.max_entries:
-            self._entries = {k: v for k, v in self._entries.items() if v >= now}
-            if len(self._entries) >= self.max_entries:
-                raise ProtocolError("busy", "replay cache full; try again later")
-        self._entries[key] = expires_at
-        return True
 
 
 # --------------------------------------------------------------------------- the machine
@@ -541,9 +383,9 @@ class Negotiation:
         return int(job.timeouts.run_s)
 
     def _check(self, msg: Message, sender: Role, now: int, raw: Signed[Message] | None) -> None:
-        if type(msg) not in _SENDERS:
+        if type(msg) not in SENDERS:
             raise ProtocolError("unexpected_type", f"{type(msg).__name__} is not a negotiation message")
-        if sender not in _SENDERS[type(msg)]:
+        if sender not in SENDERS[type(msg)]:
             raise ProtocolError("unexpected_message", f"a {sender.value} does not send {type(msg).__name__}")
         event = event_of(msg)
         if (self.state, event, sender) not in TRANSITIONS:

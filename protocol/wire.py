@@ -178,72 +178,90 @@ def _leaf_check(hint: Any) -> Check:
 
 @functools.cache
 def _plan(hint: Any) -> tuple[Check, Load]:
+    """The (check, load) pair of one annotation, built once per hint."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        inner = [a for a in args if a is not type(None)]
-        if len(args) != 2 or len(inner) != 1:
-            raise LocalProtocolError(f"unsupported union {hint!r}: only X | None")
-        check_inner, load_inner = _plan(inner[0])
-
-        def check_opt(value: Any, path: str) -> None:
-            if value is not None:
-                check_inner(value, path)
-
-        def load_opt(obj: Any, path: str) -> Any:
-            return None if obj is None else load_inner(obj, path)
-
-        return check_opt, load_opt
-
+        return _plan_optional(hint)
     if origin is tuple:
-        (item,) = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        check_item, load_item = _plan(item)
-
-        def check_tuple(value: Any, path: str) -> None:
-            if value is None:
-                _required(path)
-            if not isinstance(value, tuple):
-                raise ValidationError(path, "must be a tuple")
-            for i, v in enumerate(value):
-                check_item(v, f"{path}[{i}]")
-
-        def load_tuple(obj: Any, path: str) -> Any:
-            if obj is None:
-                raise ValidationError(path, "is required (null given)")
-            if not isinstance(obj, list):
-                raise ValidationError(path, "must be an array")
-            return tuple([load_item(v, f"{path}[{i}]") for i, v in enumerate(obj)])
-
-        return check_tuple, load_tuple
-
+        return _plan_tuple(hint)
     if origin is dict:
-        _, value_hint = typing.get_args(hint)
-        check_value, load_value = _plan(value_hint)
+        return _plan_dict(hint)
+    return _plan_leaf(hint)
 
-        def check_dict(value: Any, path: str) -> None:
-            if value is None:
-                _required(path)
-            if not isinstance(value, dict):
-                raise ValidationError(path, "must be a mapping")
-            for k, v in value.items():
-                if not isinstance(k, str):
-                    raise ValidationError(path, "mapping keys must be text")
-                check_value(v, f"{path}.{k}")
 
-        def load_dict(obj: Any, path: str) -> Any:
-            if obj is None:
-                raise ValidationError(path, "is required (null given)")
-            if not isinstance(obj, dict):
-                raise ValidationError(path, "must be a map")
-            out = {}
-            for k, v in obj.items():
-                if not isinstance(k, str):
-                    raise ValidationError(path, "map keys must be text")
-                out[k] = load_value(v, f"{path}.{k}")
-            return out
+def _plan_optional(hint: Any) -> tuple[Check, Load]:
+    """``X | None``: ``None`` passes (and decodes from ``null``), anything else is an ``X``."""
+    args = typing.get_args(hint)
+    inner = [a for a in args if a is not type(None)]
+    if len(args) != 2 or len(inner) != 1:
+        raise LocalProtocolError(f"unsupported union {hint!r}: only X | None")
+    check_inner, load_inner = _plan(inner[0])
 
-        return check_dict, load_dict
+    def check_opt(value: Any, path: str) -> None:
+        if value is not None:
+            check_inner(value, path)
 
+    def load_opt(obj: Any, path: str) -> Any:
+        return None if obj is None else load_inner(obj, path)
+
+    return check_opt, load_opt
+
+
+def _plan_tuple(hint: Any) -> tuple[Check, Load]:
+    """``tuple[T, ...]``: a CBOR array of ``T``, each item's path ``field[i]``."""
+    (item,) = [a for a in typing.get_args(hint) if a is not Ellipsis]
+    check_item, load_item = _plan(item)
+
+    def check_tuple(value: Any, path: str) -> None:
+        if value is None:
+            _required(path)
+        if not isinstance(value, tuple):
+            raise ValidationError(path, "must be a tuple")
+        for i, v in enumerate(value):
+            check_item(v, f"{path}[{i}]")
+
+    def load_tuple(obj: Any, path: str) -> Any:
+        if obj is None:
+            raise ValidationError(path, "is required (null given)")
+        if not isinstance(obj, list):
+            raise ValidationError(path, "must be an array")
+        return tuple([load_item(v, f"{path}[{i}]") for i, v in enumerate(obj)])
+
+    return check_tuple, load_tuple
+
+
+def _plan_dict(hint: Any) -> tuple[Check, Load]:
+    """``dict[str, T]``: a CBOR map with text keys, each value's path ``field.key``."""
+    _, value_hint = typing.get_args(hint)
+    check_value, load_value = _plan(value_hint)
+
+    def check_dict(value: Any, path: str) -> None:
+        if value is None:
+            _required(path)
+        if not isinstance(value, dict):
+            raise ValidationError(path, "must be a mapping")
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValidationError(path, "mapping keys must be text")
+            check_value(v, f"{path}.{k}")
+
+    def load_dict(obj: Any, path: str) -> Any:
+        if obj is None:
+            raise ValidationError(path, "is required (null given)")
+        if not isinstance(obj, dict):
+            raise ValidationError(path, "must be a map")
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise ValidationError(path, "map keys must be text")
+            out[k] = load_value(v, f"{path}.{k}")
+        return out
+
+    return check_dict, load_dict
+
+
+def _plan_leaf(hint: Any) -> tuple[Check, Load]:
+    """A nested struct, an enum (decoded from its value) or a plain int/bool/str/bytes."""
     check = _leaf_check(hint)
 
     if isinstance(hint, type) and issubclass(hint, Struct):
@@ -294,6 +312,7 @@ def _to_wire(value: Any) -> Any:
 
 def _from_wire(obj: Any, hint: Any, path: str) -> Any:
     return _plan(hint)[1](obj, path)
+
 
 def _struct_from_wire(cls: type[S], obj: Any, path: str) -> S:
     where = path or cls.__name__

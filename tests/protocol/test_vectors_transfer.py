@@ -157,7 +157,7 @@ def test_vector(v: dict[str, Any]) -> None:
 
 
 def test_every_transfer_message_has_accept_and_reject_vectors() -> None:
-    tags = {t for t, cls in REGISTRY.items() if cls.__module__ == "protocol.transfer"}
+    tags = {t for t, cls in REGISTRY.items() if cls.__module__ == "protocol.transfer_messages"}
     seen: dict[str, set[int]] = {"accept": set(), "reject": set()}
     for v in VECTORS:
         if v["operation"] == "transfer.message.open":
