@@ -11,11 +11,11 @@ simulator run the same code deterministically.
   ``on_response(peer, closer, providers)`` / ``on_failure(peer, reason, now)``
   feed the outcome; new providers are returned as they arrive, deduplicated.
   It ends when the ``k`` closest peers to the key that did not fail have all
-  answered (spec/dht.md §6.1) -- never on a "quiet round" or on agreeing
+  answered (spec/dht.md §7.2) -- never on a "quiet round" or on agreeing
   answers -- or when the caller calls :meth:`Lookup.stop` (deadline, enough
   providers).  For popular keys it then *pages*: answers are capped at
   :data:`PAGE_SIZE` random providers, so peers that returned a full page are
-  asked again while that still brings new providers (§6.3).
+  asked again while that still brings new providers (§7.5).
 * :class:`Provide`: a ``FIND_NODE`` lookup for the k closest, then
   ``ADD_PROVIDER`` to each, retried with back-off when it fails or is refused
   (rate limit), replaced by the next closest peer when it keeps failing;
@@ -81,8 +81,12 @@ MAX_LOOKUP_PROVIDERS: Final = 10_000  #: distinct providers one lookup remembers
 #: a query unanswered this long stops counting against ``alpha`` (it may still answer)
 SLOW_AFTER_S: Final = 1.0
 BUSY_RETRY_S: Final = 1.0  #: a lookup asks a peer that said "busy" once more after this
-MAX_PROVIDERS_PER_KEY: Final = 1000  #: provider records one node keeps per key
-PROVIDER_TTL_S: Final = 48 * 3600.0  #: provider record lifetime (libp2p kad)
+#: provider records one node keeps per key: a class's live providers plus the
+#: records of those that left within one re-announce interval (refresh order evicts)
+MAX_PROVIDERS_PER_KEY: Final = 2048
+#: provider record lifetime on CPN nodes: three re-announce intervals (libp2p's
+#: 48 h suits its 22 h republish; CPN providers re-announce at least hourly)
+PROVIDER_TTL_S: Final = 3 * 3600.0
 PROVIDE_ATTEMPTS: Final = 4  #: ADD_PROVIDER tries per peer before another peer replaces it
 PROVIDE_BACKOFF_S: Final = 1.0  #: first retry delay; doubles per attempt, jittered
 PROVIDE_BACKOFF_MAX_S: Final = 60.0
@@ -194,7 +198,7 @@ class Lookup:
     and peers whose answers were full are asked again for further pages once
     the closest set is complete.
 
-    Driver loop (see spec/dht.md §6.1)::
+    Driver loop (see spec/dht.md §7.2)::
 
         lookup = Lookup(key, seeds, self_id=me, page_size=PAGE_SIZE, rand=random.random)
         while not lookup.done:
@@ -237,7 +241,8 @@ class Lookup:
         self._self_id = self_id
         self._target = kad_point(self.key)
         self._peers: dict[bytes, _Peer] = {}
-        self._order: list[tuple[int, bytes]] = []  # (distance, peer), ascending
+        self._order: list[tuple[int, bytes]] = []  # (distance, peer) not failed, ascending
+        self._pending: dict[bytes, _Peer] = {}  # WAITING, SLOW or BACKOFF
         self._providers: dict[bytes, None] = {}  # insertion-ordered set
         self._paging: set[bytes] = set()  # ANSWERED peers with a page query in flight
         self._page_queue: deque[bytes] = deque()
@@ -278,11 +283,11 @@ class Lookup:
 
     def candidates(self) -> list[bytes]:
         """Every peer known and not failed, closest first (:class:`Provide` takes spares here)."""
-        return [p for _, p in self._order if self._peers[p].state is not _State.FAILED]
+        return [p for _, p in self._order]
 
     def in_flight(self) -> list[bytes]:
         """Peers with a query outstanding (a driver may let them finish after ``done``)."""
-        waiting = [p for p, r in self._peers.items() if r.state in (_State.WAITING, _State.SLOW)]
+        waiting = [p for p, r in self._pending.items() if r.state is not _State.BACKOFF]
         return waiting + sorted(self._paging)
 
     def statistics(self) -> LookupStats:
@@ -304,7 +309,7 @@ class Lookup:
         """Peers to query now (each is then in flight until its answer or failure is fed)."""
         if self._outcome:
             return []
-        for rec in self._peers.values():
+        for rec in self._pending.values():
             if rec.state is _State.WAITING and now >= rec.sent_at + self.slow_after:
                 rec.state = _State.SLOW
         slots = self.alpha - self._counted_in_flight()
@@ -316,6 +321,7 @@ class Lookup:
             rec = self._peers[peer]
             rec.state = _State.WAITING
             rec.sent_at = now
+            self._pending[peer] = rec
             chosen.append(peer)
             self._queries += 1
             if self._queries >= self.max_queries:
@@ -338,8 +344,8 @@ class Lookup:
             return None
         times = [
             r.sent_at + self.slow_after if r.state is _State.WAITING else r.retry_at
-            for r in self._peers.values()
-            if r.state in (_State.WAITING, _State.BACKOFF)
+            for r in self._pending.values()
+            if r.state is not _State.SLOW
         ]
         return min(times, default=None)
 
@@ -361,6 +367,7 @@ class Lookup:
             self._paging.discard(peer)
         else:
             rec.state = _State.ANSWERED
+            del self._pending[peer]
         new = self._take_providers(providers)
         if new and not self._hops_to_provider:
             self._hops_to_provider = rec.depth
@@ -393,6 +400,8 @@ class Lookup:
             rec.retry_at = now + self.busy_retry_after
         else:
             rec.state = _State.FAILED
+            del self._pending[peer]
+            del self._order[bisect.bisect_left(self._order, (rec.dist, peer))]
         self._update()
 
     def stop(self) -> None:
@@ -437,7 +446,7 @@ class Lookup:
         return new
 
     def _counted_in_flight(self) -> int:
-        waiting = sum(1 for r in self._peers.values() if r.state is _State.WAITING)
+        waiting = sum(1 for r in self._pending.values() if r.state is _State.WAITING)
         return waiting + len(self._paging)
 
     def _scan(self, now: float) -> tuple[bool, list[bytes]]:
@@ -453,8 +462,6 @@ class Lookup:
         picks: list[bytes] = []
         for _, peer in self._order:
             rec = self._peers[peer]
-            if rec.state is _State.FAILED:
-                continue
             seen += 1
             if seen > window:
                 break
@@ -477,8 +484,8 @@ class Lookup:
             if self.page_size is None or self._paging_finished():
                 self._outcome = "complete"
                 return
-        idle = self._counted_in_flight() == 0 and not any(
-            r.state is _State.SLOW for r in self._peers.values()
+        idle = not self._paging and not any(
+            r.state is not _State.BACKOFF for r in self._pending.values()
         )
         if self._queries >= self.max_queries and idle:
             self._outcome = "complete" if complete else "max_queries"
@@ -571,6 +578,11 @@ class ProvideResult:
     def holders_in_closest(self) -> int:
         """How many of the k closest hold the record (the confirmation count)."""
         return len(set(self.closest) & set(self.stored))
+
+    @property
+    def confirmed(self) -> bool:
+        """At least half of the closest peers found hold the record (and some were found)."""
+        return bool(self.closest) and 2 * self.holders_in_closest >= len(self.closest)
 
 
 class Provide:
@@ -748,13 +760,20 @@ class ReprovideSchedule:
         if first_gap <= 0 or interval < first_gap:
             raise ValueError("need 0 < first_gap <= interval")
         self._rand = rand
-        self._gap = first_gap
+        self._gap = self._first_gap = first_gap
         self.interval = interval
         self.jitter = jitter
         self.due: float = now + start_spread * rand()
 
-    def provided(self, now: float) -> float:
-        """Record an announcement made at ``now``; returns the next due time."""
+    def provided(self, now: float, confirmed: bool = True) -> float:
+        """Record an announcement made at ``now``; returns the next due time.
+
+        An announcement that was not confirmed (:attr:`ProvideResult.confirmed`)
+        is repeated after ``first_gap`` and does not lengthen the gaps.
+        """
+        if not confirmed:
+            self.due = now + jittered(self._first_gap, self._rand, self.jitter)
+            return self.due
         self.due = now + jittered(self._gap, self._rand, self.jitter)
         self._gap = min(self._gap * 2, self.interval)
         return self.due
@@ -769,14 +788,48 @@ class ReprovideSchedule:
 # --------------------------------------------------------------------------- records
 
 
+class _Held(Generic[T]):
+    """One key's records: refresh order (for expiry and eviction) plus a dense
+    list (for an O(page) random sample)."""
+
+    __slots__ = ("order", "items", "pos")
+
+    def __init__(self) -> None:
+        self.order: dict[bytes, tuple[float, T]] = {}  # oldest refresh first: (expires_at, info)
+        self.items: list[bytes] = []
+        self.pos: dict[bytes, int] = {}
+
+    def append(self, provider: bytes, expires_at: float, info: T) -> None:
+        self.order[provider] = (expires_at, info)
+        self.pos[provider] = len(self.items)
+        self.items.append(provider)
+
+    def remove(self, provider: bytes) -> None:
+        del self.order[provider]
+        i = self.pos.pop(provider)
+        last = self.items.pop()
+        if last != provider:
+            self.items[i] = last
+            self.pos[last] = i
+
+    def expire(self, now: float) -> None:
+        order = self.order
+        while order:
+            first = next(iter(order))
+            if order[first][0] > now:
+                break
+            self.remove(first)
+
+
 class ProviderRecords(Generic[T]):
     """Provider records one DHT node holds: ``key -> provider -> info`` with expiry.
 
     At most ``max_per_key`` providers per key.  When a key is full, a new or
     re-announced provider replaces the one refreshed longest ago -- not "first
     come, kept forever", which would make late providers of a popular key
-    unfindable and keep departed ones.  :meth:`answer` returns a fresh
-    uniform sample of at most ``page`` providers (spec/dht.md §6.3).
+    unfindable and keep departed ones.  Records expire ``ttl`` after their
+    last announcement.  :meth:`answer` returns a fresh uniform sample of at
+    most ``page`` providers (spec/dht.md §7.5), in O(page) time.
     """
 
     def __init__(
@@ -786,11 +839,12 @@ class ProviderRecords(Generic[T]):
         ttl: float = PROVIDER_TTL_S,
         max_keys: int = 100_000,
     ) -> None:
+        if max_per_key < 1 or ttl <= 0 or max_keys < 1:
+            raise ValueError("max_per_key, ttl and max_keys must be positive")
         self.max_per_key = max_per_key
         self.ttl = ttl
         self.max_keys = max_keys
-        # per key, providers in order of last refresh (oldest first): (expires_at, info)
-        self._keys: dict[bytes, dict[bytes, tuple[float, T]]] = {}
+        self._keys: dict[bytes, _Held[T]] = {}
 
     def add(self, key: bytes, provider: bytes, info: T, now: float) -> bool:
         """Store or refresh a record; False when the node holds ``max_keys`` other keys."""
@@ -798,41 +852,52 @@ class ProviderRecords(Generic[T]):
         if held is None:
             if len(self._keys) >= self.max_keys:
                 return False
-            held = self._keys[key] = {}
-        held.pop(provider, None)
-        self._expire(held, now)
-        while len(held) >= self.max_per_key:
-            del held[next(iter(held))]
-        held[provider] = (now + self.ttl, info)
+            held = self._keys[key] = _Held()
+        if provider in held.order:
+            del held.order[provider]  # re-insert at the end: the newest refresh
+            held.order[provider] = (now + self.ttl, info)
+            return True
+        held.expire(now)
+        while len(held.items) >= self.max_per_key:
+            held.remove(next(iter(held.order)))
+        held.append(provider, now + self.ttl, info)
         return True
+
+    def _live(self, key: bytes, now: float) -> _Held[T] | None:
+        held = self._keys.get(key)
+        if held is None:
+            return None
+        held.expire(now)
+        if not held.items:
+            del self._keys[key]
+            return None
+        return held
 
     def get(self, key: bytes, now: float) -> list[tuple[bytes, T]]:
         """All unexpired ``(provider, info)`` for ``key``, oldest refresh first."""
-        held = self._keys.get(key)
-        if not held:
-            return []
-        self._expire(held, now)
-        if not held:
-            del self._keys[key]
-            return []
-        return [(p, info) for p, (_, info) in held.items()]
+        held = self._live(key, now)
+        return [] if held is None else [(p, info) for p, (_, info) in held.order.items()]
 
     def answer(
         self, key: bytes, now: float, rand: Rand, page: int = PAGE_SIZE
     ) -> list[tuple[bytes, T]]:
         """What a ``GET_PROVIDERS`` answer carries: a uniform sample of at most ``page``."""
-        return sample(self.get(key, now), page, rand)
+        held = self._live(key, now)
+        if held is None:
+            return []
+        items, n = held.items, len(held.items)
+        if n <= page or 2 * page > n:
+            chosen = sample(items, page, rand)
+        else:  # distinct uniform indices by rejection: O(page), uniform over subsets
+            picked: set[int] = set()
+            while len(picked) < page:
+                picked.add(min(int(rand() * n), n - 1))
+            chosen = [items[i] for i in picked]
+        return [(p, held.order[p][1]) for p in chosen]
 
     def count(self, key: bytes) -> int:
-        return len(self._keys.get(key, ()))
+        held = self._keys.get(key)
+        return 0 if held is None else len(held.items)
 
     def keys(self) -> list[bytes]:
         return list(self._keys)
-
-    @staticmethod
-    def _expire(held: dict[bytes, tuple[float, T]], now: float) -> None:
-        while held:
-            first = next(iter(held))
-            if held[first][0] > now:
-                break
-            del held[first]

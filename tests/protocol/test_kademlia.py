@@ -448,7 +448,7 @@ def test_provide_reaches_the_k_closest_and_confirms() -> None:
     res = provide.result()
     want = [p for p in net.true_closest(key, K + 1) if p != me][:K]
     assert list(res.closest) == want
-    assert res.holders_in_closest == K and not res.gave_up
+    assert res.holders_in_closest == K and not res.gave_up and res.confirmed
     assert all(net.nodes[p].records.count(key) == 1 for p in want)
 
 
@@ -515,6 +515,7 @@ def test_provide_with_no_reachable_peer_ends_with_nothing_stored() -> None:
     provide.on_failure(req, Failure.UNREACHABLE, 0.5)
     assert provide.next_requests(0.5) == []
     assert provide.done and provide.result().stored == ()
+    assert not provide.result().confirmed
 
 
 def test_provide_errors_on_unsolicited_ack() -> None:
@@ -580,6 +581,9 @@ def test_reprovide_gaps_double_to_the_interval_with_bounded_jitter() -> None:
     nominal = [10, 20, 40, 80, 80, 80]
     assert all(0.75 * g <= x <= 1.25 * g for x, g in zip(gaps, nominal, strict=True))
     assert sched.expedite(now, 5.0) <= now + 5.0
+    # an unconfirmed announcement is repeated soon, and the gaps stay long afterwards
+    assert sched.provided(now, confirmed=False) - now <= 12.5
+    assert sched.provided(now) - now >= 60.0
 
 
 def test_nodes_started_together_do_not_announce_together() -> None:
