@@ -747,12 +747,9 @@ class ProvideRun:
         if not sim.is_alive(self.node):
             self.finished = True
             return
-        for _ in range(2):  # a second pass starts the store phase right after the lookup
-            for req in pv.next_requests(sim.now):
-                op = "find_node" if req.op is Op.FIND_NODE else "add_provider"
-                sim.query(self.node, req.peer, op, self.key, self._result_cb(req))
-            if pv.done or not pv.lookup.done:
-                break
+        for req in pv.next_requests(sim.now):
+            op = "find_node" if req.op is Op.FIND_NODE else "add_provider"
+            sim.query(self.node, req.peer, op, self.key, self._result_cb(req))
         if pv.done:
             self.finished = True
             self.on_done(self)

@@ -603,7 +603,7 @@ class Provide:
         while not p.done:
             for req in p.next_requests(now()):
                 send req.op to req.peer
-            wait for a request to end, or until p.next_wakeup()
+            wait for a request to end, or until p.next_wakeup(now())
             FIND_NODE answer          -> p.on_response(req, closer_peers)
             ADD_PROVIDER acknowledged -> p.on_response(req)
             any failure               -> p.on_failure(req, Failure.X, now())
@@ -641,6 +641,7 @@ class Provide:
         self._closest: tuple[bytes, ...] = ()
         self._storing = False
         self._stores_sent = 0
+        self._maybe_store()
 
     @property
     def done(self) -> bool:
@@ -650,12 +651,9 @@ class Provide:
 
     def next_requests(self, now: float) -> list[Request]:
         """Messages to send now."""
-        out: list[Request] = []
         if not self._storing:
-            out = [Request(p, Op.FIND_NODE) for p in self.lookup.next_queries(now)]
-            if not self.lookup.done:
-                return out
-            self._start_storing()
+            return [Request(p, Op.FIND_NODE) for p in self.lookup.next_queries(now)]
+        out: list[Request] = []
         for peer, state in self._tstate.items():
             due = state is _TState.READY or (state is _TState.RETRY and self._due[peer] <= now)
             if due and self.budget.try_take(peer, now):
@@ -682,6 +680,7 @@ class Provide:
         if req.op is Op.FIND_NODE:
             if not self._storing:
                 self.lookup.on_response(req.peer, closer)
+                self._maybe_store()
             return
         if self._tstate.get(req.peer) is not _TState.SENT:
             raise LocalProtocolError("no ADD_PROVIDER to this peer is in flight")
@@ -692,6 +691,7 @@ class Provide:
         if req.op is Op.FIND_NODE:
             if not self._storing:
                 self.lookup.on_failure(req.peer, reason, now)
+                self._maybe_store()
             return
         if self._tstate.get(req.peer) is not _TState.SENT:
             raise LocalProtocolError("no ADD_PROVIDER to this peer is in flight")
@@ -715,6 +715,16 @@ class Provide:
             gave_up=gave_up,
             messages=self.lookup.statistics().queries + self._stores_sent,
         )
+
+    def _maybe_store(self) -> None:
+        """Move to the store phase as soon as the lookup has ended."""
+        if not self._storing and self.lookup.done:
+            self._start_storing()
+
+    def stop(self) -> None:
+        """End the lookup phase now (the caller's deadline): store at the closest found so far."""
+        self.lookup.stop()
+        self._maybe_store()
 
     def _start_storing(self) -> None:
         self._storing = True

@@ -149,16 +149,11 @@ class Driver:
         return streamed
 
     def run_provide(self, provide: Provide, key: bytes, provider: bytes) -> None:
-        idle = 0
         while not provide.done:
             for req in provide.next_requests(self.now):
                 self._schedule(req.peer, req.op.value, key, req)
             times = [t for t in (self.heap[0][0] if self.heap else None, provide.next_wakeup(self.now)) if t is not None]
-            if not times:
-                idle += 1  # once: the lookup just ended, next_requests starts storing
-                assert idle < 2, "provide stalled: nothing in flight and nothing scheduled"
-                continue
-            idle = 0
+            assert times, "provide stalled: nothing in flight and nothing scheduled"
             self.now = max(self.now, min(times))
             if self.heap and self.heap[0][0] <= self.now:
                 _, _, peer, op, (outcome, _, req) = heapq.heappop(self.heap)  # type: ignore[misc]
@@ -513,9 +508,24 @@ def test_provide_with_no_reachable_peer_ends_with_nothing_stored() -> None:
     provide = Provide(key_of("x"), [pid(1, b"gone")], rand=random.Random(0).random)
     (req,) = provide.next_requests(0.0)
     provide.on_failure(req, Failure.UNREACHABLE, 0.5)
+    assert provide.done and provide.next_wakeup(0.5) is None  # no send needed to notice
     assert provide.next_requests(0.5) == []
-    assert provide.done and provide.result().stored == ()
-    assert not provide.result().confirmed
+    assert provide.result().stored == () and not provide.result().confirmed
+    assert Provide(key_of("x"), [], rand=random.Random(0).random).done  # nobody to ask
+
+
+def test_provide_stop_stores_at_the_closest_found_so_far() -> None:
+    net = FakeNet(100)
+    key = key_of("cpn:cpu")
+    me = pid(5)
+    provide = Provide(key, seeds_for(net, me, key), self_id=me, rand=random.Random(3).random)
+    first = provide.next_requests(0.0)
+    assert {r.op for r in first} == {Op.FIND_NODE}
+    provide.on_response(first[0], net.closer(net.nodes[first[0].peer], key))
+    provide.stop()  # deadline: no more FIND_NODE, store at what is known
+    reqs = provide.next_requests(0.1)
+    assert reqs and {r.op for r in reqs} == {Op.ADD_PROVIDER}
+    assert [r.peer for r in reqs] == [first[0].peer]  # the only peer that answered
 
 
 def test_provide_errors_on_unsolicited_ack() -> None:
