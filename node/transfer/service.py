@@ -43,13 +43,9 @@ from node.transfer.blobstore import (
     PartialBlob,
     QuotaExceeded,
 )
-from node.transfer.dataplane import (
-    DataPlaneServer,
-    FetchState,
-    SourceBanned,
-    fetch_from_source,
-    leaf_error,
-)
+from node.transfer.dataplane import leaf_error
+from node.transfer.dataplane_client import FetchState, SourceBanned, fetch_from_source
+from node.transfer.dataplane_server import DataPlaneServer
 from protocol.chunks import chunk_count, verify_chunk_list
 from protocol.envelope import open_envelope, seal
 from protocol.errors import ProtocolError
