@@ -37,18 +37,10 @@ from typing import Any
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from node.execute.container import ContainerRun
 from node.execute.oci import ImageError, ImageSpec, assemble_layout, image_exists, load_image
-from node.execute.podman import (
-    Capability,
-    ContainerRun,
-    ContainerSpec,
-    Mount,
-    Podman,
-    PodmanSettings,
-    reap_orphans,
-    run_args,
-    self_test,
-)
+from node.execute.podman import ContainerSpec, Mount, Podman, PodmanSettings, reap_orphans, run_args
+from node.execute.selftest import Capability, self_test
 from node.execute.selftest_image import build_busybox_image
 from node.transfer.blobstore import hash_file
 from protocol.chunks import DEFAULT_CHUNK_SIZE
