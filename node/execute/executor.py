@@ -38,7 +38,8 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from node.execute.container import ContainerRun
-from node.execute.oci import ImageError, ImageSpec, assemble_layout, image_exists, load_image
+from node.execute.oci import ImageError, ImageSpec, image_exists, load_image
+from node.execute.oci_verify import assemble_layout, verify_blob_file
 from node.execute.podman import ContainerSpec, Mount, Podman, PodmanSettings, reap_orphans, run_args
 from node.execute.selftest import Capability, self_test
 from node.execute.selftest_image import build_busybox_image
@@ -374,8 +375,6 @@ class Executor:
         self._present.add(image.image_id)
 
     def _mounts(self, job: Any, blob_path: Callable[[str], Path], run_dir: Path) -> list[Mount]:
-        from node.execute.oci import verify_blob_file
-
         mounts = []
         for inp in job.inputs:
             src = _lookup(blob_path, inp.blob.digest)

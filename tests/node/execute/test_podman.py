@@ -21,7 +21,7 @@ from support.podman import PodmanEnv, job_for, shared_env  # noqa: E402
 
 from node.execute.container import ContainerRun, LogStream
 from node.execute.executor import Executor
-from node.execute.oci import pack_image
+from node.execute.oci_pack import pack_image
 from node.execute.podman import ContainerSpec, Podman, PodmanSettings, run_args
 from node.execute.selftest import Capability, cdi_devices, fake_cdi_spec, self_test
 from node.execute.selftest_image import busybox_rootfs
