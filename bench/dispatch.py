@@ -11,7 +11,7 @@ command is ``echo ready``), measured the same way for both:
   (the ulimits are needed at all on these machines), podman's default network;
 * **bare_network_none**: the same with ``--network none`` (no network setup,
   the faster one: the ratio is taken against whichever bare variant is faster);
-* **cpn**: :meth:`node.execution.Executor.execute` from the call to the first
+* **cpn**: :meth:`node.execute.executor.Executor.execute` from the call to the first
   log line: run record, image check (cached), limits, mounts, CDI, labels,
   cgroup parent, then the same ``podman run`` with every default
   (``--network none``, ``--read-only``, ``--cap-drop all``, ...).
