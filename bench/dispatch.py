@@ -11,7 +11,7 @@ command is ``echo ready``), measured the same way for both:
   (the ulimits are needed at all on these machines), podman's default network;
 * **bare_network_none**: the same with ``--network none`` (no network setup,
   the faster one: the ratio is taken against whichever bare variant is faster);
-* **cpn**: :meth:`node.execution.Executor.execute` from the call to the first
+* **cpn**: :meth:`node.execute.executor.Executor.execute` from the call to the first
   log line: run record, image check (cached), limits, mounts, CDI, labels,
   cgroup parent, then the same ``podman run`` with every default
   (``--network none``, ``--read-only``, ``--cap-drop all``, ...).
@@ -41,9 +41,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from support.podman import job_for  # noqa: E402
 
+from node.execute.container import ContainerRun  # noqa: E402
 from node.execute.executor import Executor  # noqa: E402
 from node.execute.oci import load_image  # noqa: E402
-from node.execute.podman import ContainerRun, Podman, PodmanSettings, choose_runtime, self_test  # noqa: E402
+from node.execute.podman import Podman, PodmanSettings  # noqa: E402
+from node.execute.selftest import choose_runtime, self_test  # noqa: E402
 from node.execute.selftest_image import build_busybox_image  # noqa: E402
 from protocol.envelope import public_key_proto_of  # noqa: E402
 from protocol.identity import peer_id_from_proto_key  # noqa: E402

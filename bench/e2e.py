@@ -42,7 +42,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
 def build_image(base: Path, size_mib: int) -> Path:
-    from node.execute.oci import pack_image
+    from node.execute.oci_pack import pack_image
     from node.execute.selftest_image import busybox_rootfs
 
     root = base / "rootfs"

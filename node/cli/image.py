@@ -10,7 +10,8 @@ from typing import Any
 
 def _pack(args: argparse.Namespace) -> int:
     from node.cli import CliError
-    from node.execute.oci import ImageError, pack_image
+    from node.execute.oci import ImageError
+    from node.execute.oci_pack import pack_image
 
     out = Path(args.output) if args.output else Path(Path(args.src[0]).name + ".oci")
     for env in args.env:

@@ -6,11 +6,11 @@ and the job's blobs are in the blob store:
 1. *image*: if podman already holds the image ID (the config digest) nothing
    is read; otherwise the OCI layout is assembled from the blob store and
    every blob, manifest, config and layer entry is verified
-   (:func:`node.oci.assemble_layout`) before ``skopeo`` loads it;
+   (:func:`node.execute.oci_verify.assemble_layout`) before ``skopeo`` loads it;
 2. *inputs*: each input blob is verified and bind-mounted read-only at its
    path; each output path gets a writable directory (nothing else is
    writable except a size-limited tmpfs /tmp);
-3. *run*: :class:`node.runtime.ContainerRun` with the agreement's limits,
+3. *run*: :class:`node.execute.container.ContainerRun` with the agreement's limits,
    only the reserved GPUs (CDI, by UUID), and the run timeout;
 4. *collect*: regular files under the output directories (symlinks and
    special files are never followed) become content-addressed output blobs;
@@ -37,18 +37,11 @@ from typing import Any
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from node.execute.oci import ImageError, ImageSpec, assemble_layout, image_exists, load_image
-from node.execute.podman import (
-    Capability,
-    ContainerRun,
-    ContainerSpec,
-    Mount,
-    Podman,
-    PodmanSettings,
-    reap_orphans,
-    run_args,
-    self_test,
-)
+from node.execute.container import ContainerRun, RunOutcome
+from node.execute.oci import ImageError, ImageSpec, image_exists, load_image
+from node.execute.oci_verify import assemble_layout, verify_blob_file
+from node.execute.podman import ContainerSpec, Mount, Podman, PodmanSettings, reap_orphans, run_args
+from node.execute.selftest import Capability, self_test
 from node.execute.selftest_image import build_busybox_image
 from node.transfer.blobstore import hash_file
 from protocol.chunks import DEFAULT_CHUNK_SIZE
@@ -77,7 +70,7 @@ class ExecutionError(Exception):
 
 def _lookup(blob_path: Callable[[str], Path], digest: str) -> Path:
     """``blob_path(digest)``, with a missing blob as an ImageError whatever the
-    store raises for it (KeyError for a dict, BlobNotFound for node.blobstore)."""
+    store raises for it (KeyError for a dict, BlobNotFound for node.transfer.blobstore)."""
     from node.transfer.blobstore import BlobStoreError
 
     try:
@@ -139,6 +132,30 @@ class _Active:
     run: ContainerRun | None = None
     cancelled: bool = False
     done: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass
+class _Run:
+    """One :meth:`Executor.execute` call, handed from phase to phase."""
+
+    job: Any  #: the protocol.jobspec.JobSpec
+    job_id: str
+    run_dir: Path
+    state: dict[str, Any]  #: persisted as state.json at every phase change
+    active: _Active
+    image: ImageSpec
+    bytes_in: int
+    gpus: Sequence[str]  #: reserved GPU UUIDs
+
+
+class _Refused(Exception):
+    """A phase ends the run before the container starts; it is settled with a
+    signed FAILED (or CANCELLED) result saying why."""
+
+    def __init__(self, detail: str, outcome: Outcome = Outcome.FAILED) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.outcome = outcome
 
 
 class Executor:
@@ -256,7 +273,30 @@ class Executor:
         """Run ``job`` (a protocol.jobspec.JobSpec) and return its signed result.
 
         Never raises for the job's own failures: an unusable image, a refused
-        blob or a runtime error all end in a signed FAILED result."""
+        blob or a runtime error all end in a signed FAILED result.  The phases
+        of the module docstring are one method each."""
+        r = self._open_run(job, agreement_id, job_digest, submitter, gpus)
+        try:
+            try:
+                self._check_runtime(r)
+                mounts = await self._prepare_image(r, blob_path, load_timeout_s)
+                run = self._container(r, mounts)
+            except _Refused as refused:
+                return self._failed(r.state, r.run_dir, refused.detail, r.bytes_in, outcome=refused.outcome)
+            outcome = await self._run(r, run, run_timeout_s, on_running)
+            outputs, note, log_blob = await self._collect(r, outcome, store_output)
+            return self._sign_run(r, outcome, outputs, note, log_blob)
+        finally:
+            r.active.done.set()
+            self._active.pop(r.job_id, None)
+            if r.state.get("phase") != "done":
+                # Cancelled from outside (daemon shutdown): the container is
+                # already removed; the state file stays for the next start to settle.
+                log.info("run %s interrupted in phase %s", r.job_id, r.state.get("phase"))
+
+    def _open_run(self, job: Any, agreement_id: bytes, job_digest: bytes, submitter: str,
+                  gpus: Sequence[str]) -> _Run:
+        """A fresh run directory and state file (phase "image"), registered as active."""
         job_id = agreement_id.hex()
         if job_id in self._active:
             raise ExecutionError("duplicate_run", f"agreement {job_id} is already running here")
@@ -271,81 +311,100 @@ class Executor:
         }
         self._save_state(run_dir, state)
         active = self._active[job_id] = _Active()
-        image = ImageSpec.from_ref(job.image)
-        bytes_in = sum(b.size for b in job.blobs())
+        return _Run(job=job, job_id=job_id, run_dir=run_dir, state=state, active=active,
+                    image=ImageSpec.from_ref(job.image), bytes_in=sum(b.size for b in job.blobs()),
+                    gpus=gpus)
+
+    def _check_runtime(self, r: _Run) -> None:
+        """The self-test passed, and every reserved GPU is reachable through CDI."""
+        if self.capability is None or not self.capability.ok:
+            raise _Refused(self.capability.reason if self.capability else NO_RUNTIME)
+        if r.gpus and not set(r.gpus) <= set(self.capability.cdi_gpus):
+            raise _Refused("reserved GPUs are not available through CDI")
+
+    async def _prepare_image(self, r: _Run, blob_path: Callable[[str], Path], load_timeout_s: float) -> list[Mount]:
+        """*image* and *inputs*: the verified image in podman, the verified
+        inputs and the output directories as mounts."""
         try:
-            if self.capability is None or not self.capability.ok:
-                reason = self.capability.reason if self.capability else NO_RUNTIME
-                return self._failed(state, run_dir, reason, bytes_in)
-            if gpus and not set(gpus) <= set(self.capability.cdi_gpus):
-                return self._failed(state, run_dir, "reserved GPUs are not available through CDI", bytes_in)
-            try:
-                with trio.fail_after(load_timeout_s):
-                    await self._ensure_image(image, blob_path, run_dir)
-                mounts = self._mounts(job, blob_path, run_dir)
-            except ImageError as exc:
-                return self._failed(state, run_dir, f"image refused: {exc}", bytes_in)
-            except trio.TooSlowError:
-                return self._failed(state, run_dir, "image load timed out", bytes_in)
-            if active.cancelled:
-                return self._failed(state, run_dir, "cancelled", bytes_in, outcome=Outcome.CANCELLED)
-            spec = ContainerSpec(
-                job_id=job_id, image_id=image.image_id,
-                command=tuple(job.command), args=tuple(job.args), env=dict(job.env),
-                workdir=job.workdir, memory_mib=max(MIN_MEMORY_MIB, job.resources.memory_mib),
-                cpu_millis=job.resources.cpu_millis, pids_limit=self.pids_limit,
-                tmp_mib=max(1, min(job.resources.disk_mib, job.resources.memory_mib)),
-                mounts=tuple(mounts), gpus=tuple(sorted(gpus)),
+            with trio.fail_after(load_timeout_s):
+                await self._ensure_image(r.image, blob_path, r.run_dir)
+            return self._mounts(r.job, blob_path, r.run_dir)
+        except ImageError as exc:
+            raise _Refused(f"image refused: {exc}") from None
+        except trio.TooSlowError:
+            raise _Refused("image load timed out") from None
+
+    def _container(self, r: _Run, mounts: list[Mount]) -> ContainerRun:
+        """The container run with the agreement's limits (not started yet)."""
+        if r.active.cancelled:
+            raise _Refused("cancelled", Outcome.CANCELLED)
+        job = r.job
+        spec = ContainerSpec(
+            job_id=r.job_id, image_id=r.image.image_id,
+            command=tuple(job.command), args=tuple(job.args), env=dict(job.env),
+            workdir=job.workdir, memory_mib=max(MIN_MEMORY_MIB, job.resources.memory_mib),
+            cpu_millis=job.resources.cpu_millis, pids_limit=self.pids_limit,
+            tmp_mib=max(1, min(job.resources.disk_mib, job.resources.memory_mib)),
+            mounts=tuple(mounts), gpus=tuple(sorted(r.gpus)),
+        )
+        try:
+            run_args(self.podman, spec)  # validates names, limits and mount paths
+        except ValueError as exc:
+            raise _Refused(f"job cannot be run here: {exc}") from None
+        return ContainerRun(self.podman, spec, r.run_dir / "log", clock=self.clock)
+
+    async def _run(self, r: _Run, run: ContainerRun, run_timeout_s: int | None,
+                   on_running: Callable[[ContainerRun], Any] | None) -> RunOutcome:
+        """*run*: the container, until it exits, times out or is cancelled."""
+        r.active.run = run
+        r.state["phase"] = "running"
+        self._save_state(r.run_dir, r.state)
+        if on_running is not None:
+            on_running(run)  # e.g. to follow run.logs or await run.running
+        timeout = run_timeout_s if run_timeout_s is not None else r.job.timeouts.run_s
+        outcome = await run.run(timeout_s=timeout)
+        if outcome.status == "failed":
+            self._present.discard(r.image.image_id)
+        return outcome
+
+    async def _collect(self, r: _Run, outcome: RunOutcome, store_output: Callable[[Path], Any] | None,
+                       ) -> tuple[list[tuple[OutputBlob, Path]], str, OutputBlob]:
+        """*collect*: the outputs (if the job ran to an end), a note on what was
+        dropped, and the log, each handed to ``store_output``."""
+        job, run_dir = r.job, r.run_dir
+        out_dirs = [(p, run_dir / "out" / str(i)) for i, p in enumerate(job.outputs)]
+        outputs: list[tuple[OutputBlob, Path]] = []
+        note = ""
+        if outcome.status in ("exited", "oom", "timeout"):
+            outputs, note = await trio.to_thread.run_sync(
+                lambda: collect_outputs(out_dirs, max_bytes=job.resources.disk_mib << 20)
             )
-            try:
-                run_args(self.podman, spec)  # validates names, limits and mount paths
-            except ValueError as exc:
-                return self._failed(state, run_dir, f"job cannot be run here: {exc}", bytes_in)
-            run = ContainerRun(self.podman, spec, run_dir / "log", clock=self.clock)
-            active.run = run
-            state["phase"] = "running"
-            self._save_state(run_dir, state)
-            if on_running is not None:
-                on_running(run)  # e.g. to follow run.logs or await run.running
-            timeout = run_timeout_s if run_timeout_s is not None else job.timeouts.run_s
-            outcome = await run.run(timeout_s=timeout)
-            if outcome.status == "failed":
-                self._present.discard(image.image_id)
-            out_dirs = [(p, run_dir / "out" / str(i)) for i, p in enumerate(job.outputs)]
-            outputs: list[tuple[OutputBlob, Path]] = []
-            note = ""
-            if outcome.status in ("exited", "oom", "timeout"):
-                outputs, note = await trio.to_thread.run_sync(
-                    lambda: collect_outputs(out_dirs, max_bytes=job.resources.disk_mib << 20)
-                )
-            if store_output is not None:
-                for _, path in outputs:
-                    store_output(path)
-            log_blob = await trio.to_thread.run_sync(file_blob, run_dir / "log", "")
-            if store_output is not None:
-                store_output(run_dir / "log")
-            bytes_out = sum(o.size for o, _ in outputs) + log_blob.size
-            metering = Metering(
-                wall_ms=outcome.wall_ms, cpu_ms=outcome.cpu_ms,
-                peak_memory_bytes=outcome.peak_memory_bytes, bytes_in=bytes_in,
-                bytes_out=bytes_out,
-                gpus=tuple(GpuUsage(uuid=u, gpu_ms=outcome.wall_ms) for u in sorted(gpus)),
-            )
-            detail = "; ".join(x for x in (outcome.detail, note) if x)[:512]
-            result = self._sign(
-                state, outcome=Outcome(outcome.status), exit_code=outcome.exit_code,
-                detail=detail, outputs=[o for o, _ in outputs], log=log_blob, metering=metering,
-                started_at=outcome.started_at, finished_at=outcome.finished_at,
-            )
-            self._finish(state, run_dir, result)
-            return Execution(result, outputs, run_dir / "log", run_dir)
-        finally:
-            active.done.set()
-            self._active.pop(job_id, None)
-            if state.get("phase") != "done":
-                # Cancelled from outside (daemon shutdown): the container is
-                # already removed; the state file stays for the next start to settle.
-                log.info("run %s interrupted in phase %s", job_id, state.get("phase"))
+        if store_output is not None:
+            for _, path in outputs:
+                store_output(path)
+        log_blob = await trio.to_thread.run_sync(file_blob, run_dir / "log", "")
+        if store_output is not None:
+            store_output(run_dir / "log")
+        return outputs, note, log_blob
+
+    def _sign_run(self, r: _Run, outcome: RunOutcome, outputs: list[tuple[OutputBlob, Path]], note: str,
+                  log_blob: OutputBlob) -> Execution:
+        """*sign*: the Result with its metering, sealed and recorded as done."""
+        bytes_out = sum(o.size for o, _ in outputs) + log_blob.size
+        metering = Metering(
+            wall_ms=outcome.wall_ms, cpu_ms=outcome.cpu_ms,
+            peak_memory_bytes=outcome.peak_memory_bytes, bytes_in=r.bytes_in,
+            bytes_out=bytes_out,
+            gpus=tuple(GpuUsage(uuid=u, gpu_ms=outcome.wall_ms) for u in sorted(r.gpus)),
+        )
+        detail = "; ".join(x for x in (outcome.detail, note) if x)[:512]
+        result = self._sign(
+            r.state, outcome=Outcome(outcome.status), exit_code=outcome.exit_code,
+            detail=detail, outputs=[o for o, _ in outputs], log=log_blob, metering=metering,
+            started_at=outcome.started_at, finished_at=outcome.finished_at,
+        )
+        self._finish(r.state, r.run_dir, result)
+        return Execution(result, outputs, r.run_dir / "log", r.run_dir)
 
     def cleanup(self, job_id: str) -> None:
         """Drop a finished run's outputs and log (once they are in the blob
@@ -382,8 +441,6 @@ class Executor:
         self._present.add(image.image_id)
 
     def _mounts(self, job: Any, blob_path: Callable[[str], Path], run_dir: Path) -> list[Mount]:
-        from node.execute.oci import verify_blob_file
-
         mounts = []
         for inp in job.inputs:
             src = _lookup(blob_path, inp.blob.digest)

@@ -13,7 +13,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from node.execute.oci import ImageError, PackedImage, pack_image, read_layout
+from node.execute.oci import ImageError, PackedImage, read_layout
+from node.execute.oci_pack import pack_image
 
 __all__ = ["BUSYBOX", "busybox_rootfs", "build_busybox_image"]
 

@@ -23,7 +23,8 @@ from trio_typing import TaskStatus
 from node.clock import UnixClock
 from node.config import ExecutionSection
 from node.execute.executor import Executor
-from node.execute.podman import Capability, PodmanSettings
+from node.execute.podman import PodmanSettings
+from node.execute.selftest import Capability
 from protocol.advert import NO_CONTAINER, ContainerCapability
 from protocol.envelope import Signed
 from protocol.result import Result

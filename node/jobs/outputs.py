@@ -7,7 +7,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from node.execute.oci import ImageError, verify_blob_file
+from node.execute.oci import ImageError
+from node.execute.oci_verify import verify_blob_file
 from node.transfer.blobstore import BlobStoreError
 from protocol.result import Result
 

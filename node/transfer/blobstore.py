@@ -17,13 +17,10 @@ transfer resumes.  A partial blob's bitmap is persisted only after
 ``fdatasync`` of its data, so a chunk marked present after a crash really is
 on disk; chunks written after the last checkpoint are simply fetched again.
 
-Why received chunks bypass the page cache: in these VMs a write into fresh
-page-cache pages costs 1-4 ms of CPU per MiB (more than decrypting and
-verifying the chunk), and the final fsync then writes it all again.  Chunks
-whose offset and length are block-aligned are written with ``O_DIRECT`` from
-the receiver's page-aligned buffers (~0.1 ms of CPU per MiB, the device does
-the copy); anything else (the last chunk, unaligned test buffers, file systems
-without ``O_DIRECT``) takes the ordinary buffered path.
+A blob being received is a :class:`~node.transfer.partial.PartialBlob`
+(node/transfer/partial.py, which also says why its chunks bypass the page
+cache); the names every transfer module shares (:class:`BlobMeta`, the
+errors) live in node/transfer/blobtypes.py and are exported here too.
 
 Sizes count against an optional quota; a partial blob reserves its full size
 when it starts, so a transfer cannot run out of quota half way.  Blobs that
@@ -37,23 +34,29 @@ worker threads.
 
 from __future__ import annotations
 
-import errno
 import logging
-import mmap
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
+from node.transfer.blobtypes import (
+    BlobLike,
+    BlobMeta,
+    BlobNotFound,
+    BlobStoreError,
+    CorruptBlob,
+    CorruptChunk,
+    QuotaExceeded,
+)
+from node.transfer.partial import PartialBlob
 from protocol.chunks import (
     DEFAULT_CHUNK_SIZE,
     ChunkListBuilder,
     check_digest,
     chunk_count,
-    chunk_matches,
     chunk_root,
 )
 from protocol.transfer import bitmap_from_indexes, indexes_from_bitmap
@@ -71,84 +74,10 @@ __all__ = [
     "CorruptBlob",
 ]
 
-_DIO_ALIGN = 4096  #: offsets and lengths written with O_DIRECT are multiples of this
-
-
-def _open_direct(path: Path) -> int | None:
-    """A second descriptor with O_DIRECT, or None where the platform or file system has none."""
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
-        return None
-    try:
-        return os.open(path, os.O_RDWR | flag)
-    except OSError as exc:
-        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-            return None
-        raise
-
-
 log = logging.getLogger("cpn.blobstore")
 
 #: On-disk format of store.sqlite (PRAGMA user_version); see BlobStore._upgrade.
 STORE_VERSION = 2
-
-
-class BlobStoreError(Exception):
-    """Base of local blob-store failures (not a peer's fault)."""
-
-
-class BlobNotFound(BlobStoreError):
-    pass
-
-
-class QuotaExceeded(BlobStoreError):
-    def __init__(self, digest: str, need: int, quota: int, used: int) -> None:
-        self.need, self.quota, self.used = need, quota, used
-        super().__init__(
-            f"storing {digest} needs {need} bytes but the blob store quota is {quota} bytes "
-            f"with {used} in use ({quota - used} free) after collecting unpinned blobs"
-        )
-
-
-class CorruptChunk(BlobStoreError):
-    """A chunk's bytes do not hash to its entry in the chunk list (blame the sender)."""
-
-    def __init__(self, digest: str, index: int) -> None:
-        self.index = index
-        super().__init__(f"chunk {index} of {digest} does not match its chunk list")
-
-
-class CorruptBlob(BlobStoreError):
-    """A blob reference whose chunk list does not end in its digest (root and
-    digest disagree: signed wrongly); nothing of it is written."""
-
-
-class BlobLike(Protocol):
-    @property
-    def digest(self) -> str: ...
-    @property
-    def size(self) -> int: ...
-    @property
-    def chunk_size(self) -> int: ...
-    @property
-    def chunk_root(self) -> str: ...
-
-
-@dataclass(frozen=True, slots=True)
-class BlobMeta:
-    """What identifies a blob: the fields of the job spec's BlobRef minus media type."""
-
-    digest: str
-    size: int
-    chunk_size: int
-    chunk_root: str
-
-    def blob_ref(self, media_type: str) -> Any:
-        """The job spec's ``BlobRef`` for this blob."""
-        from protocol.jobspec import BlobRef
-
-        return BlobRef(digest=self.digest, size=self.size, chunk_size=self.chunk_size,
-                       chunk_root=self.chunk_root, media_type=media_type)
 
 
 _SCHEMA = """
@@ -462,13 +391,17 @@ class BlobStore:
         self._open[digest] = partial
         return partial
 
-    def _checkpoint(self, p: PartialBlob, indexes: set[int]) -> None:
+    # ---- called by PartialBlob (the PartialLedger protocol)
+
+    def record_checkpoint(self, p: PartialBlob, indexes: set[int]) -> None:
+        """Record ``indexes`` (made durable by ``p``) as its bitmap."""
         self._x(
             "UPDATE blobs SET bitmap=? WHERE digest=? AND complete=0",
             bitmap_from_indexes(indexes, p.n), p.meta.digest,
         )
 
-    def _finished(self, p: PartialBlob) -> None:
+    def publish(self, p: PartialBlob) -> None:
+        """Rename the fsynced, fully verified ``p`` into ``sha256/``: it is complete."""
         final = self._final(p.meta.digest)
         os.chmod(p.path, 0o444)
         os.replace(p.path, final)
@@ -476,142 +409,9 @@ class BlobStore:
         self._x("UPDATE blobs SET complete=1, bitmap=x'' WHERE digest=?", p.meta.digest)
         self._open.pop(p.meta.digest, None)
 
-
-class PartialBlob:
-    """A blob being received: verified chunks in, atomic rename at the end."""
-
-    def __init__(self, store: BlobStore, meta: BlobMeta, hashes: list[bytes], path: Path, durable: set[int]) -> None:
-        self.store = store
-        self.meta = meta
-        self.hashes = hashes
-        self.n = len(hashes)
-        self.path = path
-        self.durable = set(durable)  #: on disk and recorded in the bitmap
-        self.written = set(durable)  #: on disk (maybe not yet fsynced)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.ftruncate(self._fd, meta.size)
-        self._dfd = _open_direct(path)  # bulk writes; None: buffered only
-        self.read_back = 0  #: chunks read back from the file to be verified again (resume)
-        self._closed = False
-
-    @property
-    def have(self) -> set[int]:
-        return self.written
-
-    def missing(self) -> list[int]:
-        return [i for i in range(self.n) if i not in self.written]
-
-    def write_chunk(self, index: int, data: bytes | memoryview) -> None:
-        """Blocking (hash + pwrite): verify ``data`` against the chunk list, then write it.
-        Raises CorruptChunk without writing anything if it does not match."""
-        self.verify_chunk(index, data)
-        self.write_verified(index, data)
-
-    def verify_chunk(self, index: int, data: bytes | memoryview) -> None:
-        """Blocking (one SHA-256 pass): raise CorruptChunk unless ``data`` is chunk
-        ``index``.  For the last chunk this is the whole-blob SHA-256 check."""
-        if not chunk_matches(index, data, self.hashes, size=self.meta.size, chunk_size=self.meta.chunk_size):
-            raise CorruptChunk(self.meta.digest, index)
-
-    def write_verified(self, index: int, data: bytes | memoryview) -> None:
-        """Blocking (pwrite) of a chunk that :meth:`verify_chunk` accepted.
-
-        Thread-safe for distinct chunks."""
-        offset = index * self.meta.chunk_size
-        if self._pwrite(data, offset) != len(data):
-            raise BlobStoreError(f"short write of chunk {index} of {self.meta.digest}")
-
-    def reverify_resumed(self) -> list[int]:
-        """Blocking: read back every chunk kept from an earlier session and verify
-        it again, forgetting the ones that fail (the disk changed under us: they
-        are fetched again).  Returns the indexes forgotten."""
-        bad = []
-        for index in sorted(self.written):
-            self.read_back += 1
-            if not chunk_matches(index, self._read_back(index), self.hashes, size=self.meta.size,
-                                 chunk_size=self.meta.chunk_size):
-                bad.append(index)
-        if bad:
-            self.written.difference_update(bad)
-            self.durable.difference_update(bad)
-            self.store._checkpoint(self, self.durable)
-        return bad
-
-    def _pwrite(self, data: bytes | memoryview, offset: int) -> int:
-        if self._dfd is not None and offset % _DIO_ALIGN == 0 and len(data) % _DIO_ALIGN == 0:
-            try:
-                return os.pwrite(self._dfd, data, offset)
-            except OSError as exc:  # EINVAL: the buffer's address is not aligned
-                if exc.errno != errno.EINVAL:
-                    raise
-        return os.pwrite(self._fd, data, offset)
-
-    def _read_back(self, index: int) -> memoryview:
-        """Blocking: chunk ``index`` from the file (written in an earlier session)."""
-        cs = self.meta.chunk_size
-        offset = index * cs
-        length = min(cs, self.meta.size - offset)
-        view = memoryview(mmap.mmap(-1, max(cs, _DIO_ALIGN)))[:length]  # page-aligned
-        done = 0
-        if self._dfd is not None and offset % _DIO_ALIGN == 0:  # no page-cache copy
-            aligned = length - length % _DIO_ALIGN
-            while done < aligned:
-                n = os.preadv(self._dfd, [view[done:aligned]], offset + done)
-                if n <= 0:
-                    break
-                done += n
-        while done < length:
-            n = os.preadv(self._fd, [view[done:]], offset + done)
-            if n <= 0:
-                raise BlobStoreError(f"short read of chunk {index} of {self.meta.digest}")
-            done += n
-        return view
-
-    def mark_written(self, index: int) -> None:
-        self.written.add(index)
-
-    def checkpoint(self, snapshot: set[int] | None = None) -> None:
-        """Blocking: make written chunks durable, then record them (the order matters).
-
-        ``snapshot`` is a copy of :attr:`written` taken on the event loop (the
-        set may grow while this runs in a worker thread)."""
-        if self._closed:
-            return
-        snapshot = set(self.written) if snapshot is None else snapshot
-        os.fdatasync(self._fd)
-        self.store._checkpoint(self, snapshot)
-        self.durable = snapshot
-
-    def finish(self) -> BlobMeta:
-        """Blocking: fsync and atomically publish a blob whose every chunk is verified.
-
-        Every chunk was checked against the chained chunk list (received ones in
-        memory before their write, resumed ones read back at :meth:`begin`), the
-        last one by finishing the blob's SHA-256 and comparing it with the
-        digest (protocol/chunks.py), so this is the whole-blob check."""
-        if len(self.written) != self.n:
-            raise BlobStoreError(f"{self.meta.digest}: {self.n - len(self.written)} chunks missing")
-        os.fsync(self._fd)
-        self._close_fds()
-        self.store._finished(self)
-        return self.meta
-
-    def close(self) -> None:
-        """Stop receiving for now, keeping verified chunks for resume (blocking: fsync)."""
-        if self._closed:
-            return
-        try:
-            self.checkpoint()
-        finally:
-            self._close_fds()
-            self.store._open.pop(self.meta.digest, None)
-
-    def _close_fds(self) -> None:
-        self._closed = True
-        if self._dfd is not None:
-            os.close(self._dfd)
-            self._dfd = None
-        os.close(self._fd)
+    def release(self, p: PartialBlob) -> None:
+        """``p`` is closed (kept for a later resume): no transfer is writing it now."""
+        self._open.pop(p.meta.digest, None)
 
 
 def _fsync_dir(path: Path) -> None:

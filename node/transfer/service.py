@@ -3,16 +3,20 @@
 Control plane on libp2p (``/cpn/transfer/0.1.0``, signed envelopes, one
 request and one answer per frame); bulk data on the direct data plane
 (:mod:`node.transfer.dataplane`) admitted by a ticket from that control stream.
+``TransferFailed``, ``TransferRefused`` and ``Progress`` are defined with the
+fetch engine (node/transfer/fetch.py) and exported here too.
 
 * **Authorisation** is default deny: a peer may fetch a blob or upload one only
   if an authoriser says so.  The negotiation engine drives this through
   :meth:`TransferService.grant` (agreement parties, agreed sizes) or its own
   hook added with :meth:`TransferService.add_authorizer`.
 * **Fetch** (:meth:`TransferService.fetch`): dedup first (a stored blob is never
-  fetched); ask every source what it holds; take the chunk list from one and
-  check it against the signed root; resume the partial blob (only missing
-  chunks move); run one data connection per source in parallel; a corrupt
-  chunk penalises its sender and is fetched elsewhere.
+  fetched), one fetch per blob however many callers wait for it; the fetch
+  engine (:class:`node.transfer.fetch.BlobFetch`) asks every source what it
+  holds, takes the chunk list from one and checks it against the signed
+  root, resumes the partial blob (only missing chunks move) and runs one
+  data connection per source in parallel; a corrupt chunk penalises its
+  sender and is fetched elsewhere.
 * **Upload** is an invitation to pull (``Offer``): the receiver checks the
   agreement and size, then fetches from the uploader like any other blob, so
   there is exactly one verified receive path.
@@ -24,7 +28,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -34,23 +37,17 @@ from trio_typing import TaskStatus
 from node.config import TransferSection
 from node.metrics import Metrics
 from node.p2p import FramedStream, P2PHost, StreamClosed
-from node.transfer.blobstore import (
-    BlobLike,
-    BlobMeta,
-    BlobStore,
-    BlobStoreError,
-    CorruptBlob,
-    PartialBlob,
-    QuotaExceeded,
+from node.transfer.blobstore import BlobStore
+from node.transfer.blobtypes import BlobLike, BlobMeta, BlobStoreError, QuotaExceeded
+from node.transfer.dataplane_server import DataPlaneServer
+from node.transfer.fetch import (
+    CONTROL_TIMEOUT,
+    BlobFetch,
+    Progress,
+    TransferFailed,
+    TransferRefused,
 )
-from node.transfer.dataplane import (
-    DataPlaneServer,
-    FetchState,
-    SourceBanned,
-    fetch_from_source,
-    leaf_error,
-)
-from protocol.chunks import chunk_count, verify_chunk_list
+from protocol.chunks import chunk_count
 from protocol.envelope import open_envelope, seal
 from protocol.errors import ProtocolError
 from protocol.transfer import (
@@ -59,7 +56,6 @@ from protocol.transfer import (
     MAX_GRANT_TTL,
     PROTOCOL_ID,
     ChunkList,
-    ChunkScheduler,
     Direction,
     FetchGrant,
     GetChunkList,
@@ -70,7 +66,6 @@ from protocol.transfer import (
     Offer,
     OfferResult,
     Present,
-    Ticket,
     TicketRequest,
     TransferError,
     Want,
@@ -83,66 +78,12 @@ __all__ = ["TransferService", "TransferFailed", "TransferRefused", "Progress", "
 
 log = logging.getLogger("cpn.transfer")
 
-CONTROL_TIMEOUT = 30.0  #: seconds for one control request and its answer
 UPLOAD_TIMEOUT = 3600.0  #: seconds an uploader waits for the receiver to pull
-CHECKPOINT_EVERY = 64  #: chunks between durable bitmap checkpoints
 GRANT_TTL = 600  #: seconds a FetchGrant we sign stays valid
 MAX_GRANTS = 16  #: holders named in one answer to WhoHas
-HOLDER_TIMEOUT = 2.0  #: seconds to reach a named holder before fetching without it
-HOLDER_RETRY_AFTER = 600.0  #: seconds an unreachable holder is not tried again
-DISCOVER_MIN_BYTES = 4 << 20  #: smaller blobs are fetched from the given sources only
 PENALTY_SKIP = 3  #: penalties after which a peer is used only as a last resort
 
 Authorizer = Callable[[str, str, Direction], bool]
-
-
-class TransferFailed(Exception):
-    """A fetch could not complete (what is verified stays for resume)."""
-
-
-class TransferRefused(TransferFailed):
-    """The remote peer answered with a TransferError."""
-
-    def __init__(self, peer: str, reason: str, detail: str) -> None:
-        self.peer, self.reason, self.detail = peer, reason, detail
-        super().__init__(f"{peer} refused: {reason}: {detail}")
-
-
-@dataclass
-class Progress:
-    """One blob transfer as the API reports it (rates from the trio clock)."""
-
-    digest: str
-    total_bytes: int
-    direction: str = "fetch"
-    phase: str = "starting"  #: starting, chunk-list, transfer, verify, done, failed, deduplicated
-    done_bytes: int = 0  #: verified bytes held, including those resumed
-    moved_bytes: int = 0  #: bytes received in this run
-    started: float = field(default_factory=trio.current_time)
-    finished: float | None = None
-    sources: dict[str, int] = field(default_factory=dict)  #: verified bytes per peer
-    penalised: list[str] = field(default_factory=list)
-    error: str | None = None
-
-    def snapshot(self, now: float | None = None) -> dict[str, Any]:
-        end = self.finished if self.finished is not None else (trio.current_time() if now is None else now)
-        elapsed = max(end - self.started, 1e-9)
-        rate = self.moved_bytes / elapsed
-        left = self.total_bytes - self.done_bytes
-        return {
-            "digest": self.digest,
-            "direction": self.direction,
-            "phase": self.phase,
-            "total_bytes": self.total_bytes,
-            "done_bytes": self.done_bytes,
-            "moved_bytes": self.moved_bytes,
-            "rate_bytes_per_s": int(rate),
-            "eta_s": None if rate <= 0 or self.finished is not None else round(left / rate, 1),
-            "elapsed_s": round(elapsed, 3),
-            "sources": dict(self.sources),
-            "penalised": list(self.penalised),
-            "error": self.error,
-        }
 
 
 class TransferService:
@@ -186,8 +127,12 @@ class TransferService:
         #: "``owner`` submitted a job here that used it".
         self.owners: list[Callable[[str, str], bool]] = []
         self._delegated: dict[tuple[str, str], float] = {}  #: (grantee, digest) -> expires_at
-        self._unreachable: dict[str, float] = {}  #: holder -> when to try it again
+        self.unreachable: dict[str, float] = {}  #: holder -> when to try it again
         self._register_metrics(metrics or Metrics())
+
+    @property
+    def peer_id(self) -> str:
+        return str(self._p2p.peer_id)
 
     # ---- lifecycle
 
@@ -296,7 +241,7 @@ class TransferService:
         allowed = [d for d in msg.digests if self.authorize(peer, d, Direction.FETCH)]
         if not allowed:
             raise ProtocolError("unauthorized", "no agreement lets you fetch these blobs")
-        me = str(self._p2p.peer_id)
+        me = self.peer_id
         expires = int(self.now()) + GRANT_TTL
         entries: list[HolderEntry] = []
         for d in allowed:
@@ -317,7 +262,7 @@ class TransferService:
         now = self.now()
         if g.grantee != peer:
             raise ProtocolError("unauthorized", "the grant names another peer")
-        if g.holder != str(self._p2p.peer_id):
+        if g.holder != self.peer_id:
             raise ProtocolError("unauthorized", "the grant names another holder")
         if not now < g.expires_at <= now + MAX_GRANT_TTL:
             raise ProtocolError("expired", "the grant has expired (or expires too far ahead)")
@@ -359,8 +304,10 @@ class TransferService:
 
     # ---- client side
 
-    async def _ask(self, stream: FramedStream, msg: Message, expected: type[Message],
+    async def ask(self, stream: FramedStream, msg: Message, expected: type[Message],
                    wait_s: float = CONTROL_TIMEOUT) -> Any:
+        """Send ``msg`` on a control stream; return the signed answer of type
+        ``expected``, or raise :class:`TransferRefused` if the peer refused."""
         await self._send(stream, msg)
         with trio.fail_after(wait_s):
             raw = await stream.receive_frame(MAX_CONTROL_FRAME)
@@ -378,17 +325,18 @@ class TransferService:
         """Upload ``blob`` to ``peer``: offer it, let the peer pull it, wait until stored."""
         self.grant(peer, blob.digest, Direction.FETCH)
         try:
-            stream = await self._open(peer)
+            stream = await self.open_stream(peer)
             try:
                 offer = Offer(digest=blob.digest, size=blob.size, chunk_size=blob.chunk_size,
                               chunk_root=blob.chunk_root)
-                await self._ask(stream, offer, OfferResult, wait_s=UPLOAD_TIMEOUT)
+                await self.ask(stream, offer, OfferResult, wait_s=UPLOAD_TIMEOUT)
             finally:
                 await stream.close()
         finally:
             self.revoke(peer, blob.digest)
 
-    async def _open(self, peer: str) -> FramedStream:
+    async def open_stream(self, peer: str) -> FramedStream:
+        """A new ``/cpn/transfer`` control stream to ``peer`` (dialled at its known addrs)."""
         stream: FramedStream = await self._p2p.open_stream(peer, PROTOCOL_ID, self.addrs.get(peer))
         return stream
 
@@ -401,7 +349,7 @@ class TransferService:
         HOLDER_TIMEOUT is skipped).
 
         Raises :class:`TransferFailed` (verified chunks are kept for a later
-        resume), :class:`~node.blobstore.QuotaExceeded` before moving any byte
+        resume), :class:`~node.transfer.blobtypes.QuotaExceeded` before moving any byte
         if it cannot fit.
         """
         digest = blob.digest
@@ -416,7 +364,7 @@ class TransferService:
         prog = self.progress[digest] = Progress(digest, blob.size)
         self.stats["fetches"] += 1
         try:
-            meta = await self._fetch(blob, sources, prog, discover)
+            meta = await BlobFetch(self, blob, sources, prog, discover=discover).run()
         except BaseException as exc:
             prog.phase, prog.error, prog.finished = "failed", str(exc) or type(exc).__name__, trio.current_time()
             raise
@@ -457,200 +405,6 @@ class TransferService:
             raise failures[0]
         return [results[b.digest] for b in blobs]
 
-    async def _fetch(self, blob: BlobLike, sources: Sequence[str], prog: Progress,
-                     discover: bool = False) -> BlobMeta:
-        digest, n = blob.digest, chunk_count(blob.size, blob.chunk_size)
-        ordered = sorted(dict.fromkeys(sources), key=lambda p: self.penalties.get(p, 0))
-        streams: dict[str, FramedStream] = {}
-        haves: dict[str, set[int] | None] = {}
-        errors: list[str] = []
-
-        async def ask_have(peer: str) -> None:
-            try:
-                stream = await self._open(peer)
-                streams[peer] = stream
-                have: Have = await self._ask(stream, Want(digests=(digest,)), Have)
-                for e in have.blobs:
-                    if e.digest == digest and (e.size, e.chunk_size) == (blob.size, blob.chunk_size):
-                        haves[peer] = None if e.complete else e.indexes()
-            except (TransferFailed, ProtocolError, StreamClosed, trio.TooSlowError) as exc:
-                errors.append(f"{peer}: {exc}")
-
-        partial: PartialBlob | None = None
-        try:
-            async with trio.open_nursery() as nursery:
-                for peer in ordered:
-                    nursery.start_soon(ask_have, peer)
-            if discover and sources and blob.size >= DISCOVER_MIN_BYTES and sources[0] in haves:
-                ordered += await self._discover_holders(digest, sources[0], streams, haves, errors)
-            usable = [p for p in ordered if p in haves]
-            if not usable:
-                raise TransferFailed(f"no source holds {digest}: " + "; ".join(errors or ["none asked"]))
-
-            prog.phase = "chunk-list"
-            hashes: list[bytes] | None = None
-            for peer in list(usable):
-                try:
-                    cl: ChunkList = await self._ask(streams[peer], GetChunkList(digest=digest), ChunkList)
-                    got = cl.hash_list()
-                    verify_chunk_list(got, size=blob.size, chunk_size=blob.chunk_size, root=blob.chunk_root)
-                    hashes = got
-                    break
-                except ProtocolError as exc:
-                    self.penalise(peer, f"bad chunk list: {exc}")
-                    prog.penalised.append(peer)
-                    usable.remove(peer)
-                except (TransferFailed, StreamClosed, trio.TooSlowError) as exc:
-                    errors.append(f"{peer}: {exc}")
-                    usable.remove(peer)
-            if hashes is None:
-                raise TransferFailed(f"no valid chunk list for {digest}: " + "; ".join(errors))
-
-            try:  # begin also re-verifies chunks kept from an interrupted transfer
-                partial = await trio.to_thread.run_sync(self.store.begin, blob, hashes)
-            except CorruptBlob as exc:  # the BlobRef itself is inconsistent: no peer is at fault
-                raise TransferFailed(str(exc)) from None
-            prog.done_bytes = sum(_chunk_len(blob, i) for i in partial.written)
-            sched = ChunkScheduler(n, done=partial.written)
-            tickets: dict[str, Ticket] = {}
-            for peer in usable:
-                try:
-                    tickets[peer] = await self._ask(streams[peer], TicketRequest(digest=digest), Ticket)
-                    sched.add_source(peer, haves[peer])
-                except (TransferFailed, ProtocolError, StreamClosed, trio.TooSlowError) as exc:
-                    errors.append(f"{peer}: {exc}")
-        except BaseException:
-            if partial is not None:  # keep what is verified for resume
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(partial.close)
-            raise
-        finally:
-            for s in streams.values():
-                with trio.CancelScope(shield=True), trio.move_on_after(CONTROL_TIMEOUT):
-                    await s.close()
-
-        prog.phase = "transfer"
-        try:
-            await self._run_sources(partial, sched, tickets, prog, errors)
-        except BaseException:  # cancelled or failed: keep what is verified for resume
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(partial.close)
-            raise
-        if not sched.complete:
-            await trio.to_thread.run_sync(partial.close)
-            raise TransferFailed(
-                f"{digest}: {len(sched.missing())} of {n} chunks missing (kept {len(partial.written)} "
-                f"for resume); " + "; ".join(errors)
-            )
-        prog.phase = "verify"
-        try:
-            return await trio.to_thread.run_sync(partial.finish)
-        except (CorruptBlob, BlobStoreError) as exc:
-            raise TransferFailed(str(exc)) from None
-
-    async def _discover_holders(self, digest: str, owner: str, streams: dict[str, FramedStream],
-                                haves: dict[str, set[int] | None], errors: list[str]) -> list[str]:
-        """Ask ``owner`` who else holds ``digest``; present its grants to them.
-        Returns the holders that answered with a usable Have (added to
-        ``streams`` and ``haves``).  Never fails the fetch."""
-        try:  # on a stream of its own: a refusal closes the stream it arrives on
-            with trio.fail_after(CONTROL_TIMEOUT):
-                stream = await self._open(owner)
-            try:
-                answer: Holders = await self._ask(stream, WhoHas(digests=(digest,)), Holders)
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(CONTROL_TIMEOUT):
-                    await stream.close()
-        except (TransferFailed, ProtocolError, StreamClosed, trio.TooSlowError, OSError) as exc:
-            errors.append(f"{owner}: who-has: {exc}")
-            return []
-        me = str(self._p2p.peer_id)
-        found: list[str] = []
-
-        async def present(entry: HolderEntry) -> None:
-            holder = "?"
-            try:
-                g: FetchGrant = open_envelope(entry.grant, expected=FetchGrant, signer=owner,
-                                              limits=CONTROL_LIMITS).message
-                holder = g.holder
-                if g.digest != digest or g.grantee != me or holder in streams:
-                    return
-                if self._unreachable.get(holder, 0.0) > self.now():
-                    return
-                if entry.addrs and holder not in self.addrs:
-                    self.addrs[holder] = list(entry.addrs)
-                try:
-                    with trio.fail_after(HOLDER_TIMEOUT):
-                        s = await self._open(holder)
-                except (StreamClosed, trio.TooSlowError, OSError):
-                    self._unreachable[holder] = self.now() + HOLDER_RETRY_AFTER
-                    raise
-                streams[holder] = s
-                have: Have = await self._ask(s, Present(grant=entry.grant), Have)
-                for e in have.blobs:
-                    if e.digest == digest:
-                        haves[holder] = None if e.complete else e.indexes()
-                        found.append(holder)
-            except (TransferFailed, ProtocolError, StreamClosed, trio.TooSlowError, OSError) as exc:
-                errors.append(f"{holder}: {exc}")
-
-        async with trio.open_nursery() as nursery:
-            for entry in answer.holders:
-                nursery.start_soon(present, entry)
-        return found
-
-    async def _run_sources(self, partial: PartialBlob, sched: ChunkScheduler, tickets: dict[str, Ticket],
-                           prog: Progress, errors: list[str]) -> None:
-        def on_chunk(source: str, index: int, nbytes: int) -> None:
-            self.stats["chunks_received"] += 1
-            self.stats["bytes_received"] += nbytes
-            prog.done_bytes += nbytes
-            prog.moved_bytes += nbytes
-            prog.sources[source] = prog.sources.get(source, 0) + nbytes
-            if self.on_progress is not None:
-                self.on_progress(prog)
-
-        def on_corrupt(source: str, index: int) -> None:
-            self.stats["corrupt_chunks"] += 1
-            self.penalise(source, f"corrupt chunk {index} of {partial.meta.digest}")
-            if source not in prog.penalised:
-                prog.penalised.append(source)
-
-        state = FetchState(partial=partial, scheduler=sched, changed=trio.Event(),
-                           on_chunk=on_chunk, on_corrupt=on_corrupt)
-
-        async def run_source(peer: str, ticket: Ticket) -> None:
-            try:
-                await fetch_from_source(state, peer, ticket)
-            except BaseExceptionGroup as eg:  # noqa: B036 - unwrapped below
-                exc = leaf_error(eg)
-                if not isinstance(exc, _SOURCE_ERRORS):
-                    raise
-                errors.append(f"{peer}: {exc}")
-            except _SOURCE_ERRORS as exc:
-                errors.append(f"{peer}: {exc}")
-                if isinstance(exc, ProtocolError):
-                    self.penalise(peer, str(exc))
-            finally:
-                sched.source_failed(peer)
-                state.notify()
-
-        async def checkpointer() -> None:
-            """Durable checkpoints of the chunks written, off the receive path."""
-            last = len(partial.written)
-            while True:
-                await state.changed.wait()
-                if len(partial.written) - last >= CHECKPOINT_EVERY:
-                    last = len(partial.written)
-                    await trio.to_thread.run_sync(partial.checkpoint, set(partial.written))
-
-        async with trio.open_nursery() as outer:
-            outer.start_soon(checkpointer)
-            async with trio.open_nursery() as inner:
-                for peer, ticket in tickets.items():
-                    inner.start_soon(run_source, peer, ticket)
-            outer.cancel_scope.cancel()
-
     # ---- API and metrics
 
     def _register_metrics(self, metrics: Metrics) -> None:
@@ -659,11 +413,3 @@ class TransferService:
                            ("corrupt_chunks", "Chunks that failed verification"),
                            ("dedup_hits", "Fetches skipped because the blob was stored")):
             metrics.gauge(f"cpn_transfer_{key}_total", help_, functools.partial(self.stats.__getitem__, key))
-
-
-_SOURCE_ERRORS = (SourceBanned, ProtocolError, OSError, trio.BrokenResourceError,
-                  trio.ClosedResourceError, trio.TooSlowError, BlobStoreError)
-
-
-def _chunk_len(blob: BlobLike, index: int) -> int:
-    return min(blob.chunk_size, blob.size - index * blob.chunk_size)

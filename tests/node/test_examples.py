@@ -132,7 +132,7 @@ def podman_capability() -> tuple[Any, Any]:
     """The shared private podman storage of the podman tests and its self-test (once)."""
     from support.podman import shared_env
 
-    from node.execute.podman import self_test
+    from node.execute.selftest import self_test
 
     env = shared_env()
     capability = trio.run(self_test, env.settings, env.image.image_id, env.base)

@@ -21,7 +21,8 @@ from typing import Any
 import trio
 
 from node.execute.oci import PackedImage, load_image
-from node.execute.podman import Podman, PodmanSettings, choose_runtime
+from node.execute.podman import Podman, PodmanSettings
+from node.execute.selftest import choose_runtime
 from node.execute.selftest_image import build_busybox_image
 
 

@@ -1,4 +1,4 @@
-"""node/oci.py: reproducible packing, verification before podman, unsafe layers refused."""
+"""node/execute/oci*.py: reproducible packing, verification before podman, unsafe layers refused."""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ from node.execute.oci import (
     Blob,
     ImageError,
     ImageSpec,
-    assemble_layout,
     image_exists,
     load_image,
-    pack_image,
 )
+from node.execute.oci_pack import pack_image
+from node.execute.oci_verify import assemble_layout
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""node/runtime.py and node/execution.py against real podman (private storage).
+"""node/execute/ (podman driver, container runs, self-test) against real podman (private storage).
 
 Few containers, each asserting several things, to keep the suite fast: every
 container start costs ~250 ms here.
@@ -19,20 +19,11 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.podman import PodmanEnv, job_for, shared_env  # noqa: E402
 
+from node.execute.container import ContainerRun, LogStream
 from node.execute.executor import Executor
-from node.execute.oci import pack_image
-from node.execute.podman import (
-    Capability,
-    ContainerRun,
-    ContainerSpec,
-    LogStream,
-    Podman,
-    PodmanSettings,
-    cdi_devices,
-    fake_cdi_spec,
-    run_args,
-    self_test,
-)
+from node.execute.oci_pack import pack_image
+from node.execute.podman import ContainerSpec, Podman, PodmanSettings, run_args
+from node.execute.selftest import Capability, cdi_devices, fake_cdi_spec, self_test
 from node.execute.selftest_image import busybox_rootfs
 from protocol.envelope import public_key_proto_of
 from protocol.identity import peer_id_from_proto_key

@@ -143,9 +143,9 @@ async def test_unauthorised_peer_is_refused(tmp_path: Path) -> None:
         meta = await put(a, os.urandom(3 * CS))
         with pytest.raises(TransferFailed, match="unauthorized"):
             await b.fetch(meta, [pid(a)])
-        stream = await b._open(pid(a))
+        stream = await b.open_stream(pid(a))
         with pytest.raises(TransferRefused) as exc:
-            await b._ask(stream, GetChunkList(digest=meta.digest), GetChunkList)
+            await b.ask(stream, GetChunkList(digest=meta.digest), GetChunkList)
         assert exc.value.reason == "unauthorized"
         assert b.store is not None and not b.store.has(meta.digest)
         a.grant(pid(b), meta.digest, Direction.FETCH)  # the node kept serving: now allowed
@@ -154,17 +154,17 @@ async def test_unauthorised_peer_is_refused(tmp_path: Path) -> None:
 
 async def test_malformed_and_oversized_control_requests(tmp_path: Path) -> None:
     async with services(tmp_path, 2) as (a, b):
-        stream = await b._open(pid(a))
+        stream = await b.open_stream(pid(a))
         await stream.send_frame(cbor.encode({"not": "an envelope"}))
         err = open_envelope(await stream.receive_frame(1 << 20), expected=TransferError, signer=pid(a))
         assert err.message.reason == "malformed"
 
-        stream = await b._open(pid(a))
+        stream = await b.open_stream(pid(a))
         await stream._stream.write(bytes([0x81, 0x80, 0x80, 0x04]))  # announces 8 MiB + 1
         err = open_envelope(await stream.receive_frame(1 << 20), expected=TransferError, signer=pid(a))
         assert err.message.reason == "oversize"
 
-        stream = await b._open(pid(a))  # a message of the wrong type
+        stream = await b.open_stream(pid(a))  # a message of the wrong type
         await stream.send_frame(seal(TransferError(reason="x", detail=""), b._key).raw)
         err = open_envelope(await stream.receive_frame(1 << 20), expected=TransferError, signer=pid(a))
         assert err.message.reason == "unexpected_type"
@@ -515,7 +515,7 @@ async def test_owner_names_other_holders_and_grants_fetching_from_them(tmp_path:
         owner.grant(pid(fetcher), meta.digest, Direction.FETCH)  # the new job's provider
 
         await fetcher.fetch(meta, [pid(owner)], discover=True)
-        assert ghost in fetcher._unreachable  # skipped, and not dialled again for a while
+        assert ghost in fetcher.unreachable  # skipped, and not dialled again for a while
         assert fetcher.store is not None and fetcher.store.path_of(meta.digest).read_bytes() == data
         sources = fetcher.progress[meta.digest].sources
         assert set(sources) == {pid(owner), pid(holder)} and sum(sources.values()) == len(data)
@@ -526,9 +526,9 @@ async def test_owner_names_other_holders_and_grants_fetching_from_them(tmp_path:
 
         async def present(by: TransferService, signer: TransferService, **fields: object) -> str:
             g = {"digest": meta.digest, "grantee": pid(by), "holder": pid(holder), "expires_at": now + 60, **fields}
-            stream = await by._open(pid(holder))
+            stream = await by.open_stream(pid(holder))
             with pytest.raises(TransferRefused) as exc:
-                await by._ask(stream, Present(grant=seal(FetchGrant(**g), signer._key).raw), Present)  # type: ignore[arg-type]
+                await by.ask(stream, Present(grant=seal(FetchGrant(**g), signer._key).raw), Present)  # type: ignore[arg-type]
             return exc.value.reason
 
         holder.serve_granted = False  # the operator opted out: even a valid grant is refused
@@ -540,9 +540,9 @@ async def test_owner_names_other_holders_and_grants_fetching_from_them(tmp_path:
         assert await present(stranger, owner, grantee=pid(stranger), expires_at=now - 1) == "expired"
         assert await present(stranger, owner, grantee=pid(stranger), expires_at=now + 7200) == "expired"
         # a stranger with no agreement gets no names from the owner
-        stream = await stranger._open(pid(owner))
+        stream = await stranger.open_stream(pid(owner))
         with pytest.raises(TransferRefused) as exc:
-            await stranger._ask(stream, WhoHas(digests=(meta.digest,)), WhoHas)
+            await stranger.ask(stream, WhoHas(digests=(meta.digest,)), WhoHas)
         assert exc.value.reason == "unauthorized"
         with pytest.raises(TransferFailed, match="unauthorized"):
             await stranger.fetch(meta, [pid(holder)])  # no grant presented: the holder refuses
