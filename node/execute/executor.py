@@ -310,10 +310,10 @@ class Executor:
             "gpus": list(gpus), "started_at": int(self.clock()), "phase": "image",
         }
         self._save_state(run_dir, state)
-        active = self._active[job_id] = _Active()
+        image, bytes_in = ImageSpec.from_ref(job.image), sum(b.size for b in job.blobs())
+        active = self._active[job_id] = _Active()  # registered last: nothing above may leave it behind
         return _Run(job=job, job_id=job_id, run_dir=run_dir, state=state, active=active,
-                    image=ImageSpec.from_ref(job.image), bytes_in=sum(b.size for b in job.blobs()),
-                    gpus=gpus)
+                    image=image, bytes_in=bytes_in, gpus=gpus)
 
     def _check_runtime(self, r: _Run) -> None:
         """The self-test passed, and every reserved GPU is reachable through CDI."""
