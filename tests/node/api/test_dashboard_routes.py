@@ -6,11 +6,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
 from node.api.routes.dashboard import SAMPLE_TIMEOUT_S, GpuSampler, LedgerTotals
-from node.find.nvml import FakeNvml
+from node.find.nvml import FakeNvml, RealNvml
+from node.find.probe import probe
 
 
 class Counting(FakeNvml):
@@ -91,3 +93,14 @@ def test_ledger_totals_per_peer(tmp_path: Path) -> None:
     assert peers[a] == {"peer": a, "earned": 750, "spent": 0, "jobs": 2, "disputed": 0}
     assert peers[b] == {"peer": b, "earned": 0, "spent": 100, "jobs": 3, "disputed": 1}
     assert [e.get("invalid") for e in report["entries"]] == ["bad_signature", None]  # newest first
+
+
+@pytest.mark.gpu
+async def test_sampler_reads_real_nvml(tmp_path: Path) -> None:
+    """The real twin of the fake-backend tests: live figures for every GPU the probe saw."""
+    report = await probe(tmp_path)
+    sample, error, stale = await GpuSampler(RealNvml).sample()
+    assert error is None and not stale
+    assert set(sample) == {g.uuid for g in report.gpus}
+    for figures in sample.values():
+        assert figures["memory_total_mib"] > 0 and 0 <= figures["memory_used_mib"] <= figures["memory_total_mib"]
