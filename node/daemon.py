@@ -27,13 +27,13 @@ object                 uses
 ====================  =====================================================
 
 Start order, each ``await nursery.start(...)`` returning once the service
-serves: the API socket, the dashboard and metrics ports (if set), transfer (the data plane), execution (the self-test
-decides the container capability that discovery advertises and negotiation
-admits), discovery (probes the host: the scheduler then knows what it can
-place), provider jobs (resumes jobs of a previous life), negotiation (now
-offers are served; agreements start provider jobs), the job runner (resumes
-and accepts submissions).  Every service owns the nursery of the tasks it
-spawns.
+serves: the API socket, the dashboard and metrics ports (if set), transfer
+(the data plane), execution (the self-test decides the container capability
+that discovery advertises and negotiation admits), discovery (probes the
+host: the scheduler then knows what it can place), provider jobs (resumes
+jobs of a previous life), negotiation (now offers are served; agreements
+start provider jobs), the job runner (resumes and accepts submissions).
+Every service owns the nursery of the tasks it spawns.
 
 Shutdown (SIGINT/SIGTERM or :meth:`Node.stop`) cancels the root nursery.
 Services release what they hold in ``finally`` blocks, shielded and bounded:
