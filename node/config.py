@@ -182,8 +182,11 @@ class MetricsSection:
 class DashboardSection:
     """``[dashboard]``: the read-only web dashboard on localhost."""
 
-    port: int = setting(0, "0 disables; else the dashboard on `http://127.0.0.1:<port>/`.",
+    port: int = setting(0, "0 disables; else the dashboard on `http://127.0.0.1:<port>/` (see docs/dashboard.md).",
                         rule=between(0, 65535), flag="--dashboard-port")
+    private: bool = setting(
+        False, "Require the token in `<data_dir>/dashboard.token` for reads too, not only for actions "
+        "(otherwise every local user can read the dashboard).")
 
 
 @dataclass(frozen=True)

@@ -22,16 +22,18 @@ object                 uses
 ``provider_jobs``      runs agreed jobs (provider side of spec/jobflow.md)
 ``runner``             drives submitted jobs (submitter side)
 ``api``                the local HTTP API; routes in :mod:`node.api.routes`
+``web``                the dashboard and ``/metrics`` on 127.0.0.1 ports, the
+                       same HTTP server with read-only routes of ``api``
 ====================  =====================================================
 
 Start order, each ``await nursery.start(...)`` returning once the service
-serves: the API socket, transfer (the data plane), execution (the self-test
-decides the container capability that discovery advertises and negotiation
-admits), discovery (probes the host: the scheduler then knows what it can
-place), provider jobs (resumes jobs of a previous life), negotiation (now
-offers are served; agreements start provider jobs), the job runner (resumes
-and accepts submissions).  Every service owns the nursery of the tasks it
-spawns.
+serves: the API socket, the dashboard and metrics ports (if set), transfer
+(the data plane), execution (the self-test decides the container capability
+that discovery advertises and negotiation admits), discovery (probes the
+host: the scheduler then knows what it can place), provider jobs (resumes
+jobs of a previous life), negotiation (now offers are served; agreements
+start provider jobs), the job runner (resumes and accepts submissions).
+Every service owns the nursery of the tasks it spawns.
 
 Shutdown (SIGINT/SIGTERM or :meth:`Node.stop`) cancels the root nursery.
 Services release what they hold in ``finally`` blocks, shielded and bounded:
@@ -54,7 +56,9 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from trio_typing import TaskStatus
 
+from node.api.dashboard import WebService
 from node.api.routes import agreements as agreement_routes
+from node.api.routes import dashboard as dashboard_routes
 from node.api.routes import execution as execution_routes
 from node.api.routes import find as find_routes
 from node.api.routes import jobs as job_routes
@@ -104,6 +108,7 @@ class Node:
     negotiation: NegotiationService
     provider_jobs: ProviderJobs
     runner: JobRunner
+    web: WebService  #: the dashboard and /metrics on 127.0.0.1 (node/api/dashboard)
     stopping: trio.Event = field(default_factory=trio.Event)
     #: set once every service has finished and the libp2p host is closed
     stopped: trio.Event = field(default_factory=trio.Event)
@@ -147,9 +152,12 @@ def _build(config: Config, key: Ed25519PrivateKey, p2p: P2PHost, clock: UnixCloc
     transfer.add_authorizer(runner.authorize)  # our providers may fetch our jobs' blobs
     transfer.holders_of = runner.holders_of  # owner side of WhoHas: earlier providers of a blob
     transfer.owners.append(provider_jobs.owned_by)  # holder side: submitters may grant their blobs
-    node = Node(config=config, key=key, peer_id=p2p.peer_id, clock=clock, p2p=p2p, metrics=metrics, api=Api(),
+    api = Api()
+    web = WebService(api, metrics, dashboard_port=config.dashboard.port, metrics_port=config.metrics.port,
+                     private=config.dashboard.private, data_dir=data_dir)
+    node = Node(config=config, key=key, peer_id=p2p.peer_id, clock=clock, p2p=p2p, metrics=metrics, api=api,
                 blobs=blobs, agreements=agreements, scheduler=scheduler, transfer=transfer, execution=execution,
-                discovery=discovery, negotiation=negotiation, provider_jobs=provider_jobs, runner=runner)
+                discovery=discovery, negotiation=negotiation, provider_jobs=provider_jobs, runner=runner, web=web)
     _register_routes(node)
     _register_metrics(node)
     return node
@@ -163,6 +171,9 @@ def _register_routes(node: Node) -> None:
     agreement_routes.register(node.api, node.agreements)
     transfer_routes.register(node.api, node.transfer)
     execution_routes.register(node.api, node.execution)
+    dashboard_routes.register(node.api, p2p=node.p2p, discovery=node.discovery, scheduler=node.scheduler,
+                              provider_jobs=node.provider_jobs, agreements=node.agreements, data_dir=node.data_dir,
+                              clock=node.clock, fake_gpus=node.config.discovery.fake_gpus)
 
 
 def _register_metrics(node: Node) -> None:
@@ -183,8 +194,7 @@ async def _serve(node: Node, *, prepare: Callable[[Node], None] | None,
         if prepare is not None:
             prepare(node)
         await nursery.start(node.api.serve, config.api_socket)
-        if config.metrics.port:
-            await nursery.start(node.metrics.serve, config.metrics.port)
+        await nursery.start(node.web.run)  # the dashboard and /metrics, if their ports are set
         await nursery.start(node.transfer.run)
         await nursery.start(node.execution.run)
         await nursery.start(node.discovery.run)
@@ -258,6 +268,7 @@ def main(config: Config) -> int:
                         "peer_id": node.peer_id,
                         "addrs": node.p2p.listen_addrs,
                         "api": str(config.api_socket),
+                        **{name: f"http://127.0.0.1:{port}/" for name, port in node.web.ports.items()},
                     }
                 ),
                 flush=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -72,9 +73,12 @@ async def test_node_starts_serves_api_and_stops_cleanly(tmp_path: Path) -> None:
 
 
 async def test_metrics_port_serves_prometheus_text(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a free port: metrics.port = 0 means "off"
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
     async with trio.open_nursery() as nursery:
-        node = await nursery.start(partial(run_node, config(tmp_path / "d")))
-        port = await nursery.start(node.metrics.serve, 0)
+        node = await nursery.start(partial(run_node, config(tmp_path / "d", **{"metrics.port": free})))
+        port = node.web.ports["metrics"]
         node.metrics.counter("cpn_test_total", "a test counter").inc(kind="x")
 
         def scrape() -> str:
