@@ -185,8 +185,8 @@ class DashboardSection:
     port: int = setting(0, "0 disables; else the dashboard on `http://127.0.0.1:<port>/` (see docs/dashboard.md).",
                         rule=between(0, 65535), flag="--dashboard-port")
     private: bool = setting(
-        False, "Require the token in `<data_dir>/dashboard.token` for reads too, not only for actions "
-        "(otherwise every local user can read the dashboard).")
+        True, "Require the token in `<data_dir>/dashboard.token` (mode 0600) for reads too, not only for "
+        "actions; `false` lets every local user read the dashboard (job logs included).")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import pytest
 import trio
 from support.podman import shared_env
 
+from node.api.dashboard import load_token
 from node.api.routes.jobs import submit_request
 from node.config import config_from_dict
 from node.daemon import Node, run_node
@@ -112,11 +113,15 @@ class Browser:
     tmp: Path
     shots: Path | None = None
     loads: int = field(default=0)
+    #: port -> that node's dashboard token (the dashboard is private by default)
+    tokens: dict[int, str] = field(default_factory=dict)
 
     async def load(self, port: int, path: str, shot: str = "") -> Dom:
         """The DOM of ``http://127.0.0.1:<port><path>`` once its scripts have rendered."""
         self.loads += 1
         url = f"http://127.0.0.1:{port}{path}"
+        if port in self.tokens:  # handed over in the address, as `cpn dashboard` prints it
+            url += f"#token={self.tokens[port]}"
         args = [CHROMIUM or "chromium", *FLAGS, f"--user-data-dir={self.tmp / f'profile{self.loads}'}",
                 f"--virtual-time-budget={BUDGET_MS}"]
         with trio.fail_after(120):
@@ -207,6 +212,7 @@ async def test_every_page_shows_the_testnet_in_chromium(tmp_path: Path, podman_e
         run = await run_job(provider, sub, hello_job(tmp_path / "job"), tmp_path / "results")
         price = run.attempts[-1].price
         p_port, s_port = provider.web.ports["dashboard"], sub.web.ports["dashboard"]
+        browser.tokens = {p_port: load_token(provider.data_dir), s_port: load_token(sub.data_dir)}
 
         home = await browser.load(s_port, "/", "dashboard-overview.png")
         assert home.of("peer-id") == sub.peer_id

@@ -41,8 +41,9 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def node_with(tmp_path: Path, **over: Any) -> AsyncIterator[Node]:
+    # reads open to local users: these tests are about the server's limits, not the token
     cfg = load_config(None, {"node.data_dir": str(tmp_path / "d"), "node.listen": [LOOP],
-                             "discovery.fake_gpus": "h100:2", **over})
+                             "discovery.fake_gpus": "h100:2", "dashboard.private": False, **over})
     async with trio.open_nursery() as nursery:
         node = await nursery.start(partial(run_node, cfg))
         yield node
