@@ -143,14 +143,14 @@ class PeerGate:
                    f"try again in {p.backoff_until - now:.0f} s")
         else:
             quotes, agreed = self.held(peer)
-            if self._tokens(p, now) < 1:
-                rate = self.limits.reservations_per_minute
-                why = (f"rate limited: more than {rate} quotes a minute to you (reservations_per_minute); "
-                       f"next in {(1 - p.tokens) * 60 / rate:.0f} s")
-            elif quotes >= self.limits.max_reservations:
+            if quotes >= self.limits.max_reservations:
                 why = f"you hold {quotes} quotes here (max_reservations_per_peer)"
             elif agreed >= self.limits.max_agreements:
                 why = f"you hold {agreed} open agreements here (max_agreements_per_peer)"
+            elif self._tokens(p, now) < 1:
+                rate = self.limits.reservations_per_minute
+                why = (f"rate limited: more than {rate} quotes a minute to you (reservations_per_minute); "
+                       f"next in {(1 - p.tokens) * 60 / rate:.0f} s")
         self.refused += why is not None
         return why
 
