@@ -188,9 +188,12 @@ class Live:
             while i < len(self.events):
                 ev = self.events[i]
                 if ev["event"] == "log":
-                    if only in (None, "log"):
+                    while only in (None, "log") and reader.line < ev["to"]:  # it may grow meanwhile
+                        before = reader.line
                         async for line in reader.until(ev["to"]):
                             yield {"event": "log", "run": run_id, "line": line}
+                        if reader.line == before:
+                            break  # the file holds fewer lines than counted: show what there is
                     if i == len(self.events) - 1 and not self.done.is_set():
                         break  # the last marker may still grow
                 elif only is None or ev["event"] == only:
