@@ -34,6 +34,7 @@ __all__ = [
     "NegotiationSection",
     "TransferSection",
     "ExecutionSection",
+    "JobsSection",
     "load_config",
     "config_from_dict",
     "default_data_dir",
@@ -159,6 +160,10 @@ class NodeSection:
         "info", "`debug`, `info`, `warning` or `error`; also py-libp2p's logs.",
         rule=one_of(*LOG_LEVELS), flag="--log-level",
     )
+    peer_log_per_minute: int = setting(
+        6, "Log lines one remote peer can cause per minute (the rest are counted, not printed).",
+        rule=between(1, 10_000),
+    )
 
 
 @dataclass(frozen=True)
@@ -207,6 +212,14 @@ class DiscoverySection:
     price_gpu_hour: int = setting(1_000_000, "Price per GPU-hour, micro-units.", rule=at_least(0))
     price_cpu_core_hour: int = setting(10_000, "Price per CPU-core-hour, micro-units.", rule=at_least(0))
     price_memory_gib_hour: int = setting(1_000, "Price per GiB-hour of memory, micro-units.", rule=at_least(0))
+    find_max_candidates: int = setting(
+        64, "Providers one find checks at most (known-good ones first); the rest are skipped.",
+        rule=between(1, 10_000),
+    )
+    find_failure_memory_s: int = setting(
+        300, "How long a finder skips a provider that failed a check (unreachable, invalid, gone).",
+        rule=between(0, 86_400, " seconds"),
+    )
 
 
 @dataclass(frozen=True)
@@ -218,6 +231,40 @@ class NegotiationSection:
     max_image_mib: int = setting(64 * 1024, "Largest image plus inputs accepted.", rule=at_least(1, " MiB"))
     min_price: int = setting(0, "The least any job pays here, micro-units.", rule=at_least(0))
     reservation_s: int = setting(30, "How long a quote holds capacity.", rule=between(1, 600, " seconds"))
+    max_transfer_s: int = setting(
+        3600, "Longest `transfer_s` accepted; offers asking more are refused `policy_denied`.",
+        rule=at_least(1, " seconds"),
+    )
+    max_queue_s: int = setting(
+        3600, "Longest `queue_s` accepted; offers asking more are refused `policy_denied`.",
+        rule=at_least(1, " seconds"),
+    )
+    max_fetch_failures: int = setting(
+        8, "Failed fetches in a row (submitter unreachable or unauthorised) after which an agreed "
+        "job's transfer is given up and its capacity released.", rule=between(1, 1000),
+    )
+    max_negotiations_per_peer: int = setting(
+        4, "Negotiation streams one peer may have open at once; more are reset unread.",
+        rule=between(1, 1000),
+    )
+    max_reservations_per_peer: int = setting(
+        4, "Quotes (reserved capacity) one peer may hold at once; more offers are refused `busy`.",
+        rule=between(1, 1000),
+    )
+    max_agreements_per_peer: int = setting(
+        8, "Open agreements (not yet finished) one peer may hold; more offers are refused `busy`.",
+        rule=between(1, 10_000),
+    )
+    reservations_per_minute: int = setting(
+        30, "Quotes one peer may get per minute that it does not accept (bursts of "
+        "`max_reservations_per_peer`); more offers are refused `busy` (rate limited).",
+        rule=between(1, 100_000),
+    )
+    abandon_backoff_s: int = setting(
+        30, "A peer that let a quote lapse (no accept, no cancel) is refused `busy` this long, "
+        "doubling per further lapse within an hour (at most 64x). 0: off.",
+        rule=between(0, 3600, " seconds"),
+    )
 
 
 @dataclass(frozen=True)
@@ -249,6 +296,29 @@ class ExecutionSection:
 
 
 @dataclass(frozen=True)
+class JobsSection:
+    """``[jobs]``: jobs this node submits (the submitter side of spec/jobflow.md)."""
+
+    log_memory_lines: int = setting(
+        2000, "Live log lines of one job kept in memory; all are spilled to a file in the data dir.",
+        rule=between(10, 1_000_000),
+    )
+    max_log_mib: int = setting(
+        64, "Live log of one job spilled to disk at most; later lines are dropped (the verified "
+        "log still arrives with the result).", rule=between(1, 1 << 20, " MiB"),
+    )
+    live_log_kib_per_s: int = setting(
+        1024, "A job's watch stream is read at most this fast (a flooding provider is slowed at its "
+        "end, not paid for with our CPU); the full log still comes with the result.",
+        rule=between(16, 1 << 20, " KiB/s"),
+    )
+    run_grace_s: int = setting(
+        300, "A job without a result this long after `transfer_s + queue_s + run_s` from its "
+        "agreement is given up (the provider is told to cancel).", rule=between(1, 86_400, " seconds"),
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The validated configuration of one daemon."""
 
@@ -260,6 +330,7 @@ class Config:
     negotiation: NegotiationSection = field(default_factory=NegotiationSection)
     transfer: TransferSection = field(default_factory=TransferSection)
     execution: ExecutionSection = field(default_factory=ExecutionSection)
+    jobs: JobsSection = field(default_factory=JobsSection)
 
     @property
     def data_dir(self) -> Path:

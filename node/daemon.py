@@ -69,12 +69,15 @@ from node.clock import UnixClock, unix_now
 from node.config import Config
 from node.execute.service import ExecutionService
 from node.find.adverts import DiscoveryService
+from node.find.finder import FinderLimits
 from node.find.records import ADVERT_NAMESPACE, AdvertValidator
 from node.jobs.provider import ProviderJobs
 from node.jobs.runner import JobRunner
 from node.keys import load_or_create_key, peer_id_of
 from node.metrics import Metrics
 from node.negotiate.agreements import AgreementStore
+from node.negotiate.guard import PeerLog
+from node.negotiate.limits import PeerLimits
 from node.negotiate.policy import Policy
 from node.negotiate.scheduler import Scheduler
 from node.negotiate.service import NegotiationService
@@ -141,12 +144,16 @@ def _build(config: Config, key: Ed25519PrivateKey, p2p: P2PHost, clock: UnixCloc
                                  clock=clock, fake_gpus=bool(config.discovery.fake_gpus))
     discovery = DiscoveryService(config.discovery, p2p=p2p, key=key, data_dir=data_dir, clock=clock,
                                  scheduler=scheduler, capability=lambda: execution.capability, metrics=metrics)
+    peer_log = PeerLog(logging.getLogger("cpn.peer"), per_minute=config.node.peer_log_per_minute)
+    discovery.finder.limits = FinderLimits.from_config(config.discovery)
     negotiation = NegotiationService(p2p=p2p, key=key, agreements=agreements, scheduler=scheduler, policy=policy,
-                                     clock=clock, capability=lambda: execution.capability)
+                                     clock=clock, capability=lambda: execution.capability,
+                                     limits=PeerLimits.from_config(config.negotiation), peer_log=peer_log)
     provider_jobs = ProviderJobs(p2p=p2p, key=key, agreements=agreements, scheduler=scheduler, transfer=transfer,
-                                 execution=execution, data_dir=data_dir, clock=clock)
+                                 execution=execution, data_dir=data_dir, clock=clock,
+                                 max_fetch_failures=config.negotiation.max_fetch_failures, peer_log=peer_log)
     runner = JobRunner(p2p=p2p, key=key, transfer=transfer, agreements=agreements, finder=discovery.finder,
-                       data_dir=data_dir, clock=clock)
+                       data_dir=data_dir, clock=clock, config=config.jobs)
     # The hooks between services, all here:
     negotiation.provider.on_agreement.append(provider_jobs.on_agreement)  # an agreement starts a job
     transfer.add_authorizer(runner.authorize)  # our providers may fetch our jobs' blobs
@@ -168,7 +175,7 @@ def _register_routes(node: Node) -> None:
                          stopping=node.stopping)
     find_routes.register(node.api, node.discovery)
     job_routes.register(node.api, node.runner)
-    agreement_routes.register(node.api, node.agreements)
+    agreement_routes.register(node.api, node.agreements, node.provider_jobs)
     transfer_routes.register(node.api, node.transfer)
     execution_routes.register(node.api, node.execution)
     dashboard_routes.register(node.api, p2p=node.p2p, discovery=node.discovery, scheduler=node.scheduler,

@@ -17,9 +17,32 @@ from pathlib import Path
 from typing import Any
 
 from protocol.envelope import open_envelope
+from protocol.jobspec import JobSpec
 from protocol.result import Receipt, Result
 
-__all__ = ["Run", "RunState", "Attempt", "AttemptState", "RunStore", "FINAL_STATES"]
+__all__ = ["Run", "RunState", "Attempt", "AttemptState", "RunStore", "FINAL_STATES", "SubmitError", "SubmitRequest"]
+
+
+class SubmitError(Exception):
+    """A submission was refused before it became a run; ``reason`` is machine-readable."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """A job to run end to end, as the local API received it (already type-checked)."""
+
+    job: JobSpec  #: unsigned: this node signs it
+    blob_paths: dict[str, str]  #: digest -> local file, for blobs not yet in the store
+    results_dir: str  #: where ``<run id>/`` goes
+    providers: int = 3  #: quotes asked for in parallel
+    peers: tuple[str, ...] = ()  #: ask these (peer IDs or /p2p/ multiaddrs) instead of finding
+    timeout: float = 5.0  #: seconds to find providers
+    retries: int = 1  #: further providers after a failed attempt
+    grace_s: float = 20.0  #: silence after which a provider is given up
 
 
 class RunState(StrEnum):
@@ -57,6 +80,7 @@ class Attempt:
     price: int
     state: AttemptState = AttemptState.ACTIVE
     detail: str = ""
+    agreed_at: int = 0  #: unix seconds of the agreement: the attempt's deadline counts from it
 
 
 @dataclass
