@@ -14,7 +14,7 @@ from support.adversary import flood_logs
 from support.net import addr_of, container_proven, network
 
 from node.api.routes.jobs import submit_request
-from node.execute.oci import pack_image
+from node.execute.oci_pack import pack_image
 from node.jobs.jobfile import load_job
 
 pytestmark = pytest.mark.adversarial

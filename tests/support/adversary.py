@@ -24,12 +24,12 @@ from libp2p.kad_dht.pb.kademlia_pb2 import Message as KadMessage
 from libp2p.peer.id import ID
 
 from node.keys import peer_id_of
-from node.p2p import KAD_PROTOCOL, FramedStream, P2PHost, StreamClosed, open_host
+from node.p2p import FramedStream, P2PHost, StreamClosed, open_host
 from protocol.envelope import Signed, seal
 from protocol.identifiers import dht_key
 from protocol.jobflow import JobCancel, JobPhase, JobUpdate, JobWatch
 from protocol.jobspec import BlobRef, ImageRef, InputRef, JobSpec, Resources, Timeouts
-from protocol.streams import JOB_FRAME_LIMIT, JOB_FRAME_LIMITS, JOB_PROTOCOL
+from protocol.streams import JOB_FRAME_LIMIT, JOB_FRAME_LIMITS, JOB_PROTOCOL, KAD_PROTOCOL
 
 LOOP = "/ip4/127.0.0.1/tcp/0"
 
