@@ -12,7 +12,7 @@ from node.execute.oci_verify import verify_blob_file
 from node.transfer.blobstore import BlobStoreError
 from protocol.result import Result
 
-__all__ = ["save_outputs"]
+__all__ = ["save_outputs", "place_outputs"]
 
 
 def save_outputs(result: Result, blob_path: Callable[[str], Path], dest: Path) -> list[str]:
@@ -45,3 +45,18 @@ def save_outputs(result: Result, blob_path: Callable[[str], Path], dest: Path) -
         with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
             shutil.copyfileobj(inp, out)
     return problems
+
+
+def place_outputs(results_dir: Path, run_id: str, accepted: bool, result: bytes, receipt: bytes) -> Path | None:
+    """Move the verified outputs from ``.<run id>.partial`` to ``<run id>/`` with the
+    signed result and receipt beside them (or drop them when not accepted)."""
+    dest = results_dir / run_id
+    partial = results_dir / f".{run_id}.partial"
+    if not accepted:
+        shutil.rmtree(partial, ignore_errors=True)
+        return None
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    (dest / "receipt.cbor").write_bytes(receipt)
+    (dest / "result.cbor").write_bytes(result)
+    return dest

@@ -35,7 +35,8 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,12 @@ from node.clock import UnixClock
 from node.config import JobsSection
 from node.find.finder import Finder
 from node.jobs.live import Live, LogSpool, Pace, saved_log
-from node.jobs.outputs import save_outputs
+from node.jobs.outputs import place_outputs, save_outputs
 from node.jobs.runs import (
     FINAL_STATES,
     Attempt,
     AttemptState,
+    Phase,
     Run,
     RunState,
     RunStore,
@@ -103,6 +105,7 @@ class JobRunner:
         finder: Finder,
         data_dir: Path,
         clock: UnixClock,
+        precise_now: Callable[[], float] = time.time,
         config: JobsSection | None = None,
     ) -> None:
         self.p2p = p2p
@@ -114,6 +117,7 @@ class JobRunner:
         self.finder = finder
         self.data_dir = data_dir
         self.clock = clock
+        self.precise_now = precise_now  #: unix seconds with fractions, for the phase timeline
         self.runs: dict[str, Run] = {}
         self.live: dict[str, Live] = {}
         self.store = RunStore(data_dir / "runs.sqlite")
@@ -191,6 +195,7 @@ class JobRunner:
         run.state = state
         if detail is not None:
             run.detail = detail
+        run.follow_state(self.precise_now())  # the phase timeline
         self.store.save(run)
         self._event(run, "state", state=state.value, detail=run.detail)
         if state in FINAL_STATES:
@@ -297,6 +302,7 @@ class JobRunner:
             found = await self.finder.find(job.resources, limit=run.providers + len(failed),
                                            within_s=run.find_timeout)
             run.find_summary = found.explanation.summary()
+            run.enter(Phase.NEGOTIATE, self.precise_now())
             self._event(run, "find", summary=run.find_summary, offers=len(found.offers))
             out = [(o.advert.peer_id, list(o.advert.addrs), o.fit.fit_pct) for o in found.offers]
         return [c for c in out if c[0] != self.peer_id and c[0] not in failed][: run.providers]
@@ -426,6 +432,8 @@ class JobRunner:
             self._event(run, "phase", phase=u.phase.value, detail=u.detail)
         if u.transfer_total and u.transfer_done != seen.done:
             seen.done = u.transfer_done
+            if u.transfer_done == u.transfer_total and run.phases and run.phases[-1].phase is Phase.TRANSFER_IN:
+                run.enter(Phase.QUEUE, self.precise_now())  # inputs complete: waiting for the container
             self._event(run, "progress", done=u.transfer_done, total=u.transfer_total)
 
     async def _fetch_outputs(self, run: Run, cur: Attempt, r: Result, deadline: float) -> list[str]:
@@ -466,6 +474,7 @@ class JobRunner:
         cur.state = AttemptState.DONE if accepted else AttemptState.FAILED
         cur.detail = detail
         await self._place_outputs(run, accepted, result.raw, receipt.raw)
+        run.enter(Phase.RECEIPT, self.precise_now())
         if accepted:
             final = RunState.FINISHED
         elif run.retries + 1 > len(run.attempts):
@@ -488,20 +497,8 @@ class JobRunner:
 
     async def _place_outputs(self, run: Run, accepted: bool, result: bytes, receipt: bytes) -> None:
         """Move verified outputs to ``<results_dir>/<run id>/`` (or drop them)."""
-        dest = Path(run.results_dir) / run.id
-        partial = dest.with_name(f".{run.id}.partial")
-
-        def place() -> None:
-            if not accepted:
-                shutil.rmtree(partial, ignore_errors=True)
-                return
-            shutil.rmtree(dest, ignore_errors=True)
-            partial.rename(dest)
-            (dest / "receipt.cbor").write_bytes(receipt)
-            (dest / "result.cbor").write_bytes(result)
-
-        await trio.to_thread.run_sync(place)
-        if accepted:
+        dest = await trio.to_thread.run_sync(place_outputs, Path(run.results_dir), run.id, accepted, result, receipt)
+        if dest is not None:
             run.output_dir = str(dest)
 
     def _record(self, raw: bytes) -> LedgerEntry:
