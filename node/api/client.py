@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from node.config import default_data_dir
-from node.errors import UserError
+from node.errors import ApiAnswerError, ExitCode, UserError
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -54,27 +54,29 @@ class ApiClient:
         except (FileNotFoundError, ConnectionRefusedError):
             raise UserError(
                 f"the daemon is not running (no API at {self.socket_path}); "
-                "start it with `cpn node run`"
+                "start it with `cpn node run`, or pass the --data-dir of a running one",
+                ExitCode.NO_DAEMON,
             ) from None
         except TimeoutError:
             raise UserError(
-                f"the daemon did not answer {method} {path} in {self.timeout:g} s"
+                f"the daemon did not answer {method} {path} in {self.timeout:g} s",
+                ExitCode.NO_DAEMON,
             ) from None
         except OSError as exc:
-            raise UserError(f"cannot reach the daemon at {self.socket_path}: {exc}") from None
+            raise UserError(
+                f"cannot reach the daemon at {self.socket_path}: {exc}", ExitCode.NO_DAEMON
+            ) from None
 
     @staticmethod
-    def _error(resp: http.client.HTTPResponse, data: bytes) -> UserError:
+    def _error(resp: http.client.HTTPResponse, data: bytes) -> ApiAnswerError:
         try:
             obj = json.loads(data)
-            msg = obj.get("detail") or obj.get("error") or data.decode()
-            reason = obj.get("error", "")
+            msg = str(obj.get("detail") or obj.get("error") or data.decode())
+            reason = str(obj.get("error", ""))
         except (ValueError, AttributeError):
             msg, reason = data.decode(errors="replace"), ""
-        err = UserError(f"{msg} ({reason}, HTTP {resp.status})" if reason else msg)
-        err.status = resp.status  # type: ignore[attr-defined]
-        err.reason = reason  # type: ignore[attr-defined]
-        return err
+        return ApiAnswerError(f"{msg} ({reason}, HTTP {resp.status})" if reason else msg,
+                              status=resp.status, reason=reason, detail=msg)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """Send one request; return the decoded JSON answer or raise ``UserError``."""
@@ -83,7 +85,8 @@ class ApiClient:
             data = resp.read()
         except TimeoutError:
             raise UserError(
-                f"the daemon did not answer {method} {path} in {self.timeout:g} s"
+                f"the daemon did not answer {method} {path} in {self.timeout:g} s",
+                ExitCode.NO_DAEMON,
             ) from None
         if resp.status >= 400:
             raise self._error(resp, data)
