@@ -9,7 +9,6 @@ status (docs/submitters.md, "Exit status").
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import sys
@@ -113,7 +112,9 @@ def submit_follow(args: Any, loaded: Any, run: dict[str, Any]) -> int:
                 final = ev
             elif not args.json:
                 print_event(ev, state)
-    except (OSError, http.client.HTTPException, ValueError) as exc:  # the daemon went away mid-stream
+    except (OSError, ValueError) as exc:  # the daemon went away mid-stream (BadResponse is a ValueError)
+        if isinstance(exc, BrokenPipeError):  # our stdout, not the daemon
+            raise
         raise CliError(f"lost the daemon while following job {run['id']} ({exc or type(exc).__name__}); "
                        f"the job goes on when it is back: cpn job show {run['id']}",
                        ExitCode.NO_DAEMON) from None
@@ -156,8 +157,8 @@ def _on_agreement(ev: dict[str, Any], state: dict[str, Any]) -> None:
 
     for key in ("phase", "quarter", "transferred"):  # a new attempt starts from the beginning
         state.pop(key, None)
-    print(f"agreement {ev['agreement_id']} with {ev['provider']} (co-signed; price "
-          f"{price(ev['price'])}, max run {ev['max_run_s']} s)")
+    print(f"agreement {ev['agreement_id']} with {ev['provider']}: co-signed, price "
+          f"{price(ev['price'])}, max run {ev['max_run_s']} s")
 
 
 def _on_phase(ev: dict[str, Any], state: dict[str, Any]) -> None:
@@ -305,8 +306,8 @@ def cmd_logs(args: Any) -> int:
             elif "line" in ev:
                 print(ev["line"])
             sys.stdout.flush()
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        if isinstance(exc, BrokenPipeError):
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, BrokenPipeError):  # our stdout, not the daemon
             raise
         raise CliError(f"lost the daemon while reading the log ({exc or type(exc).__name__})",
                        ExitCode.NO_DAEMON) from None

@@ -34,15 +34,25 @@ def register(sub: Any) -> None:
     show = jsub.add_parser("show", help="state, co-signed terms and events of one job")
     show.add_argument("id", help="job or agreement ID, or any unique prefix of one")
     show.set_defaults(func=cmd_show)
-    from node.cli.follow import cmd_cancel, cmd_logs
-
     logs = jsub.add_parser("logs", help="the log of a submitted job (live with --follow)")
     logs.add_argument("id", help="job ID (or a unique prefix)")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
-    logs.set_defaults(func=cmd_logs)
+    logs.set_defaults(func=_logs)
     cancel = jsub.add_parser("cancel", help="cancel a submitted job (its container is removed)")
     cancel.add_argument("id", help="job ID (or a unique prefix)")
-    cancel.set_defaults(func=cmd_cancel)
+    cancel.set_defaults(func=_cancel)
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from node.cli.follow import cmd_logs  # imported when used: every command builds this parser
+
+    return cmd_logs(args)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from node.cli.follow import cmd_cancel
+
+    return cmd_cancel(args)
 
 
 def _when(ts: float) -> str:

@@ -89,3 +89,31 @@ def test_quotes_and_refusals_in_one_unit(capsys: pytest.CaptureFixture[str]) -> 
     assert "price 0.005032 units/job (5032 micro-units)" in out
     assert "P2: quoted 0.007000 units/job (7000 micro-units); not chosen" in out
     assert "prices are in micro-units: raise max_price" in out
+
+
+_LOADED = """
+import json, sys
+from node.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": int(code), "modules": sorted(sys.modules)}))
+"""
+
+
+def test_submit_loads_only_what_it_uses(tiny_job: Callable[..., Path], tmp_path: Path) -> None:
+    """What kept `cpn submit` slow to start (bench/cli_startup.py): the blob store with
+    protocol.transfer and cryptography, http.client, the config module. None of it is needed
+    to read a job file and talk to the daemon."""
+    import subprocess
+    import sys
+
+    from support.daemons import ROOT
+
+    (tmp_path / "d").mkdir()
+    done = subprocess.run([sys.executable, "-c", _LOADED, "submit", str(tiny_job()), "--data-dir",
+                           str(tmp_path / "d")], capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
+    got = json.loads(done.stdout)
+    assert got["code"] == ExitCode.NO_DAEMON
+    loaded = set(got["modules"])
+    for heavy in ("node.transfer", "node.transfer.blobstore", "protocol.transfer", "cryptography", "trio",
+                  "libp2p", "http.client", "email.parser", "ssl", "node.config"):
+        assert heavy not in loaded, heavy
