@@ -172,7 +172,9 @@ def _build(config: Config, key: Ed25519PrivateKey, p2p: P2PHost, clock: UnixCloc
 
 def _register_routes(node: Node) -> None:
     node_routes.register(node.api, p2p=node.p2p, discovery=node.discovery, data_dir=node.data_dir,
-                         stopping=node.stopping)
+                         stopping=node.stopping, scheduler=node.scheduler, execution=node.execution,
+                         provider_jobs=node.provider_jobs, runner=node.runner,
+                         data_host=node.config.transfer.data_host)
     find_routes.register(node.api, node.discovery)
     job_routes.register(node.api, node.runner)
     agreement_routes.register(node.api, node.agreements, node.provider_jobs)

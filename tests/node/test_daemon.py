@@ -191,17 +191,17 @@ def test_cpn_node_run_find_and_sigterm(tmp_path: Path) -> None:
 
 def test_cli_errors_are_clear(tmp_path: Path) -> None:
     no_daemon = cpn("id", "--data-dir", str(tmp_path / "none"))
-    assert no_daemon.returncode == 1
+    assert no_daemon.returncode == 7  # ExitCode.NO_DAEMON
     assert "daemon is not running" in no_daemon.stderr and "Traceback" not in no_daemon.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text("[discovery]\nadvert_lifetime_s = 5000\n")
     res = cpn("node", "run", "--config", str(bad), "--data-dir", str(tmp_path / "x"))
-    assert res.returncode == 1
+    assert res.returncode == 2  # ExitCode.BAD_INPUT
     assert "discovery.advert_lifetime_s" in res.stderr and "Traceback" not in res.stderr
     fake = cpn(
         "node", "run", "--data-dir", str(tmp_path / "y"), "--listen", LOOP, "--fake-gpus", "warp9:1"
     )
-    assert fake.returncode == 1 and "discovery.fake_gpus" in fake.stderr
+    assert fake.returncode == 2 and "discovery.fake_gpus" in fake.stderr
     assert not os.path.exists(tmp_path / "y" / KEY_FILE)  # refused before anything was made
     assert not (tmp_path / "y" / "api.sock").exists()
 

@@ -56,7 +56,7 @@ def test_submit_follow_jobs_show_logs_cancel(tmp_path: Path) -> None:
         logs = cpn("job", "logs", run["id"], "--data-dir", str(sub_dir))
         assert logs.returncode == 0 and "hello from the container" in logs.stdout
 
-        # A long job, cancelled while it runs: the follower ends with exit status 3.
+        # A long job, cancelled while it runs: the follower ends with exit status 8 (cancelled).
         job.write_text(job.read_text().replace('NAP = "0"', 'NAP = "60"'))
         follower = subprocess.Popen([CPN, "submit", str(job), "--follow", "--data-dir", str(sub_dir), "--peer",
                                      peer, "--results", str(results)], cwd=ROOT, stdout=subprocess.PIPE,
@@ -72,7 +72,7 @@ def test_submit_follow_jobs_show_logs_cancel(tmp_path: Path) -> None:
             cancelled = json.loads(cpn("job", "cancel", rid, "--json", "--data-dir", str(sub_dir)).stdout)
             assert cancelled["state"] == "cancelled"
             rest = follower.communicate(timeout=60)[0]
-            assert follower.returncode == 3, "".join(seen) + rest
+            assert follower.returncode == 8, "".join(seen) + rest  # ExitCode.CANCELLED
             assert "cancelled" in rest
         finally:
             if follower.poll() is None:
