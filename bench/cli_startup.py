@@ -118,7 +118,7 @@ def _big_image(work: Path, mib: int) -> None:
     """The busybox image plus a layer of ``mib`` MiB of incompressible bytes, as bench/e2e.py."""
     import random
 
-    from node.execute.oci import pack_image
+    from node.execute.oci_pack import pack_image
     from node.execute.selftest_image import busybox_rootfs
 
     (work / "rootfs").mkdir()

@@ -174,7 +174,7 @@ def _register_routes(node: Node) -> None:
     node_routes.register(node.api, p2p=node.p2p, discovery=node.discovery, data_dir=node.data_dir,
                          stopping=node.stopping, scheduler=node.scheduler, execution=node.execution,
                          provider_jobs=node.provider_jobs, runner=node.runner,
-                         data_host=node.config.transfer.data_host)
+                         data_host=node.config.transfer.data_host, web_ports=node.web.ports)
     find_routes.register(node.api, node.discovery)
     job_routes.register(node.api, node.runner)
     agreement_routes.register(node.api, node.agreements, node.provider_jobs)

@@ -315,16 +315,55 @@ def cmd_logs(args: Any) -> int:
 
 
 def cmd_cancel(args: Any) -> int:
-    """``cpn job cancel ID``: stop a submitted job (its provider removes the container)."""
+    """``cpn job cancel ID``: stop a job this node submitted (its provider removes the
+    container), or, on a provider, an agreement it serves (the operator's cancel:
+    the capacity is released and the submitter is told)."""
     from node.api.client import ApiClient
     from node.errors import ApiAnswerError
 
+    client = ApiClient(args.data_dir, timeout=60)
     try:
-        run = ApiClient(args.data_dir, timeout=60).post(f"/v1/jobs/{args.id}/cancel")
+        run = client.post(f"/v1/jobs/{args.id}/cancel")
     except ApiAnswerError as exc:
-        raise one_job(exc) from None
+        if exc.status != 404:
+            raise one_job(exc) from None
+        return _cancel_agreement(client, args)
     if args.json:
         print(json.dumps(run, indent=2))
     else:
         print(f"job {run['id']}: {run['state']}" + (f" ({run['detail']})" if run.get("detail") else ""))
     return 0
+
+
+def _cancel_agreement(client: Any, args: Any) -> int:
+    """The provider side of ``cpn job cancel``: ``POST /v1/agreements/{id}/cancel``."""
+    from node.cli import CliError
+    from node.errors import ApiAnswerError
+
+    try:
+        answer = client.post(f"/v1/agreements/{args.id}/cancel")
+    except ApiAnswerError as exc:
+        if exc.status == 404:
+            raise CliError(f"no job or agreement {args.id} on this node (cpn jobs lists them)",
+                           ExitCode.BAD_INPUT) from None
+        raise one_job(exc, "agreement") from None
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(f"agreement {answer.get('id', args.id)}: cancelled on this provider"
+              + (f" ({answer['detail']})" if answer.get("detail") else ""))
+    return 0
+
+
+def print_timeline(run: dict[str, Any]) -> None:
+    """The run's phases, one line each: when it started, how long it took."""
+    phases = run.get("phases") or []
+    if not phases:
+        return
+    t0 = phases[0]["started_at"]
+    print("  timeline:")
+    for span in phases:
+        end = span.get("ended_at")
+        took = f"{end - span['started_at']:8.3f} s" if end is not None else "   (going on)"
+        print(f"    +{span['started_at'] - t0:8.3f} s  {span['phase']:<12} {took}"
+              + (f"  attempt {span['attempt'] + 1}" if span.get("attempt") else ""))

@@ -111,7 +111,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from node.api.client import ApiClient
     from node.cli import CliError
-    from node.cli.follow import find_run, one_job, print_run
+    from node.cli.follow import find_run, one_job, print_run, print_timeline
     from node.errors import ApiAnswerError
 
     client = ApiClient(args.data_dir)
@@ -121,6 +121,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(json.dumps(run, indent=2))
         else:
             print_run(run)
+            print_timeline(run)
             for a in run["attempts"]:
                 print(f"  attempt: agreement {a['agreement_id']} with {a['provider']}: {a['state']}"
                       + (f" ({a['detail']})" if a["detail"] else ""))

@@ -30,10 +30,15 @@ def register(sub: Any) -> None:
     )
     run.add_argument("--metrics-port", type=int_range(0, 65535), metavar="PORT",
                      help="serve Prometheus metrics on 127.0.0.1:PORT")
+    run.add_argument("--dashboard-port", type=int_range(0, 65535), metavar="PORT",
+                     help="serve the web dashboard on 127.0.0.1:PORT (docs/dashboard.md)")
     run.add_argument(
         "--fake-gpus", metavar="SPEC", help="fake NVML inventory (testnets), e.g. h100:2"
     )
     run.set_defaults(func=cmd_run)
+
+    dash = sub.add_parser("dashboard", help="print the web dashboard's address, with its access token")
+    dash.set_defaults(func=cmd_dashboard)
 
     ident = sub.add_parser("id", help="show the running node's peer ID, addresses and identifiers")
     ident.set_defaults(func=cmd_id)
@@ -49,6 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "node.bootstrap": args.bootstrap,
         "node.log_level": args.log_level,
         "metrics.port": args.metrics_port,
+        "dashboard.port": args.dashboard_port,
         "discovery.fake_gpus": args.fake_gpus,
     }
     try:
@@ -113,4 +119,27 @@ def cmd_id(args: argparse.Namespace) -> int:
         print("identifiers:")
         for item in info["identifiers"]:
             print(f"  {item['id']:<{width}}  {item['cid']}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """``cpn dashboard``: the dashboard's URL; the token rides in the fragment, which the
+    browser keeps and never sends (only the node's user can read the token file)."""
+    from node.api.client import ApiClient
+    from node.api.dashboard import TOKEN_FILE
+
+    info = ApiClient(args.data_dir).get("/v1/id")
+    url = info.get("dashboard")
+    if not url:
+        raise CliError("the dashboard is off: set [dashboard] port in the config, or run the node with "
+                       "--dashboard-port PORT", ExitCode.BAD_INPUT)
+    token_path = Path(info["data_dir"]) / TOKEN_FILE
+    try:
+        token = token_path.read_text().strip()
+    except OSError as exc:
+        raise CliError(f"cannot read {token_path}: {exc.strerror or exc} (it belongs to the node's user)") from None
+    if args.json:
+        print(json.dumps({"url": url, "token_file": str(token_path)}))
+    else:
+        print(f"{url.rstrip('/')}/#token={token}")
     return 0

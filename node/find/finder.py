@@ -134,6 +134,7 @@ class FindResult:
                         if g.uuid in o.fit.gpu_uuids
                     ],
                     "gpu_summary": _gpu_summary(o.advert),
+                    "gpu_names": [g.name for g in o.advert.resources.gpus],
                     "cpu_cores": o.advert.resources.cpu_cores,
                     "memory_mib": o.advert.resources.memory_mib,
                     "expires_at": o.advert.expires_at,

@@ -104,7 +104,11 @@ async def request_quote(
 def _detail(s: QuoteSession) -> str:
     if s.refusal is not None:
         return f"{s.refusal.reason.value}: {s.refusal.detail}"
-    return s.error or ""
+    if s.error:
+        return s.error
+    if s.quote is not None and s.conn.state is State.CANCELLED:
+        return "not chosen: another provider's quote won"
+    return ""
 
 
 async def _close(session: QuoteSession) -> None:

@@ -167,7 +167,7 @@ class Provider:
             return None
         price = self.policy.price_of(job)
         if price > job.max_price:
-            await self._refuse(stream, conn, RefusalReason.PRICE_TOO_LOW, f"price {price} above max_price {job.max_price}")
+            await self._refuse(stream, conn, RefusalReason.PRICE_TOO_LOW, f"price {price} micro-units is above the job's max_price of {job.max_price} micro-units")
             return None
         over = self.limits.check(conn.submitter)
         if over is not None:

@@ -215,9 +215,7 @@ class Views:
     fake_gpus: bool
 
     def _allocations(self) -> list[Allocation]:
-        self.scheduler.expire()
-        # TODO(negotiate): a public Scheduler.allocations(); the scheduler keeps them private today
-        return list(self.scheduler._allocs.values())
+        return self.scheduler.allocations()
 
     async def gpus(self, request: Request) -> Any:
         """Each GPU: probe facts, live memory and utilisation, and who holds it."""

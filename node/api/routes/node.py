@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,7 @@ def _amounts(cpu_millis: int = 0, memory_mib: int = 0, disk_mib: int = 0, gpus: 
 
 
 def _committed(scheduler: Scheduler, provider_jobs: ProviderJobs) -> list[Allocation]:
-    allocs = (scheduler.get(aid) for aid in list(provider_jobs.jobs))
-    return [a for a in allocs if a is not None and a.committed]
+    return [a for a in scheduler.allocations() if a.committed]
 
 
 def _capacity(scheduler: Scheduler, provider_jobs: ProviderJobs) -> dict[str, Any]:
@@ -166,8 +166,10 @@ def register(
     api: Api, *, p2p: P2PHost, discovery: DiscoveryService, data_dir: Path, stopping: trio.Event,
     scheduler: Scheduler, execution: ExecutionService, provider_jobs: ProviderJobs, runner: JobRunner,
     data_host: str,
+    web_ports: Mapping[str, int] | None = None,
 ) -> None:
     started_at = time.monotonic()
+    ports = web_ports if web_ports is not None else {}
 
     async def health(request: Request) -> Any:
         """Liveness: the daemon is up and serving."""
@@ -187,6 +189,8 @@ def register(
             "data_dir": str(data_dir),
             # "pure" means SHA-256 in Python (no libcrypto found): ~1000x slower transfers
             "sha256_backend": sha256.BACKEND,
+            # the 127.0.0.1 web ports once they serve: {"dashboard": url, "metrics": url}
+            **{name: f"http://127.0.0.1:{port}/" for name, port in ports.items()},
         }
 
     async def peers(request: Request) -> Any:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from support.daemons import Testnet, run_testnet
 
-from node.execute.oci import pack_image
+from node.execute.oci_pack import pack_image
 
 FAKE_GPUS = "h100:1,rtx4090:1,a100-40g:1"
 

@@ -26,7 +26,7 @@ def runs(net: Testnet, tmp_path_factory: pytest.TempPathFactory) -> list[dict[st
     base = tmp_path_factory.mktemp("prefix-job")
     (base / "src").mkdir()
     (base / "src" / "f").write_text("x")
-    from node.execute.oci import pack_image
+    from node.execute.oci_pack import pack_image
 
     pack_image([base / "src"], base / "img", cmd=["/bin/true"])
     (base / "job.toml").write_text('name = "p"\nimage = "img"\nmax_price = 1\n[resources]\nmemory_mib = 64\n')
