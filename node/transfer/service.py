@@ -20,6 +20,15 @@ fetch engine (node/transfer/fetch.py) and exported here too.
 * **Upload** is an invitation to pull (``Offer``): the receiver checks the
   agreement and size, then fetches from the uploader like any other blob, so
   there is exactly one verified receive path.
+* **Who may use a stored blob** (spec/transfer.md section 1.1): a fetch is
+  on behalf of a party (``on_behalf_of``, by default its first source); a
+  stored blob is reused only if that party delivered it here before or it
+  is public, otherwise the party must deliver it again (every chunk
+  verified, nothing written: a proof of possession).  A digest alone never
+  opens a blob.
+* Every request on ``/cpn/transfer`` ends in an answer or a ``TransferError``
+  whatever it raises (``internal_error`` for our own failures, logged at most
+  once a minute per peer); the data plane's accept loop does the same.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from node.metrics import Metrics
 from node.p2p import FramedStream, P2PHost, StreamClosed
 from node.transfer.blobstore import BlobStore
 from node.transfer.blobtypes import BlobLike, BlobMeta, BlobStoreError, QuotaExceeded
+from node.transfer.dataplane import DataLimits
 from node.transfer.dataplane_server import DataPlaneServer
 from node.transfer.fetch import (
     CONTROL_TIMEOUT,
@@ -47,6 +57,7 @@ from node.transfer.fetch import (
     TransferFailed,
     TransferRefused,
 )
+from node.transfer.guard import PeerLog
 from protocol.chunks import chunk_count
 from protocol.envelope import open_envelope, seal
 from protocol.errors import ProtocolError
@@ -54,8 +65,8 @@ from protocol.transfer import (
     CONTROL_LIMITS,
     MAX_CONTROL_FRAME,
     MAX_GRANT_TTL,
+    MAX_PARTIAL,
     PROTOCOL_ID,
-    ChunkList,
     Direction,
     FetchGrant,
     GetChunkList,
@@ -71,6 +82,7 @@ from protocol.transfer import (
     Want,
     WhoHas,
     bitmap_from_indexes,
+    chunk_list_page,
 )
 from protocol.wire import Message
 
@@ -82,8 +94,26 @@ UPLOAD_TIMEOUT = 3600.0  #: seconds an uploader waits for the receiver to pull
 GRANT_TTL = 600  #: seconds a FetchGrant we sign stays valid
 MAX_GRANTS = 16  #: holders named in one answer to WhoHas
 PENALTY_SKIP = 3  #: penalties after which a peer is used only as a last resort
+SWEEP_EVERY_S = 600.0  #: seconds between sweeps of idle unpinned blobs
+LOCAL_GRACE_S = 600.0  #: an unpinned blob only this node produced is swept after this long unused
 
 Authorizer = Callable[[str, str, Direction], bool]
+
+
+def _fit_have(entries: list[HaveEntry]) -> tuple[HaveEntry, ...]:
+    """A Have within its rules (spec/transfer.md section 2.4): every complete
+    entry, and at most MAX_PARTIAL partial ones (the initiator may ask again)."""
+    partial = {id(e) for e in [e for e in entries if not e.complete][:MAX_PARTIAL]}
+    return tuple(e for e in entries if e.complete or id(e) in partial)
+
+
+def data_limits(config: TransferSection) -> DataLimits:
+    """The data plane's bounds from ``[transfer]`` (validated when it was loaded)."""
+    return DataLimits(
+        handshake_s=config.data_handshake_s, stall_s=config.data_stall_s, conns=config.data_conns,
+        conns_per_addr=config.data_conns_per_addr, conns_per_peer=config.data_conns_per_peer,
+        tickets_per_peer=config.tickets_per_peer, threads=config.data_threads,
+    )
 
 
 class TransferService:
@@ -117,15 +147,16 @@ class TransferService:
         #: known multiaddrs of peers (from adverts or agreements), used when dialling
         self.addrs: dict[str, list[str]] = {}
         self.stats = {"chunks_received": 0, "bytes_received": 0, "corrupt_chunks": 0,
-                      "dedup_hits": 0, "refused": 0, "fetches": 0}
-        self.dataplane = DataPlaneServer(store, host=self.host)
+                      "dedup_hits": 0, "refused": 0, "fetches": 0, "proofs": 0, "errors": 0}
+        limits = data_limits(config)
+        self.dataplane = DataPlaneServer(store, host=self.host, limits=limits)
+        #: worker threads of the data connections we open (not trio's default limiter)
+        self.fetch_limiter = trio.CapacityLimiter(limits.threads)
+        self.cache_idle_s = config.cache_idle_s  #: sweep: unpinned cached blobs unused this long go
+        self.log = PeerLog(log)
         #: owner side: other peers known to hold a blob, ``digest -> [(peer, addrs)]``
         #: (the job runner registers the providers of its finished jobs)
         self.holders_of: Callable[[str], list[tuple[str, list[str]]]] = lambda digest: []
-        #: holder side: may ``owner`` (a FetchGrant's signer) hand out ``digest``?
-        #: Default: if ``owner`` may fetch it from us itself; the provider side adds
-        #: "``owner`` submitted a job here that used it".
-        self.owners: list[Callable[[str, str], bool]] = []
         self._delegated: dict[tuple[str, str], float] = {}  #: (grantee, digest) -> expires_at
         self.unreachable: dict[str, float] = {}  #: holder -> when to try it again
         self._register_metrics(metrics or Metrics())
@@ -144,7 +175,22 @@ class TransferService:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.dataplane.run)
             self._p2p.set_stream_handler(PROTOCOL_ID, self._handle)
+            nursery.start_soon(self._sweeper)
             task_status.started(self)
+
+    async def _sweeper(self) -> None:
+        """Every SWEEP_EVERY_S: delete unpinned blobs unused for ``cache_idle_s``
+        (those only this node produced: LOCAL_GRACE_S)."""
+        while True:
+            await trio.sleep(SWEEP_EVERY_S)
+            try:
+                freed = await trio.to_thread.run_sync(
+                    functools.partial(self.store.sweep, idle_s=self.cache_idle_s, local_idle_s=LOCAL_GRACE_S))
+            except (OSError, BlobStoreError) as exc:
+                log.warning("blob store sweep failed: %s", exc)
+                continue
+            if freed:
+                log.info("blob store sweep freed %d bytes", freed)
 
     # ---- authorisation
 
@@ -168,8 +214,10 @@ class TransferService:
         return any(fn(peer, digest, direction) for fn in self._authorizers)
 
     def _owns(self, owner: str, digest: str) -> bool:
-        """May ``owner`` delegate fetching ``digest`` from us (sign FetchGrants for it)?"""
-        return self.authorize(owner, digest, Direction.FETCH) or any(fn(owner, digest) for fn in self.owners)
+        """May ``owner`` delegate fetching ``digest`` from us (sign FetchGrants for it)?
+        If it may fetch it from us itself, or it delivered the blob here (a job
+        it submitted here fetched it from it): never for a digest it only named."""
+        return self.authorize(owner, digest, Direction.FETCH) or self.store.usable_by(digest, owner)
 
     def _upload_limit(self, peer: str, digest: str) -> int | None:
         return self._grants.get((peer, digest, Direction.UPLOAD))
@@ -177,23 +225,44 @@ class TransferService:
     # ---- serving (control plane)
 
     async def _handle(self, stream: FramedStream) -> None:
+        """The ``/cpn/transfer`` handler: requests in order, one answer each.
+        Whatever a request raises ends in a TransferError and the stream's close
+        (our own failures as ``internal_error``, logged at most once a minute per
+        peer); nothing escapes into the host."""
         peer = stream.remote_peer
-        while True:
+        while True:  # one request per turn; each read waits at most CONTROL_TIMEOUT
             try:
                 with trio.fail_after(CONTROL_TIMEOUT):
                     raw = await stream.receive_frame(MAX_CONTROL_FRAME)
                 signed = open_envelope(raw, expected=(Want, GetChunkList, TicketRequest, Offer, WhoHas, Present),
                                        signer=peer, limits=CONTROL_LIMITS)
                 reply = await self._answer(peer, signed.message)
-            except StreamClosed:
+            except (StreamClosed, trio.TooSlowError):
                 return
             except ProtocolError as exc:
                 self.stats["refused"] += 1
                 log.info("transfer request from %s refused: %s", peer, exc)
-                await self._send(stream, TransferError(reason=exc.reason, detail=exc.detail[:1024]))
-                await stream.close()
+                await self._refuse(stream, TransferError(reason=exc.reason, detail=exc.detail[:1024]))
                 return
-            await self._send(stream, reply)
+            except Exception as exc:  # noqa: BLE001 - a request must never take the node down
+                self.stats["errors"] += 1
+                self.log.note(peer, "transfer request from %s failed here: %s: %s", peer, type(exc).__name__, exc)
+                await self._refuse(stream, TransferError(reason="internal_error", detail=type(exc).__name__))
+                return
+            try:
+                await self._send(stream, reply)
+            except (StreamClosed, trio.TooSlowError):
+                return
+
+    async def _refuse(self, stream: FramedStream, err: TransferError) -> None:
+        """Send ``err`` and close our side (spec/transfer.md section 2.1), as far
+        as the peer still listens."""
+        try:
+            await self._send(stream, err)
+        except (StreamClosed, trio.TooSlowError):
+            pass
+        with trio.move_on_after(CONTROL_TIMEOUT):
+            await stream.close()
 
     async def _send(self, stream: FramedStream, msg: Message) -> None:
         with trio.fail_after(CONTROL_TIMEOUT):
@@ -204,8 +273,7 @@ class TransferService:
             allowed = [d for d in msg.digests if self.authorize(peer, d, Direction.FETCH)]
             if not allowed:
                 raise ProtocolError("unauthorized", "no agreement lets you fetch these blobs")
-            entries = [e for d in allowed if (e := self._have_entry(d)) is not None]
-            return Have(blobs=tuple(entries))
+            return Have(blobs=_fit_have([e for d in allowed if (e := self._have_entry(d)) is not None]))
         if isinstance(msg, Offer):
             return await self._accept_offer(peer, msg)
         if isinstance(msg, WhoHas):
@@ -221,8 +289,8 @@ class TransferService:
             raise ProtocolError("not_found", f"{digest} is not stored here")
         m, chunks = held
         if isinstance(msg, GetChunkList):
-            hashes = self.store.chunk_list(digest)
-            return ChunkList(digest=digest, size=m.size, chunk_size=m.chunk_size, hashes=b"".join(hashes))
+            return chunk_list_page(msg, size=m.size, chunk_size=m.chunk_size, hashes=self.store.chunk_list(digest))
+        self.store.touch(digest)
         if chunks is None:
             return self.dataplane.issue(peer, m)
         # a partial blob: serve what it holds when each request arrives
@@ -287,6 +355,8 @@ class TransferService:
                          bitmap=bitmap_from_indexes(chunks, chunk_count(m.size, m.chunk_size)))
 
     async def _accept_offer(self, peer: str, offer: Offer) -> Message:
+        """An upload: pull the blob from ``peer``, on its behalf (a blob we hold
+        already is verified from it again unless it delivered it before)."""
         if not self.authorize(peer, offer.digest, Direction.UPLOAD):
             raise ProtocolError("unauthorized", f"no agreed job takes an upload of {offer.digest}")
         limit = self._upload_limit(peer, offer.digest)
@@ -295,7 +365,7 @@ class TransferService:
         meta = BlobMeta(digest=offer.digest, size=offer.size, chunk_size=offer.chunk_size,
                         chunk_root=offer.chunk_root)
         try:
-            await self.fetch(meta, [peer])
+            await self.fetch(meta, [peer], on_behalf_of=peer)
         except QuotaExceeded as exc:
             raise ProtocolError("quota_exceeded", str(exc)) from None
         except TransferFailed as exc:
@@ -340,8 +410,19 @@ class TransferService:
         stream: FramedStream = await self._p2p.open_stream(peer, PROTOCOL_ID, self.addrs.get(peer))
         return stream
 
-    async def fetch(self, blob: BlobLike, sources: Sequence[str], *, discover: bool = False) -> BlobMeta:
+    async def fetch(self, blob: BlobLike, sources: Sequence[str], *, discover: bool = False,
+                    on_behalf_of: str | None = None) -> BlobMeta:
         """Fetch ``blob`` from ``sources`` (peer IDs) into the store; return it.
+
+        The fetch is for a party: ``on_behalf_of``, else the first source (the
+        blob's owner, e.g. a job's submitter), else this node (no sources).  A
+        stored blob is returned at once only if that party may use it here
+        (:meth:`BlobStore.usable_by`: it delivered the blob before, or the blob
+        is public); otherwise the party delivers it again, every chunk verified
+        against its chunk list and nothing written (a proof that it holds the
+        blob).  A completed fetch records the party as a supplier.  Every
+        source must be one the party vouches for (its own node, or holders its
+        grants name).
 
         With ``discover``, the first source is taken as the blob's owner and
         asked which other peers hold it (WhoHas); those it vouches for with a
@@ -353,18 +434,23 @@ class TransferService:
         if it cannot fit.
         """
         digest = blob.digest
-        while digest in self._fetching:  # one fetch per blob; others wait and share it
+        party = on_behalf_of if on_behalf_of is not None else (sources[0] if sources else None)
+        while digest in self._fetching:  # one fetch per blob at a time; others wait, then look again
             await self._fetching[digest].wait()
-        if self.store.has(digest):
+        proof = self.store.has(digest)
+        if proof and self.store.usable_by(digest, party):
             self.stats["dedup_hits"] += 1
+            self.store.touch(digest)
             self.progress.setdefault(digest, Progress(digest, blob.size, phase="deduplicated",
                                                       done_bytes=blob.size))
             return self.store.meta(digest) or BlobMeta(digest, blob.size, blob.chunk_size, blob.chunk_root)
         done = self._fetching[digest] = trio.Event()
         prog = self.progress[digest] = Progress(digest, blob.size)
-        self.stats["fetches"] += 1
+        self.stats["proofs" if proof else "fetches"] += 1
         try:
-            meta = await BlobFetch(self, blob, sources, prog, discover=discover).run()
+            meta = await BlobFetch(self, blob, sources, prog, discover=discover, party=party, proof=proof).run()
+            if party is not None:
+                self.store.add_supplier(digest, party)
         except BaseException as exc:
             prog.phase, prog.error, prog.finished = "failed", str(exc) or type(exc).__name__, trio.current_time()
             raise

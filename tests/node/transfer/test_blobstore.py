@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from node.transfer.blobstore import (
+    STORE_VERSION,
     BlobMeta,
     BlobStore,
     BlobStoreError,
@@ -276,8 +277,48 @@ def test_store_from_before_chained_chunk_lists_is_upgraded(tmp_path: Path) -> No
     store.close()
 
     db = sqlite3.connect(tmp_path / "blobs" / "store.sqlite")
-    db.execute("PRAGMA user_version=3")
+    db.execute(f"PRAGMA user_version={STORE_VERSION + 1}")
     db.commit()
     db.close()
     with pytest.raises(BlobStoreError, match="newer CPN"):
         BlobStore(tmp_path)
+
+
+_V2_SCHEMA = """
+CREATE TABLE blobs (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, chunk_size INTEGER NOT NULL,
+    chunk_root TEXT NOT NULL, hashes BLOB NOT NULL, complete INTEGER NOT NULL, bitmap BLOB NOT NULL);
+CREATE TABLE pins (digest TEXT NOT NULL, owner TEXT NOT NULL, PRIMARY KEY (digest, owner));
+PRAGMA user_version=2;
+"""
+
+
+def test_store_version_2_gains_suppliers_and_keeps_its_blobs(tmp_path: Path) -> None:
+    """A version-2 store (before suppliers were kept) opens as version 3: its
+    blobs and pins stay, nobody is recorded as their supplier (so no peer may
+    reuse them without delivering them once more), and the node itself may."""
+    import sqlite3
+
+    data = os.urandom(2 * CS + 1)
+    meta, hashes = _blob(data)
+    root = tmp_path / "blobs"
+    (root / "sha256").mkdir(parents=True)
+    (root / "sha256" / meta.digest[7:]).write_bytes(data)
+    db = sqlite3.connect(root / "store.sqlite")
+    db.executescript(_V2_SCHEMA)
+    db.execute("INSERT INTO blobs VALUES (?, ?, ?, ?, ?, 1, x'')",
+               (meta.digest, meta.size, meta.chunk_size, meta.chunk_root, b"".join(hashes)))
+    db.execute("INSERT INTO pins VALUES (?, 'job:x')", (meta.digest,))
+    db.commit()
+    db.close()
+
+    store = BlobStore(tmp_path, now=lambda: 1000.0)
+    assert store.meta(meta.digest) == meta and store.pinned(meta.digest) == ["job:x"]
+    assert store.usable_by(meta.digest, None)  # this node's own use
+    assert not store.usable_by(meta.digest, "peer-a") and store.suppliers(meta.digest) == []
+    store.add_supplier(meta.digest, "peer-a")
+    assert store.usable_by(meta.digest, "peer-a") and not store.usable_by(meta.digest, "peer-b")
+    assert store.expire_pins("job:", before=1000.5) == 1  # the old pin got the upgrade's time
+    store.close()
+    db = sqlite3.connect(root / "store.sqlite")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == STORE_VERSION == 3
+    db.close()
