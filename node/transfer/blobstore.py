@@ -450,11 +450,12 @@ class BlobStore:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def import_bytes(self, data: bytes, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> BlobMeta:
+    def import_bytes(self, data: bytes, *, chunk_size: int = DEFAULT_CHUNK_SIZE, public: bool = False,
+                     supplier: str | None = None) -> BlobMeta:
         tmp = self.root / "tmp" / f"bytes-{os.getpid()}-{threading.get_ident()}"
         tmp.write_bytes(data)
         try:
-            return self.import_file(tmp, chunk_size=chunk_size)
+            return self.import_file(tmp, chunk_size=chunk_size, public=public, supplier=supplier)
         finally:
             tmp.unlink(missing_ok=True)
 

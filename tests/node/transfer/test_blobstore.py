@@ -322,3 +322,50 @@ def test_store_version_2_gains_suppliers_and_keeps_its_blobs(tmp_path: Path) -> 
     db = sqlite3.connect(root / "store.sqlite")
     assert db.execute("PRAGMA user_version").fetchone()[0] == STORE_VERSION == 3
     db.close()
+
+
+def test_sweep_deletes_idle_unpinned_blobs_by_kind(tmp_path: Path) -> None:
+    """The sweep keeps pinned blobs, keeps a cache (a blob a peer delivered, or a
+    public one) for ``idle_s`` after its last use, and a blob only this node
+    produced (outputs after their receipt) for ``local_idle_s``."""
+    now = [1000.0]
+    store = BlobStore(tmp_path, now=lambda: now[0])
+    cached = store.import_bytes(os.urandom(CS + 1), chunk_size=CS)
+    store.add_supplier(cached.digest, "peer-a")
+    public = store.import_bytes(os.urandom(CS + 2), chunk_size=CS, public=True)
+    local = store.import_bytes(os.urandom(CS + 3), chunk_size=CS)
+    pinned = store.import_bytes(os.urandom(CS + 4), chunk_size=CS)
+    store.pin(pinned.digest, "result:x")
+    now[0] += 700  # past the local grace, not the cache's
+    assert store.sweep(idle_s=3600, local_idle_s=600) == local.size
+    assert not store.has(local.digest) and all(store.has(m.digest) for m in (cached, public, pinned))
+    now[0] += 3000
+    store.touch(public.digest)  # used again: kept longer
+    assert store.sweep(idle_s=3600, local_idle_s=600) == cached.size
+    assert store.suppliers(cached.digest) == []
+    assert store.expire_pins("result:", before=now[0]) == 1  # no receipt came: the pin expires
+    now[0] += 3601
+    assert store.sweep(idle_s=3600, local_idle_s=600) == public.size + pinned.size
+    assert store.digests() == []
+    store.close()
+
+
+def test_a_partial_blob_resumes_only_for_its_party(tmp_path: Path) -> None:
+    """Chunks kept from an interrupted transfer count only for the party the
+    blob was being received for: another party starts from nothing."""
+    data = os.urandom(4 * CS)
+    meta, hashes = _blob(data)
+    store = BlobStore(tmp_path)
+    p = store.begin(meta, hashes, party="peer-a")
+    _deliver(p, data, (0, 1))
+    p.close()
+    other = store.begin(meta, hashes, party="peer-b")
+    assert other.missing() == [0, 1, 2, 3]
+    other.close()
+    again = store.begin(meta, hashes, party="peer-b")
+    _deliver(again, data, (0,))
+    again.close()
+    mine = store.begin(meta, hashes, party="peer-b")
+    assert mine.missing() == [1, 2, 3]
+    mine.close()
+    store.close()
