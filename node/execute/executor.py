@@ -217,10 +217,10 @@ class Executor:
         try:
             reaped = await reap_orphans(self.podman)
         except (OSError, RuntimeError) as exc:  # podman missing or broken
-            settled = self._settle_interrupted(set())
+            settled = await trio.to_thread.run_sync(self._settle_interrupted, set(), limiter=self.limiter)
             self.capability = Capability(ok=False, runtime=None, reason=f"{NO_RUNTIME}: {exc}")
             return self.capability, settled
-        settled = self._settle_interrupted(set(reaped))
+        settled = await trio.to_thread.run_sync(self._settle_interrupted, set(reaped), limiter=self.limiter)
         image_dir = test_image_dir or self.runs_dir.parent / "selftest-image"
         try:
             image = build_busybox_image(image_dir)
@@ -238,6 +238,7 @@ class Executor:
         return self.capability, settled
 
     def _settle_interrupted(self, reaped_jobs: set[str]) -> list[Signed[Result]]:
+        """Blocking (hashes logs, writes results): sign FAILED for runs a crash interrupted."""
         settled = []
         for state_file in sorted(self.runs_dir.glob("*/state.json")):
             try:

@@ -37,7 +37,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -98,6 +98,7 @@ SWEEP_EVERY_S = 600.0  #: seconds between sweeps of idle unpinned blobs
 LOCAL_GRACE_S = 600.0  #: an unpinned blob only this node produced is swept after this long unused
 
 Authorizer = Callable[[str, str, Direction], bool]
+T = TypeVar("T")
 
 
 def _fit_have(entries: list[HaveEntry]) -> tuple[HaveEntry, ...]:
@@ -152,6 +153,8 @@ class TransferService:
         self.dataplane = DataPlaneServer(store, host=self.host, limits=limits)
         #: worker threads of the data connections we open (not trio's default limiter)
         self.fetch_limiter = trio.CapacityLimiter(limits.threads)
+        #: blob-store lookups for control requests and fetches (SQLite, files), off the event loop
+        self.store_limiter = trio.CapacityLimiter(4)
         self.cache_idle_s = config.cache_idle_s  #: sweep: unpinned cached blobs unused this long go
         self.log = PeerLog(log)
         #: owner side: other peers known to hold a blob, ``digest -> [(peer, addrs)]``
@@ -213,12 +216,6 @@ class TransferService:
             return True
         return any(fn(peer, digest, direction) for fn in self._authorizers)
 
-    def _owns(self, owner: str, digest: str) -> bool:
-        """May ``owner`` delegate fetching ``digest`` from us (sign FetchGrants for it)?
-        If it may fetch it from us itself, or it delivered the blob here (a job
-        it submitted here fetched it from it): never for a digest it only named."""
-        return self.authorize(owner, digest, Direction.FETCH) or self.store.usable_by(digest, owner)
-
     def _upload_limit(self, peer: str, digest: str) -> int | None:
         return self._grants.get((peer, digest, Direction.UPLOAD))
 
@@ -273,28 +270,35 @@ class TransferService:
             allowed = [d for d in msg.digests if self.authorize(peer, d, Direction.FETCH)]
             if not allowed:
                 raise ProtocolError("unauthorized", "no agreement lets you fetch these blobs")
-            return Have(blobs=_fit_have([e for d in allowed if (e := self._have_entry(d)) is not None]))
+            entries = await self._blocking(lambda: [e for d in allowed if (e := self._have_entry(d)) is not None])
+            return Have(blobs=_fit_have(entries))
         if isinstance(msg, Offer):
             return await self._accept_offer(peer, msg)
         if isinstance(msg, WhoHas):
             return self._who_has(peer, msg)
         if isinstance(msg, Present):
-            return self._present(peer, msg)
+            return await self._present(peer, msg)
         assert isinstance(msg, GetChunkList | TicketRequest)
         digest = msg.digest
         if not self.authorize(peer, digest, Direction.FETCH):
             raise ProtocolError("unauthorized", f"no agreement lets you fetch {digest}")
-        held = self.store.held_chunks(digest)
+        held = await self._blocking(self.store.held_chunks, digest)
         if held is None or (held[1] is not None and not held[1]):
             raise ProtocolError("not_found", f"{digest} is not stored here")
         m, chunks = held
         if isinstance(msg, GetChunkList):
-            return chunk_list_page(msg, size=m.size, chunk_size=m.chunk_size, hashes=self.store.chunk_list(digest))
-        self.store.touch(digest)
+            hashes = await self._blocking(self.store.chunk_list, digest)
+            return chunk_list_page(msg, size=m.size, chunk_size=m.chunk_size, hashes=hashes)
+        await self._blocking(self.store.touch, digest)
         if chunks is None:
             return self.dataplane.issue(peer, m)
         # a partial blob: serve what it holds when each request arrives
         return self.dataplane.issue(peer, m, held=functools.partial(self._held_now, digest))
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Blob-store work (SQLite, files) in a worker thread of the store's limiter,
+        never on the event loop."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.store_limiter)
 
     def _held_now(self, digest: str) -> Collection[int]:
         held = self.store.held_chunks(digest)
@@ -320,7 +324,7 @@ class TransferService:
                 entries.append(HolderEntry(grant=grant.raw, addrs=tuple(a for a in addrs[:8] if 0 < len(a) <= 256)))
         return Holders(holders=tuple(entries))
 
-    def _present(self, peer: str, msg: Present) -> Have:
+    async def _present(self, peer: str, msg: Present) -> Have:
         """As a holder: accept a FetchGrant naming us and ``peer`` from an owner of the
         blob, then answer what we hold of it."""
         if not self.serve_granted:
@@ -334,12 +338,14 @@ class TransferService:
             raise ProtocolError("unauthorized", "the grant names another holder")
         if not now < g.expires_at <= now + MAX_GRANT_TTL:
             raise ProtocolError("expired", "the grant has expired (or expires too far ahead)")
-        if not self._owns(signed.signer, g.digest):
+        owns = self.authorize(signed.signer, g.digest, Direction.FETCH) or await self._blocking(
+            self.store.usable_by, g.digest, signed.signer)
+        if not owns:
             raise ProtocolError("unauthorized", f"{signed.signer} cannot grant {g.digest} here")
         self._delegated[(peer, g.digest)] = float(g.expires_at)
         for key in [k for k, t in self._delegated.items() if t <= now]:
             del self._delegated[key]
-        entry = self._have_entry(g.digest)
+        entry = await self._blocking(self._have_entry, g.digest)
         return Have(blobs=() if entry is None else (entry,))
 
     def _have_entry(self, digest: str) -> HaveEntry | None:
@@ -437,20 +443,19 @@ class TransferService:
         party = on_behalf_of if on_behalf_of is not None else (sources[0] if sources else None)
         while digest in self._fetching:  # one fetch per blob at a time; others wait, then look again
             await self._fetching[digest].wait()
-        proof = self.store.has(digest)
-        if proof and self.store.usable_by(digest, party):
+        proof, reusable = await self._blocking(self._reusable, digest, party)
+        if reusable is not None:
             self.stats["dedup_hits"] += 1
-            self.store.touch(digest)
             self.progress.setdefault(digest, Progress(digest, blob.size, phase="deduplicated",
                                                       done_bytes=blob.size))
-            return self.store.meta(digest) or BlobMeta(digest, blob.size, blob.chunk_size, blob.chunk_root)
+            return reusable
         done = self._fetching[digest] = trio.Event()
         prog = self.progress[digest] = Progress(digest, blob.size)
         self.stats["proofs" if proof else "fetches"] += 1
         try:
             meta = await BlobFetch(self, blob, sources, prog, discover=discover, party=party, proof=proof).run()
             if party is not None:
-                self.store.add_supplier(digest, party)
+                await self._blocking(self.store.add_supplier, digest, party)
         except BaseException as exc:
             prog.phase, prog.error, prog.finished = "failed", str(exc) or type(exc).__name__, trio.current_time()
             raise
@@ -459,6 +464,15 @@ class TransferService:
             done.set()
         prog.phase, prog.finished = "done", trio.current_time()
         return meta
+
+    def _reusable(self, digest: str, party: str | None) -> tuple[bool, BlobMeta | None]:
+        """Blocking: (is ``digest`` stored, its meta if ``party`` may use it as it is)."""
+        if not self.store.has(digest):
+            return False, None
+        if not self.store.usable_by(digest, party):
+            return True, None
+        self.store.touch(digest)
+        return True, self.store.meta(digest)
 
     async def fetch_many(self, blobs: Sequence[BlobLike], sources: Sequence[str], *,
                          owner: str | None = None, parallel: int = 4) -> list[BlobMeta]:

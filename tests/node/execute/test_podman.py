@@ -343,7 +343,8 @@ async def test_execution_service_self_tests_and_advertises(podman_env: PodmanEnv
     routes_module.register(api, service)
     routes = {r.template: r.handler for r in api.routes}
     async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
+        await nursery.start(service.run)  # ready once the self-test is done; then it sweeps every 10 min
+        nursery.cancel_scope.cancel()
     cap = service.capability
     assert cap.runtime.startswith("podman/") and {"memory", "pids", "network-none"} <= set(cap.limits)
     status = await routes["/v1/execution"](None)  # type: ignore[arg-type]

@@ -75,6 +75,9 @@ async def test_sweep_expires_results_cleans_runs_and_removes_idle_images(
     assert await svc.sweep() == {"pins": 1, "runs": 1, "images": 0}
     assert blobs.pinned(out.digest) == [] and sorted(p.name for p in run.iterdir()) == ["result.cbor", "state.json"]
     now[0] += 3600
+    for other in await ex.images.loaded(ex.podman):  # images other tests use in the shared storage: in use
+        if other != image.image_id:
+            await trio.to_thread.run_sync(ex.images.touch, other)
     assert await svc.sweep() == {"pins": 0, "runs": 0, "images": 1}
     assert (await ex.podman.call("image", "exists", image.image_id, check=False)).returncode != 0
     assert (await ex.podman.call("image", "exists", podman_env.image.image_id, check=False)).returncode == 0
