@@ -178,10 +178,9 @@ class DataPlaneServer:
             finally:
                 conn.close()
         except BaseExceptionGroup as eg:  # noqa: B036 - a nursery's errors, unwrapped below
-            exc = leaf_error(eg)
-            if isinstance(exc, trio.Cancelled) or not isinstance(exc, Exception):
-                raise
-            self._failed(addr, exc)
+            if eg.subgroup(lambda e: not isinstance(e, Exception)) is not None:
+                raise  # a cancellation (shutdown) or KeyboardInterrupt is not the connection's doing
+            self._failed(addr, leaf_error(eg))
         except Exception as exc:  # noqa: BLE001 - the accept loop must survive any connection
             self._failed(addr, exc)
         finally:

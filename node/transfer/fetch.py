@@ -366,8 +366,11 @@ class BlobFetch:
         try:
             try:
                 await fetch_from_source(state, peer, ticket)
-            except BaseExceptionGroup as eg:  # noqa: B036 - unwrapped here, handled below
-                raise leaf_error(eg) from None
+            except BaseExceptionGroup as eg:  # noqa: B036 - a source's failure is unwrapped, handled below
+                leaf = leaf_error(eg)
+                if not isinstance(leaf, _SOURCE_ERRORS):
+                    raise
+                raise leaf from None
         except _SOURCE_ERRORS as exc:
             self.errors.append(f"{peer}: {exc}")
             if isinstance(exc, ProtocolError):  # it broke the protocol (not a network failure)
