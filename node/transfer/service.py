@@ -229,12 +229,21 @@ class TransferService:
         peer = stream.remote_peer
         while True:  # one request per turn; each read waits at most CONTROL_TIMEOUT
             try:
+                # a silent initiator: TooSlowError, and the host's wrapper resets the stream (section 2.1)
                 with trio.fail_after(CONTROL_TIMEOUT):
                     raw = await stream.receive_frame(MAX_CONTROL_FRAME)
                 signed = open_envelope(raw, expected=(Want, GetChunkList, TicketRequest, Offer, WhoHas, Present),
                                        signer=peer, limits=CONTROL_LIMITS)
+            except StreamClosed:
+                return
+            except ProtocolError as exc:
+                self.stats["refused"] += 1
+                log.info("transfer request from %s refused: %s", peer, exc)
+                await self._refuse(stream, TransferError(reason=exc.reason, detail=exc.detail[:1024]))
+                return
+            try:
                 reply = await self._answer(peer, signed.message)
-            except (StreamClosed, trio.TooSlowError):
+            except StreamClosed:
                 return
             except ProtocolError as exc:
                 self.stats["refused"] += 1
