@@ -278,6 +278,30 @@ class TransferSection:
     serve_granted: bool = setting(
         True, "Serve cached blobs to a submitter's other providers holding its FetchGrant."
     )
+    data_handshake_s: int = setting(
+        5, "Seconds a data connection has to send its preamble and first frame.", rule=between(1, 60, " seconds")
+    )
+    data_stall_s: int = setting(
+        20, "Seconds one chunk frame may take to leave; a slower reader is dropped.",
+        rule=between(1, 600, " seconds"),
+    )
+    data_conns: int = setting(512, "Open data-plane connections in all.", rule=between(1, 65536))
+    data_conns_per_addr: int = setting(
+        32, "Open data-plane connections per source IP address.", rule=between(1, 65536)
+    )
+    data_conns_per_peer: int = setting(
+        8, "Admitted data-plane connections per peer ID (keep it below data_threads).", rule=between(1, 4096)
+    )
+    data_threads: int = setting(
+        32, "Worker threads serving chunks (fetching has as many of its own).", rule=between(1, 1024)
+    )
+    tickets_per_peer: int = setting(
+        64, "Unused data-plane tickets one peer may hold; the oldest goes first.", rule=between(1, 4096)
+    )
+    cache_idle_s: int = setting(
+        3 * 24 * 3600, "Unpinned blobs other peers delivered (a cache) are deleted after this long unused.",
+        rule=at_least(60, " seconds"),
+    )
 
     @property
     def quota_bytes(self) -> int | None:
@@ -293,6 +317,18 @@ class ExecutionSection:
     podman_root: str = setting("", "Private containers-storage root (`podman --root`). Empty: podman's own.")
     podman_runroot: str = setting("", "`podman --runroot`. Empty: podman's, or `<podman_root>/run`.")
     cdi_kind: str = setting("nvidia.com/gpu", "CDI device kind GPUs are requested as.")
+    max_image_unpacked_mib: int = setting(
+        32 * 1024, "Largest uncompressed size of one job's image layers (a gzip bomb stops here).",
+        rule=at_least(1, " MiB"),
+    )
+    result_retention_s: int = setting(
+        7 * 24 * 3600, "A result's outputs and log are kept this long when no receipt arrives.",
+        rule=at_least(60, " seconds"),
+    )
+    image_idle_s: int = setting(
+        7 * 24 * 3600, "Images CPN loaded into podman are removed after this long unused.",
+        rule=at_least(60, " seconds"),
+    )
 
 
 @dataclass(frozen=True)

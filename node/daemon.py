@@ -133,7 +133,7 @@ def _build(config: Config, key: Ed25519PrivateKey, p2p: P2PHost, clock: UnixCloc
     """Every object of one node, wired; nothing runs yet."""
     data_dir = config.data_dir
     metrics = Metrics()
-    blobs = BlobStore(data_dir, quota_bytes=config.transfer.quota_bytes)
+    blobs = BlobStore(data_dir, quota_bytes=config.transfer.quota_bytes, now=clock)
     stack.callback(blobs.close)
     agreements = AgreementStore.open(data_dir)
     stack.callback(agreements.close)
@@ -141,7 +141,7 @@ def _build(config: Config, key: Ed25519PrivateKey, p2p: P2PHost, clock: UnixCloc
     scheduler = Scheduler(None, clock=trio.current_time, reservation_s=policy.reservation_s)
     transfer = TransferService(p2p=p2p, key=key, store=blobs, config=config.transfer, metrics=metrics)
     execution = ExecutionService(config.execution, runs_dir=data_dir / "runs", key=key, peer_id=p2p.peer_id,
-                                 clock=clock, fake_gpus=bool(config.discovery.fake_gpus))
+                                 clock=clock, fake_gpus=bool(config.discovery.fake_gpus), blobs=blobs)
     discovery = DiscoveryService(config.discovery, p2p=p2p, key=key, data_dir=data_dir, clock=clock,
                                  scheduler=scheduler, capability=lambda: execution.capability, metrics=metrics)
     peer_log = PeerLog(logging.getLogger("cpn.peer"), per_minute=config.node.peer_log_per_minute)
@@ -158,7 +158,8 @@ def _build(config: Config, key: Ed25519PrivateKey, p2p: P2PHost, clock: UnixCloc
     negotiation.provider.on_agreement.append(provider_jobs.on_agreement)  # an agreement starts a job
     transfer.add_authorizer(runner.authorize)  # our providers may fetch our jobs' blobs
     transfer.holders_of = runner.holders_of  # owner side of WhoHas: earlier providers of a blob
-    transfer.owners.append(provider_jobs.owned_by)  # holder side: submitters may grant their blobs
+    # holder side of FetchGrants: a submitter may grant a blob it delivered here (the blob store's
+    # supplier record, spec/transfer.md section 1.1), never one it only named
     api = Api()
     web = WebService(api, metrics, dashboard_port=config.dashboard.port, metrics_port=config.metrics.port,
                      private=config.dashboard.private, data_dir=data_dir)

@@ -272,6 +272,8 @@ class ProviderJobs:
         return trio.current_time() + (unix - self.clock())
 
     async def _run(self, pj: ProviderJob) -> None:
+        result: Signed[Result] | None = None
+        failure: tuple[str, Outcome] | None = None
         with trio.CancelScope(deadline=self._trio_at(pj.end_by)) as scope:
             pj.scope = scope
             if pj.cancelled:  # cancelled before this task ran
@@ -279,21 +281,24 @@ class ProviderJobs:
             try:
                 result = await self._transfer_and_execute(pj)
             except _JobFailed as exc:
-                result = self._failed_result(pj, str(exc), Outcome.FAILED)
+                failure = str(exc), Outcome.FAILED
             except Exception as exc:  # noqa: BLE001 - a task in the root nursery: fail this job, not the node
                 log.exception("job %s failed unexpectedly", pj.aid)
-                result = self._failed_result(pj, f"provider error: {type(exc).__name__}: {exc}", Outcome.FAILED)
+                failure = f"provider error: {type(exc).__name__}: {exc}", Outcome.FAILED
         pj.scope = None
         if pj.result is not None:  # settled meanwhile (cancel answered first)
             return
         if scope.cancelled_caught:
             if pj.cancelled:
-                result = self._failed_result(pj, pj.cancel_detail, Outcome.CANCELLED)
+                failure = pj.cancel_detail, Outcome.CANCELLED
             elif self.clock() >= pj.end_by:
-                result = self._failed_result(pj, "deadline passed: transfer_s + queue_s + run_s + "
-                                             f"{DEADLINE_GRACE_S} s from the agreement", Outcome.FAILED)
+                failure = (f"deadline passed: transfer_s + queue_s + run_s + {DEADLINE_GRACE_S} s from the "
+                           "agreement", Outcome.FAILED)
             else:  # node shutdown: the next start settles or resumes the run
                 return
+        if failure is not None:  # signing and storing the log are file work: off the event loop
+            result = await trio.to_thread.run_sync(self._failed_result, pj, *failure)
+        assert result is not None
         if self.result_filter is not None:
             result = self.result_filter(pj, result)
         self._publish(pj, result)
@@ -348,7 +353,7 @@ class ProviderJobs:
                 with trio.fail_after(left):
                     # the submitter may name other providers that hold the blob
                     # (its earlier jobs): they become extra sources
-                    await t.fetch(blob, [pj.submitter], discover=True)
+                    await t.fetch(blob, [pj.submitter], discover=True, on_behalf_of=pj.submitter)
                 return
             except (TransferFailed, trio.TooSlowError) as exc:
                 failures = 1 if _done(t.progress.get(blob.digest)) > before else failures + 1
@@ -443,12 +448,6 @@ class ProviderJobs:
         except (StreamClosed, trio.TooSlowError, ProtocolError, LocalProtocolError) as exc:
             log.info("job %s: the submitter was not told of the cancel: %s", pj.aid, exc)
         pj.touch()
-
-    def owned_by(self, owner: str, digest: str) -> bool:
-        """``owner`` submitted a job here that used ``digest``: it may let another
-        peer fetch that blob from us (a FetchGrant it signed, spec/transfer.md)."""
-        return any(pj.submitter == owner and any(b.digest == digest for b in pj.job.blobs())
-                   for pj in self.jobs.values())
 
     # ---- the watch protocol (requests from the submitter)
 

@@ -50,7 +50,7 @@ from node.clock import UnixClock
 from node.config import JobsSection
 from node.find.finder import Finder
 from node.jobs.live import Live, LogSpool, Pace, saved_log
-from node.jobs.outputs import place_outputs, save_outputs
+from node.jobs.outputs import fetch_outputs, place_outputs, save_outputs
 from node.jobs.runs import (
     FINAL_STATES,
     Attempt,
@@ -67,7 +67,7 @@ from node.negotiate.agreements import AgreementStore
 from node.negotiate.client import QuoteSession, negotiate_best
 from node.p2p import FramedStream, P2PHost, StreamClosed
 from node.transfer.blobstore import BlobStoreError
-from node.transfer.service import TransferFailed, TransferService
+from node.transfer.service import TransferService
 from protocol.envelope import Signed, open_envelope, seal
 from protocol.errors import ProtocolError
 from protocol.jobflow import HEARTBEAT_S, JobCancel, JobPhase, JobUpdate, JobWatch, WatchView
@@ -436,15 +436,11 @@ class JobRunner:
                 run.enter(Phase.QUEUE, self.precise_now())  # inputs complete: waiting for the container
             self._event(run, "progress", done=u.transfer_done, total=u.transfer_total)
 
-    async def _fetch_outputs(self, run: Run, cur: Attempt, r: Result, deadline: float) -> list[str]:
-        """Fetch the outputs and the log; write the verified ones under a partial dir."""
-        problems: list[str] = []
-        for blob in (*r.outputs, r.log):
-            try:
-                with trio.fail_after(deadline):
-                    await self.transfer.fetch(blob, [cur.provider])
-            except (TransferFailed, trio.TooSlowError) as exc:
-                problems.append(f"{blob.path or 'log'}: not delivered as {blob.digest}: {exc}")
+    async def _fetch_outputs(self, run: Run, cur: Attempt, r: Result, job: JobSpec) -> list[str]:
+        """Fetch the outputs and the log (nothing when the result claims more than the
+        job's disk_mib); write the verified ones under a partial dir."""
+        problems = await fetch_outputs(self.transfer, r, provider=cur.provider, disk_mib=job.resources.disk_mib,
+                                       timeout_s=job.timeouts.transfer_s)
         partial = Path(run.results_dir) / f".{run.id}.partial"
         await trio.to_thread.run_sync(lambda: shutil.rmtree(partial, ignore_errors=True))
         problems += await trio.to_thread.run_sync(save_outputs, r, self.transfer.store.path_of, partial)
@@ -461,7 +457,7 @@ class JobRunner:
         self._set(run, RunState.COLLECTING)
         r = result.message
         self._event(run, "result", outcome=r.outcome.value, exit_code=r.exit_code, detail=r.detail)
-        problems = await self._fetch_outputs(run, cur, r, signed_job.message.timeouts.transfer_s)
+        problems = await self._fetch_outputs(run, cur, r, signed_job.message)
         ran = r.outcome not in (Outcome.FAILED, Outcome.CANCELLED)
         accepted = ran and not problems
         if not ran:
