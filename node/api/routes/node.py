@@ -39,6 +39,9 @@ def register(
             "data_dir": str(data_dir),
             # "pure" means SHA-256 in Python (no libcrypto found): ~1000x slower transfers
             "sha256_backend": sha256.BACKEND,
+            # public/private/unknown, public IP, NAT type, announced direct and relay
+            # addresses, and how each connected peer is reached (direct, relayed, ...)
+            "reachability": dict(p2p.reachability.to_json(), connections=p2p.connection_paths()),
         }
 
     async def peers(request: Request) -> Any:
