@@ -307,6 +307,7 @@ def announce(
     verified: Iterable[str] = (),
     observed_ips: Iterable[str] = (),
     relay_addrs: Sequence[str] = (),
+    keep: Iterable[str] = (),
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The addresses to announce to peers: ``(direct, relay)``.
 
@@ -317,13 +318,17 @@ def announce(
 
     * loopback: all peers are on this host (a loopback testnet);
     * private: no peer reaches us from the public internet (a LAN);
-    * public: verified by AutoNAT, or no peer is on the public internet;
+    * public: verified by AutoNAT, or no peer is on the public internet (and
+      then, in ``keep``, until the first verdict: the first node of a network
+      announced it before anyone could check it, and should not go silent while
+      the first check runs);
     * relay addresses: always (only a private node holds reservations).
     """
     scopes = frozenset(audience)
     local_only = scopes <= {Scope.LOOPBACK}
     internet = Scope.PUBLIC in scopes
-    checked = {a for a in verified}
+    checked = set(verified)
+    kept = set(keep) if status == "unknown" else set()
     direct: list[str] = []
     for addr in _expand(listen, observed_ips, local_only):
         scope = addr_scope(addr)
@@ -331,7 +336,9 @@ def announce(
             direct.append(addr)
         elif scope is Scope.PRIVATE and not internet:
             direct.append(addr)
-        elif scope is Scope.PUBLIC and (not internet or (status == "public" and addr in checked)):
+        elif scope is Scope.PUBLIC and (
+            not internet or (status == "public" and addr in checked) or addr in kept
+        ):
             direct.append(addr)
     if status == "public":
         # A verified address we do not listen on (a port forward on the router).
@@ -364,19 +371,31 @@ class RelayChoice:
 
 @dataclass
 class RelayBook:
-    """Relays that refused or failed us recently (not retried before ``until``)."""
+    """Relays that refused or failed us recently: not asked again before their
+    back-off ends (``base_s``, doubling with each failure in a row, at most
+    ``max_s``; a relay that just started may not offer relaying yet)."""
 
+    base_s: float = 2.0
+    max_s: float = 300.0
     failed_until: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
 
-    def failed(self, peer: str, now: float, backoff_s: float) -> None:
-        self.failed_until[peer] = now + backoff_s
+    def failed(self, peer: str, now: float) -> None:
+        n = self.failures[peer] = self.failures.get(peer, 0) + 1
+        self.failed_until[peer] = now + min(self.max_s, self.base_s * 2 ** (n - 1))
+
+    def succeeded(self, peer: str) -> None:
+        self.failures.pop(peer, None)
+        self.failed_until.pop(peer, None)
 
     def usable(self, peer: str, now: float) -> bool:
         until = self.failed_until.get(peer)
-        if until is not None and until <= now:
-            del self.failed_until[peer]
-            return True
-        return until is None
+        return until is None or until <= now
+
+    def next_retry(self, now: float) -> float | None:
+        """Seconds until the first back-off ends (None: nobody is backing off)."""
+        waits = [u - now for u in self.failed_until.values() if u > now]
+        return min(waits) if waits else None
 
 
 def choose_relays(

@@ -58,6 +58,7 @@ __all__ = ["P2PHost", "open_host", "DIAL_TIMEOUT", "PING_TIMEOUT"]
 DIAL_TIMEOUT = 5.0  #: seconds for one dial (TCP + Noise + yamux)
 DIRECT_FIRST_S = 2.0  #: a direct dial's share when a relay circuit can be tried next
 MAX_REMEMBERED = 4096  #: peers whose circuit addresses we keep for later dials
+SETTLE_TIMEOUT = 15.0  #: longest start-up wait for the reachability verdict and a relay slot
 PING_TIMEOUT = 0.5  #: one muxer-level ping (a miss falls back to a full request)
 
 # py-libp2p's yamux sends a WINDOW_UPDATE frame after *every* read by default
@@ -451,4 +452,6 @@ async def open_host(
                     log.warning("bootstrap peer unreachable: %s", exc)
             if bootstrap:
                 await p2p.bootstrap()
+            with trio.move_on_after(SETTLE_TIMEOUT):
+                await nat.settle()  # how peers reach us, before anything is advertised
             yield p2p

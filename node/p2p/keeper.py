@@ -3,13 +3,15 @@
 :class:`RelayKeeper` holds ``want`` reservations while the node needs them
 (private, or behind a NAT AutoNAT has not ruled on yet): bootstrap nodes
 first, then other public peers that speak the relay's HOP protocol (peers we
-are connected to, then peers in the kad routing table).  Each slot is renewed
+are connected to, then peers in the kad routing table; when none is left, a
+DHT lookup finds more, at most every :data:`LOOKUP_GAP_S`).  Each slot is renewed
 a quarter of its lifetime (at least a minute) before it expires; py-libp2p's
 own refresher is not used (it spins when a relay's TTL is 30 s or less: here
 no wait is shorter than :data:`MIN_SLEEP_S`).  A relay whose connection is
 gone loses its slot at once (the reservation is only valid while connected)
 and another relay is reserved; a relay that failed or refused us is not
-asked again for :data:`BACKOFF_S`.  Connections to held relays are protected
+asked again until its back-off ends (2 s, doubling per failure in a row, at
+most 5 minutes: :class:`node.reach.RelayBook`).  Connections to held relays are protected
 from py-libp2p's connection trimming.
 """
 
@@ -44,14 +46,14 @@ from node.reach import (
 
 log = logging.getLogger("cpn.p2p.relay")
 
-__all__ = ["RelayKeeper", "BACKOFF_S", "MIN_SLEEP_S"]
+__all__ = ["RelayKeeper", "MIN_SLEEP_S"]
 
-BACKOFF_S = 60.0  #: a relay that failed us is not asked again for this long
 MIN_SLEEP_S = 10.0  #: never renew or retry more often than this
 MAX_SLEEP_S = 300.0
 RETRY_S = 10.0  #: while fewer relays are held than wanted
 DIAL_TIMEOUT = 5.0
 MAX_ATTEMPTS = 4  #: relays tried per round
+LOOKUP_GAP_S = 30.0  #: at most one DHT lookup for more relays this often
 _TAG = "cpn-relay"
 
 
@@ -93,6 +95,8 @@ class RelayKeeper:
             if peer and transport:
                 self._bootstrap[peer] = transport
         self._wake = trio.Event()
+        self._round = trio.Event()  #: set (and replaced) after each round of tending
+        self._next_lookup = 0.0  #: monotonic time of the next DHT lookup for relays
 
     def circuit_addrs(self) -> list[str]:
         return [c for h in self.held.values() for c in h.circuits]
@@ -107,18 +111,25 @@ class RelayKeeper:
         if (not up and peer in self.held) or (up and len(self.held) < self.want and self._needs()):
             self._wake.set()
 
+    async def wait_round(self) -> None:
+        """Return after the next round of reserving and renewing (not hastening it)."""
+        await self._round.wait()
+
     async def run(self) -> None:
         while True:
             with trio.move_on_after(self._sleep_s()):
                 await self._wake.wait()
             self._wake = trio.Event()
             await self._tend()
+            self._round.set()
+            self._round = trio.Event()
 
     def _sleep_s(self) -> float:
         if not self._needs():
             return MAX_SLEEP_S
         if len(self.held) < self.want:
-            return RETRY_S
+            retry = self.book.next_retry(time.time())
+            return RETRY_S if retry is None else min(RETRY_S, max(0.5, retry))
         due = min(h.renew_at for h in self.held.values()) - time.time()
         return min(MAX_SLEEP_S, max(MIN_SLEEP_S, due))
 
@@ -138,20 +149,33 @@ class RelayKeeper:
             if not self._connected(relay) or held.reservation.expires <= now:
                 log.info("relay %s gone: its slot is lost", relay)
                 self._drop(relay)
-                self.book.failed(relay, now, BACKOFF_S)
+                self.book.failed(relay, now)
                 changed = True
             elif held.renew_at <= now:
                 changed |= await self._renew(relay)
         if len(self.held) < self.want:
-            tried = 0
-            for relay in choose_relays(self._candidates(), holding=self.held, book=self.book,
-                                       now=now, want=self.want):
-                if len(self.held) >= self.want or tried >= MAX_ATTEMPTS:
-                    break
-                tried += 1
-                changed |= await self._attempt(relay)
+            changed |= await self._reserve_more(now)
+            if len(self.held) < self.want and time.monotonic() >= self._next_lookup:
+                # Out of relays we know of: ask the DHT for more peers, then try again.
+                self._next_lookup = time.monotonic() + LOOKUP_GAP_S
+                with trio.move_on_after(DIAL_TIMEOUT * 2):
+                    try:
+                        await self.dht.refresh_routing_table()
+                    except (BaseLibp2pError, OSError) as exc:
+                        log.debug("routing table refresh failed: %r", exc)
+                changed |= await self._reserve_more(time.time())
         if changed:
             self._changed()
+
+    async def _reserve_more(self, now: float) -> bool:
+        changed, tried = False, 0
+        for relay in choose_relays(self._candidates(), holding=self.held, book=self.book,
+                                   now=now, want=self.want):
+            if len(self.held) >= self.want or tried >= MAX_ATTEMPTS:
+                break
+            tried += 1
+            changed |= await self._attempt(relay)
+        return changed
 
     def _drop(self, relay: str) -> None:
         self.held.pop(relay, None)
@@ -163,7 +187,7 @@ class RelayKeeper:
         except (RelayRefused, BaseLibp2pError, OSError, trio.TooSlowError) as exc:
             log.info("relay %s did not renew our slot: %s", relay, exc or "timed out")
             self._drop(relay)
-            self.book.failed(relay, time.time(), BACKOFF_S)
+            self.book.failed(relay, time.time())
             return True
         old = self.held[relay]
         self.held[relay] = Held(res, time.time(), old.circuits)
@@ -179,13 +203,14 @@ class RelayKeeper:
             res = await reserve(self.host, relay)
         except (RelayRefused, BaseLibp2pError, OSError, ValueError, trio.TooSlowError) as exc:
             log.info("no slot on relay %s: %s", relay, exc or "timed out")
-            self.book.failed(relay, time.time(), BACKOFF_S)
+            self.book.failed(relay, time.time())
             return False
         circuits = self._circuits_for(relay, res)
         if not circuits:
             log.info("relay %s sent no address we could announce", relay)
-            self.book.failed(relay, time.time(), BACKOFF_S)
+            self.book.failed(relay, time.time())
             return False
+        self.book.succeeded(relay)
         self.held[relay] = Held(res, time.time(), circuits)
         self.host.get_network().protect(rid, _TAG)
         log.info("reserved a slot on relay %s until %d: %s", relay, res.expires, ", ".join(circuits))

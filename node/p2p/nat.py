@@ -129,6 +129,7 @@ class NatService:
         self._checked_ip: str | None = None
         self.on_change: list[Callable[[Reachability], None]] = []
         self._wake = trio.Event()
+        self._checked = trio.Event()  #: set (and replaced) after each AutoNAT check
         self._nursery: trio.Nursery | None = None
         self._pushing = False
         self.tracker.listeners.append(self._on_connection)
@@ -167,6 +168,19 @@ class NatService:
                 finally:
                     nursery.cancel_scope.cancel()
                     self._nursery = None
+
+    async def settle(self) -> None:
+        """Return once we know how peers can reach us: a verdict from the peers we
+        are connected to (none: nothing to wait for) and, when private, a first
+        round of relay reservations.  Adverts published after this carry the
+        right addresses from the start."""
+        self._wake.set()
+        if self._checked_at is None and self._servers():
+            await self._checked.wait()
+        if self.needs_relays():
+            self.keeper.wake()
+        while self.needs_relays() and not self.keeper.held:
+            await self.keeper.wait_round()  # bounded by the caller's timeout
 
     def _on_connection(self, peer: str, up: bool) -> None:
         self._recompute()  # at once: identify may answer on this connection next
@@ -209,9 +223,11 @@ class NatService:
         obs = self._observations()
         audience = audience_of(list(peers.values()) + self._bootstrap_ips)
         observed = [o.observed_ip for o in obs]
+        unchecked = self._checked_at is None
         direct, relays = announce(
             self._listen(), audience=audience, status=self.status, verified=self._verified,
             observed_ips=observed, relay_addrs=self.keeper.circuit_addrs(),
+            keep=self.reach.direct_addrs if unchecked else (),
         )
         new = Reachability(
             status=self.status, public_ip=public_ip(obs, self._verified), nat_type=nat_type(obs),
@@ -341,6 +357,8 @@ class NatService:
         if status != "unknown" or not answered:
             self._set_status(status if answered else self.status, verified)
         self._recompute()
+        self._checked.set()
+        self._checked = trio.Event()
 
     def _set_status(self, status: Status, verified: tuple[str, ...]) -> None:
         self.status, self._verified = status, verified

@@ -88,17 +88,23 @@ class HolePunch(DCUtRProtocol):
         super().__init__(ListenView(host))  # type: ignore[arg-type]  # duck-typed host
         host._dcutr_protocol = self  # type: ignore[attr-defined]  # disconnect hook
         self.punching: Counter[ID] = Counter()
+        self.tries: Counter[ID] = Counter()  #: hole punches (either role) that ended, per peer
+        self.listeners: list[Callable[[str, bool], None]] = []  #: (peer, direct) after a punch
 
     async def _perform_hole_punch(
         self, peer_id: ID, addrs: list[Multiaddr], as_responder: bool = False
     ) -> bool:
         self.punching[peer_id] += 1
+        ok = False
         try:
             ok = await super()._perform_hole_punch(peer_id, addrs, as_responder)
         finally:
             self.punching[peer_id] -= 1
             if self.punching[peer_id] <= 0:
                 del self.punching[peer_id]
+            self.tries[peer_id] += 1
+            for fn in self.listeners:
+                fn(str(peer_id), ok)
         log.info("hole punch to %s %s", peer_id, "succeeded" if ok else "failed")
         return ok
 

@@ -139,8 +139,11 @@ def test_announce_public_addresses_once_verified() -> None:
     # A port forward: the router's address was verified, we listen on a private one.
     fwd = "/ip4/198.51.100.100/tcp/4001"
     assert announce([LAN], audience=internet, status="public", verified=[fwd]) == ((fwd,), ())
-    # No peer on the internet yet (the first node of a network): nobody to mislead.
+    # No peer on the internet yet (the first node of a network): nobody to mislead;
+    # announced so, it is kept (``keep``) while the first check runs, not after.
     assert announce([PUB], audience=set(), status="unknown") == ((PUB,), ())
+    assert announce([PUB], audience=internet, status="unknown", keep=[PUB]) == ((PUB,), ())
+    assert announce([PUB], audience=internet, status="private", keep=[PUB]) == ((), ())
 
 
 def test_announce_expands_a_wildcard_listen_address() -> None:
@@ -173,9 +176,17 @@ def test_choose_relays_bootstrap_first_skipping_held_and_failed() -> None:
     assert choose_relays(cands, holding=[], book=book, now=0, want=2) == ["b1", "b2", "x", "y"]
     assert choose_relays(cands, holding=["b1"], book=book, now=0, want=2) == ["b2", "x", "y"]
     assert choose_relays(cands, holding=["b1", "x"], book=book, now=0, want=2) == []
-    book.failed("b2", now=0, backoff_s=60)
-    assert choose_relays(cands, holding=["b1"], book=book, now=59, want=2) == ["x", "y"]
-    assert choose_relays(cands, holding=["b1"], book=book, now=60, want=2) == ["b2", "x", "y"]
+    book.failed("b2", now=0)  # backs off 2 s, then 4 s, 8 s ... (at most max_s)
+    assert book.next_retry(now=0) == 2
+    assert choose_relays(cands, holding=["b1"], book=book, now=1, want=2) == ["x", "y"]
+    assert choose_relays(cands, holding=["b1"], book=book, now=2, want=2) == ["b2", "x", "y"]
+    book.failed("b2", now=2)
+    assert not book.usable("b2", now=5) and book.usable("b2", now=6)
+    for _ in range(20):
+        book.failed("b2", now=6)
+    assert book.failed_until["b2"] == 6 + book.max_s
+    book.succeeded("b2")
+    assert book.usable("b2", now=6) and book.next_retry(now=6) is None
 
 
 def test_token_bucket_paces_to_its_rate() -> None:

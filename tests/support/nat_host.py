@@ -49,6 +49,15 @@ async def _echo(stream: FramedStream) -> None:
 class Driver:
     def __init__(self, p2p: P2PHost) -> None:
         self.p2p = p2p
+        self._changed = trio.Event()
+
+        def poke(*_: object) -> None:
+            self._changed.set()
+
+        # Everything a ``wait`` condition reads changes with one of these:
+        p2p.nat.on_change.append(poke)  # reachability, announced addresses, relays
+        p2p.nat.tracker.listeners.append(poke)  # connections (and so their paths)
+        p2p.nat.punch.listeners.append(poke)  # a DCUtR attempt ended
 
     def info(self) -> dict[str, Any]:
         p = self.p2p
@@ -67,17 +76,16 @@ class Driver:
         return self.info()
 
     def _punched(self, peer: str, tries: int) -> bool:
-        """DCUtR made ``tries`` attempts to ``peer`` and none is running."""
+        """``tries`` DCUtR hole punches with ``peer`` ended (either side began them)."""
         from libp2p.peer.id import ID
 
-        punch, pid = self.p2p.nat.punch, ID.from_base58(peer)
-        return punch._hole_punch_attempts.get(pid, 0) >= tries and pid not in punch._in_progress
+        return self.p2p.nat.punch.tries[ID.from_base58(peer)] >= tries
 
     async def cmd_wait(self, status: str | None = None, relays: int | None = None,
                        nat_type: str | None = None, peer: str | None = None,
                        paths: list[str] | None = None, punch_tries: int | None = None,
                        without_relay: str | None = None) -> dict[str, Any]:
-        """Return once every condition given holds (polled: this is a test driver)."""
+        """Return once every condition given holds (re-checked at every change)."""
         while True:
             r = self.p2p.reachability
             held = self.p2p.nat.keeper.relays()
@@ -89,7 +97,8 @@ class Driver:
                 punch_tries is None or self._punched(peer or "", punch_tries))
             if ok:
                 return self.info()
-            await trio.sleep(0.1)
+            self._changed = trio.Event()
+            await self._changed.wait()
 
     async def cmd_peerstore(self) -> dict[str, Any]:
         """Every address our peerstore holds for any peer (identify, kad, peer records)."""
