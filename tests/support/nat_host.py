@@ -100,6 +100,10 @@ class Driver:
             self._changed = trio.Event()
             await self._changed.wait()
 
+    async def cmd_observations(self) -> dict[str, Any]:
+        """What peers told us they see of our connections (identify)."""
+        return {"observations": [vars(o) for o in self.p2p.nat._observations()]}
+
     async def cmd_peerstore(self) -> dict[str, Any]:
         """Every address our peerstore holds for any peer (identify, kad, peer records)."""
         store = self.p2p._host.get_peerstore()
