@@ -14,15 +14,18 @@ sym2-0, fw2-0, so "EIM x EIM" crosses two different NATs.  For each cell:
   relay); the advert's addresses are checked (none private);
 * **agreement**: ``POST /v1/jobs`` naming the provider at the addresses its
   advert gave (a relay circuit for a private provider): quote, agreement;
-* **job**: a busybox job with a SIZE MiB input that it copies to a SIZE MiB
-  output; **verified**: the run finished, the receipt was accepted and the
-  output's SHA-256 equals the input's.
+* **job**: a busybox job with its own SIZE MiB random input (new in every
+  cell: blobs are content-addressed, a known one is not transferred again)
+  that it copies, behind one line naming the cell, to a SIZE MiB output;
+  **verified**: the run finished, the receipt was accepted and the output's
+  SHA-256 is the expected one.
 
 Columns: the libp2p path between the two (``connection_path``: direct /
-reversed / hole-punched / relayed) at the end of the cell, seconds to the
-agreement, time to first byte (first transfer progress of the provider's
-fetch), input and output throughput (MiB/s, from the job's events), and the
-stage where a failed cell stopped.  The bulk data plane does not follow the
+reversed / hole-punched / relayed) at the end of the cell, seconds from the
+submission to the agreement and to the first byte (the provider's first
+transfer progress report), input and output throughput (MiB/s, from the
+job's events: coarse, the provider reports progress in steps), and the stage
+where a failed cell stopped.  The bulk data plane does not follow the
 libp2p path yet (issue 13 phase 2b): today a provider fetches inputs by
 dialling the submitter's data port and the submitter fetches outputs from
 the provider's, so cells with a private side stop at the transfer.  Last
@@ -52,13 +55,15 @@ PROVIDERS = {"pub": "pub-2", "eim": "eim2-0", "sym": "sym2-0", "fw": "fw2-0"}
 DIRECT = ("direct", "reversed", "hole-punched")
 
 
-def make_job(base: Path, size_mib: int) -> tuple[Path, str]:
-    """The job file and the SHA-256 of its input (= of the expected output)."""
-    from node.execute.selftest_image import build_busybox_image
-
-    build_busybox_image(base / "image")
-    rng = random.Random(13)
-    h = hashlib.sha256()
+def make_job(base: Path, image: Path, size_mib: int, transfer_s: int, seed: int
+             ) -> tuple[Path, str]:
+    """A job with its own SIZE MiB input (content-addressed blobs: a reused input or
+    an output equal to the input would not be transferred at all), and the
+    SHA-256 its output must have: the input behind a line naming the seed."""
+    base.mkdir(parents=True)
+    rng = random.Random(seed)
+    salt = f"cell {seed}\n".encode()
+    h = hashlib.sha256(salt)
     with (base / "input.bin").open("wb") as f:
         for _ in range(size_mib):
             chunk = rng.randbytes(1 << 20)
@@ -66,10 +71,11 @@ def make_job(base: Path, size_mib: int) -> tuple[Path, str]:
             f.write(chunk)
     job = base / "job.toml"
     job.write_text(
-        'name = "reach"\nimage = "image"\ncommand = ["/bin/sh", "-c"]\n'
-        'args = ["cat /in/input.bin > /out/output.bin"]\noutputs = ["/out"]\nmax_price = 1000000\n'
+        f'name = "reach"\nimage = "{image}"\ncommand = ["/bin/sh", "-c"]\n'
+        f'args = ["(echo cell {seed}; cat /in/input.bin) > /out/output.bin"]\n'
+        'outputs = ["/out"]\nmax_price = 1000000\n'
         f"[resources]\ncpus = 0.5\nmemory_mib = 64\ndisk_mib = {4 * size_mib + 64}\n"
-        "[timeouts]\ntransfer_s = 90\nqueue_s = 30\nrun_s = 120\n"
+        f"[timeouts]\ntransfer_s = {transfer_s}\nqueue_s = 30\nrun_s = 120\n"
         '[[inputs]]\nfile = "input.bin"\npath = "/in/input.bin"\n'
     )
     return job, h.hexdigest()
@@ -103,35 +109,43 @@ def run_job(sub: dict[str, Any], prov: dict[str, Any], addrs: list[str], job: Pa
     t0 = time.monotonic()
     run = api(sub).post("/v1/jobs", body)
     marks: dict[str, float] = {}
-    stage, detail, end = "agreement", "", {}
+    detail, outcome, end = "", None, {}
     for ev in api(sub, timeout=600).stream("GET", f"/v1/jobs/{run['id']}/events?follow=1"):
         now = time.monotonic() - t0
         kind = ev.get("event")
         if kind == "agreement":
-            marks["agreed"], stage = now, "transfer in"
+            marks["agreed"] = now
         elif kind == "progress" and ev.get("done", 0) > 0:
             marks.setdefault("first_byte", now)
             if ev["done"] == ev["total"]:
                 marks.setdefault("transferred", now)
-                stage = "run"
         elif kind == "phase" and ev.get("phase") == "running":
             marks.setdefault("running", now)
         elif kind == "result":
-            marks["result"], stage = now, "transfer out"
+            marks["result"], outcome = now, ev.get("outcome")
         elif kind == "receipt":
-            marks["receipt"], stage = now, "receipt"
+            marks["receipt"] = now
         elif kind == "end":
             end = ev
             break
         if kind in ("attempt_failed", "state") and ev.get("detail"):
             detail = str(ev["detail"])
+    if "agreed" not in marks:
+        stage = "agreement"
+    elif "transferred" not in marks or "running" not in marks:
+        stage = "transfer in"  # the provider could not fetch the image and inputs
+    elif outcome != "exited":
+        stage = "run"
+    else:
+        stage = "transfer out"  # the run succeeded; its outputs did not reach us
     return {"run": run["id"], "state": end.get("state"), "detail": end.get("detail") or detail,
-            "stage": stage, **{k: round(v, 2) for k, v in marks.items()}}
+            "stage": stage, "outcome": outcome, **{k: round(v, 2) for k, v in marks.items()}}
 
 
-def cell(nodes: dict[str, dict[str, Any]], s: str, p: str, job: Path, digest: str,
-         size_mib: int, base: Path) -> dict[str, Any]:
+def cell(nodes: dict[str, dict[str, Any]], s: str, p: str, image: Path, size_mib: int,
+         transfer_s: int, base: Path, seed: int) -> dict[str, Any]:
     sub, prov = nodes[SUBMITTERS[s]], nodes[PROVIDERS[p]]
+    job, digest = make_job(base / f"job-{s}-{p}", image, size_mib, transfer_s, seed)
     row: dict[str, Any] = {"submitter": s, "provider": p}
     row.update(find(sub, prov))
     offer = row.pop("offer")
@@ -153,12 +167,12 @@ def cell(nodes: dict[str, dict[str, Any]], s: str, p: str, job: Path, digest: st
     row["path"] = ident["reachability"].get("connections", {}).get(prov["peer_id"])
     if "first_byte" in row and "transferred" in row and row["transferred"] > row["first_byte"]:
         row["in_mib_s"] = round(size_mib / (row["transferred"] - row["first_byte"]), 1)
-    if "result" in row and "receipt" in row and row["receipt"] > row["result"]:
+    if row["completed"] and row["receipt"] > row["result"]:
         row["out_mib_s"] = round(size_mib / (row["receipt"] - row["result"]), 1)
     return row
 
 
-def bench(cells: list[tuple[str, str]], size_mib: int) -> dict[str, Any]:
+def bench(cells: list[tuple[str, str]], size_mib: int, transfer_s: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cpn-bench-reach-") as tmp:
         base = Path(tmp)
         os.environ["CPN_TESTNET_DIR"] = str(base / "testnet")
@@ -169,14 +183,18 @@ def bench(cells: list[tuple[str, str]], size_mib: int) -> dict[str, Any]:
         seeds = [n for n in order if n == "pub-0"]
         order = seeds + [n for n in order if n not in seeds]
         execution = frozenset(order.index(n) for n in PROVIDERS.values())
-        job, digest = make_job(base, size_mib)
+        from node.execute.selftest_image import build_busybox_image
+
+        image = base / "image"
+        build_busybox_image(image)
         t0 = time.monotonic()
         try:
             up = testnet.up(0, nat=True, execution=execution, log_level="info", timeout=240)
             nodes = {n["name"]: n for n in up}
             up_s = round(time.monotonic() - t0, 1)
             reach = {n: api(nodes[n]).get("/v1/id")["reachability"] for n in nodes}
-            rows = [cell(nodes, s, p, job, digest, size_mib, base) for s, p in cells]
+            rows = [cell(nodes, s, p, image, size_mib, transfer_s, base, seed)
+                    for seed, (s, p) in enumerate(cells)]
         finally:
             testnet.down()
     return {"up_s": up_s, "size_mib": size_mib, "reachability": reach, "rows": rows}
@@ -200,6 +218,8 @@ def main() -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--size-mib", type=int, default=50)
     p.add_argument("--cells", help="e.g. pub:eim,sym:sym (submitter:provider; default all 16)")
+    p.add_argument("--transfer-s", type=int, default=60,
+                   help="the job's transfer timeout: how long a cell that cannot move data waits")
     args = p.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/reach.py: needs root (network namespaces, nftables)")
@@ -212,7 +232,7 @@ def main() -> int:
     import logging
 
     logging.basicConfig(level=logging.ERROR)
-    result = bench(cells, args.size_mib)
+    result = bench(cells, args.size_mib, args.transfer_s)
     done = [r for r in result["rows"] if r["completed"]]
     direct = [r for r in done if r.get("path") in DIRECT]
     summary = f"reach: {len(done)}/{len(cells)} cells completed, {len(direct)} direct"
@@ -224,7 +244,7 @@ def main() -> int:
             print(f"  {name:8} {r['status']:8} NAT {r['nat_type']:10} announces "
                   f"{len(r['direct_addrs'])} direct, {len(r['relay_addrs'])} relay address(es)")
         print(table(result))
-    print(summary)
+        print(summary)
     return 0
 
 

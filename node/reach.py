@@ -381,6 +381,10 @@ class RelayBook:
     failures: dict[str, int] = field(default_factory=dict)
 
     def failed(self, peer: str, now: float) -> None:
+        if len(self.failed_until) >= 1024:  # forget back-offs long over
+            for p in [p for p, u in self.failed_until.items() if u + self.max_s < now]:
+                self.failed_until.pop(p, None)
+                self.failures.pop(p, None)
         n = self.failures[peer] = self.failures.get(peer, 0) + 1
         self.failed_until[peer] = now + min(self.max_s, self.base_s * 2 ** (n - 1))
 

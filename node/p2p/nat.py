@@ -132,6 +132,7 @@ class NatService:
         self._checked = trio.Event()  #: set (and replaced) after each AutoNAT check
         self._nursery: trio.Nursery | None = None
         self._pushing = False
+        self._as_multiaddrs: tuple[tuple[str, ...], list[Multiaddr]] = ((), [])
         self.tracker.listeners.append(self._on_connection)
         # What every peer learns about us, from here on:
         host.get_addrs = self._libp2p_addrs  # type: ignore[method-assign]
@@ -150,8 +151,12 @@ class NatService:
         return self.tracker.path(peer)
 
     def _libp2p_addrs(self) -> list[Multiaddr]:
-        me = Multiaddr(f"/p2p/{self.me}")
-        return [Multiaddr(a).encapsulate(me) for a in self.reach.addrs]
+        """``host.get_addrs()`` from now on (kad calls it for every message it sends)."""
+        addrs = self.reach.addrs
+        if self._as_multiaddrs[0] != addrs:
+            me = Multiaddr(f"/p2p/{self.me}")
+            self._as_multiaddrs = (addrs, [Multiaddr(a).encapsulate(me) for a in addrs])
+        return list(self._as_multiaddrs[1])
 
     # ---- running
 
@@ -171,9 +176,9 @@ class NatService:
 
     async def settle(self) -> None:
         """Return once we know how peers can reach us: a verdict from the peers we
-        are connected to (none: nothing to wait for) and, when private, a first
-        round of relay reservations.  Adverts published after this carry the
-        right addresses from the start."""
+        are connected to (none: nothing to wait for) and, when private, a relay
+        slot (the caller bounds the wait).  Adverts published after this carry
+        the right addresses from the start."""
         self._wake.set()
         if self._checked_at is None and self._servers():
             await self._checked.wait()

@@ -91,6 +91,10 @@ class HolePunch(DCUtRProtocol):
         self.tries: Counter[ID] = Counter()  #: hole punches (either role) that ended, per peer
         self.listeners: list[Callable[[str, bool], None]] = []  #: (peer, direct) after a punch
 
+    def on_peer_disconnected(self, peer_id: ID) -> None:
+        super().on_peer_disconnected(peer_id)
+        self.tries.pop(peer_id, None)  # bounded by the peers connected now
+
     async def _perform_hole_punch(
         self, peer_id: ID, addrs: list[Multiaddr], as_responder: bool = False
     ) -> bool:

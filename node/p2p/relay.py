@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,7 @@ class Relay(CircuitV2Protocol):
         self._circuits: dict[str, int] = {}  #: peer -> circuits it is part of
         self._hop_streams: dict[str, int] = {}
         self.circuits_total = 0  #: circuits open now
+        self.listeners: list[Callable[[int], None]] = []  #: told the count when a circuit ends
         self.offering = False
 
     def offer(self, on: bool) -> None:
@@ -184,6 +186,8 @@ class Relay(CircuitV2Protocol):
             for key, (src, _dst) in list(self._active_relays.items()):
                 if src is stream:  # only this circuit's entries (py-libp2p keys them by peer)
                     del self._active_relays[key]
+            for fn in self.listeners:
+                fn(self.circuits_total)
 
     async def _relay_data(
         self,
