@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -172,7 +173,8 @@ def cell(nodes: dict[str, dict[str, Any]], s: str, p: str, image: Path, size_mib
     return row
 
 
-def bench(cells: list[tuple[str, str]], size_mib: int, transfer_s: int) -> dict[str, Any]:
+def bench(cells: list[tuple[str, str]], size_mib: int, transfer_s: int,
+          logs: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cpn-bench-reach-") as tmp:
         base = Path(tmp)
         os.environ["CPN_TESTNET_DIR"] = str(base / "testnet")
@@ -196,6 +198,10 @@ def bench(cells: list[tuple[str, str]], size_mib: int, transfer_s: int) -> dict[
             rows = [cell(nodes, s, p, image, size_mib, transfer_s, base, seed)
                     for seed, (s, p) in enumerate(cells)]
         finally:
+            if logs is not None:  # each daemon's log, for a cell that went wrong
+                logs.mkdir(parents=True, exist_ok=True)
+                for log in (base / "testnet").glob("*/node.log"):
+                    shutil.copy(log, logs / f"{log.parent.name}.log")
             testnet.down()
     return {"up_s": up_s, "size_mib": size_mib, "reachability": reach, "rows": rows}
 
@@ -218,6 +224,7 @@ def main() -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--size-mib", type=int, default=50)
     p.add_argument("--cells", help="e.g. pub:eim,sym:sym (submitter:provider; default all 16)")
+    p.add_argument("--logs", type=Path, help="copy every daemon's log to this directory")
     p.add_argument("--transfer-s", type=int, default=60,
                    help="the job's transfer timeout: how long a cell that cannot move data waits")
     args = p.parse_args()
@@ -232,7 +239,7 @@ def main() -> int:
     import logging
 
     logging.basicConfig(level=logging.ERROR)
-    result = bench(cells, args.size_mib, args.transfer_s)
+    result = bench(cells, args.size_mib, args.transfer_s, args.logs)
     done = [r for r in result["rows"] if r["completed"]]
     direct = [r for r in done if r.get("path") in DIRECT]
     summary = f"reach: {len(done)}/{len(cells)} cells completed, {len(direct)} direct"

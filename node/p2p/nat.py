@@ -288,11 +288,9 @@ class NatService:
 
     def _prune_clients(self) -> None:
         """Drop kad clients from our routing table.  py-libp2p adds every peer
-        that sends us a kad request (a private node in client mode too) and
-        would hand it out as a closer peer nobody can dial; identify tells us
-        which peers do not serve kad."""
-        if self.dht.mode != DHTMode.SERVER:
-            return
+        that sends us a kad request (a private node in client mode too), hands
+        it out as a closer peer and queries it in lookups and ADD_PROVIDER,
+        all of which fail; identify tells us which peers do not serve kad."""
         store = self.host.get_peerstore()
         for pid in self.dht.routing_table.get_peer_ids():
             try:
