@@ -21,7 +21,10 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from node.reach import RelayPolicy
 
 __all__ = [
     "Config",
@@ -35,6 +38,7 @@ __all__ = [
     "TransferSection",
     "ExecutionSection",
     "JobsSection",
+    "RelaySection",
     "load_config",
     "config_from_dict",
     "default_data_dir",
@@ -355,6 +359,52 @@ class JobsSection:
 
 
 @dataclass(frozen=True)
+class RelaySection:
+    """``[relay]``: circuit relay v2 for nodes behind NAT (docs/operators.md).
+
+    A node that AutoNAT finds publicly reachable relays for private nodes
+    (control traffic: negotiation, job status, adverts; bulk data goes direct
+    wherever the NATs allow).  A private node reserves slots on other relays.
+    """
+
+    enabled: bool = setting(
+        True, "Relay for nodes behind NAT while this node is publicly reachable.")
+    reservations: int = setting(
+        2, "Relays a node behind NAT holds slots on.", rule=between(1, 8))
+    max_reservations: int = setting(
+        128, "Nodes behind NAT this relay holds slots for.", rule=between(1, 100_000))
+    reservation_ttl_s: int = setting(
+        3600, "Lifetime of one slot; nodes renew it before it ends.",
+        rule=between(300, 86_400, " seconds"))
+    circuit_mib: int = setting(
+        128, "Data one relayed connection may carry (both ways); then it is reset.",
+        rule=between(1, 1 << 20, " MiB"))
+    circuit_duration_s: int = setting(
+        3600, "Lifetime of one relayed connection.", rule=between(60, 86_400, " seconds"))
+    circuit_rate_kib: int = setting(
+        2048, "Bandwidth of one relayed connection, each way (KiB/s).",
+        rule=between(16, 1 << 24, " KiB/s"))
+    total_rate_kib: int = setting(
+        16384, "Bandwidth of all relayed connections together (KiB/s).",
+        rule=between(16, 1 << 26, " KiB/s"))
+    max_circuits: int = setting(256, "Relayed connections at once.", rule=between(1, 100_000))
+    max_circuits_per_peer: int = setting(
+        16, "Relayed connections one peer may be part of at once.", rule=between(1, 1024))
+
+    def policy(self) -> RelayPolicy:
+        """As a :class:`node.reach.RelayPolicy` (what the libp2p adapter takes)."""
+        from node.reach import RelayPolicy
+
+        return RelayPolicy(
+            enabled=self.enabled, reservations=self.reservations,
+            max_reservations=self.max_reservations, reservation_ttl_s=self.reservation_ttl_s,
+            circuit_bytes=self.circuit_mib << 20, circuit_duration_s=self.circuit_duration_s,
+            circuit_rate=self.circuit_rate_kib << 10, total_rate=self.total_rate_kib << 10,
+            max_circuits=self.max_circuits, max_circuits_per_peer=self.max_circuits_per_peer,
+        )
+
+
+@dataclass(frozen=True)
 class Config:
     """The validated configuration of one daemon."""
 
@@ -367,6 +417,7 @@ class Config:
     transfer: TransferSection = field(default_factory=TransferSection)
     execution: ExecutionSection = field(default_factory=ExecutionSection)
     jobs: JobsSection = field(default_factory=JobsSection)
+    relay: RelaySection = field(default_factory=RelaySection)
 
     @property
     def data_dir(self) -> Path:

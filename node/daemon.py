@@ -240,7 +240,8 @@ async def run_node(
     key = load_or_create_key(data_dir)
     validators = {ADVERT_NAMESPACE: AdvertValidator(clock)}
     node: Node | None = None
-    async with open_host(key, config.node.listen, validators=validators, bootstrap=config.node.bootstrap) as p2p:
+    async with open_host(key, config.node.listen, validators=validators, bootstrap=config.node.bootstrap,
+                         relay=config.relay.policy()) as p2p:
         assert p2p.peer_id == peer_id_of(key), "libp2p and CPN disagree on the peer ID"
         with ExitStack() as stack:
             node = _build(config, key, p2p, clock, stack)

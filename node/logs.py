@@ -36,7 +36,8 @@ class _ForwardHandler(logging.Handler):
     """Re-emit libp2p records under ``cpn.libp2p`` so our handlers and levels apply.
 
     py-libp2p logs a WARNING for every clean remote close of a DHT stream
-    ("Failed to read DHT message from stream"); those become DEBUG.
+    ("Failed to read DHT message from stream"), and WARNING or ERROR for
+    expected NAT-traversal failures; those become DEBUG.
     """
 
     _NOISY = (
@@ -45,11 +46,28 @@ class _ForwardHandler(logging.Handler):
         "Error sending ADD_PROVIDER",
         # our /cpn-advert/<peer> keys are > 50 bytes; py-libp2p refuses them in FIND_NODE
         "FIND_NODE key is not a valid PeerId",
+        # NAT traversal (node/p2p/nat.py): expected failures, logged by us at INFO where useful
+        "Failed to establish direct connection with",  # DCUtR: a hole punch that cannot work
+        "Timeout in DCUtR protocol",
+        "Error in DCUtR protocol",
+        "Maximum hole punch attempts",
+        "No direct addresses found for peer",
+        "No addresses to try for hole punch",
+        "Cannot assign requested address",  # DCUtR dials from our busy listen port
+        "Error pushing identify to peer",  # a peer that left while we pushed
+        "are unusable (relay-only",  # kad: a relayed-only peer it cannot dial itself
+        "Unexpected error reading from stream",  # relay: every clean yamux close
+        "Error relaying data",
+        "Error reading from hop stream",
+        "Reservation failed with relay",
+        "Error handling AutoNAT stream",
     )
 
     def emit(self, record: logging.LogRecord) -> None:
         target = logging.getLogger("cpn.libp2p." + record.name.removeprefix("libp2p."))
-        if record.levelno == logging.WARNING and any(n in str(record.msg) for n in self._NOISY):
+        if logging.WARNING <= record.levelno <= logging.ERROR and any(
+            n in record.getMessage() for n in self._NOISY
+        ):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         record.name = target.name
         if target.isEnabledFor(record.levelno):

@@ -112,6 +112,12 @@ class DiscoveryService:
         self._ids_changed = trio.Event()
         self._published = trio.Event()
         scheduler.on_change.append(lambda: self._capacity_changed.set())
+        p2p.on_addrs_changed(self._addrs_changed)
+
+    def _addrs_changed(self) -> None:
+        """Reachability changed the addresses we announce: a new advert, new provider records."""
+        self._capacity_changed.set()
+        self._ids_changed.set()
 
     @property
     def resources(self) -> ResourceSet | None:

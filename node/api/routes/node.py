@@ -191,6 +191,9 @@ def register(
             "sha256_backend": sha256.BACKEND,
             # the 127.0.0.1 web ports once they serve: {"dashboard": url, "metrics": url}
             **{name: f"http://127.0.0.1:{port}/" for name, port in ports.items()},
+            # public/private/unknown, public IP, NAT type, announced direct and relay
+            # addresses, and how each connected peer is reached (direct, relayed, ...)
+            "reachability": dict(p2p.reachability.to_json(), connections=p2p.connection_paths()),
         }
 
     async def peers(request: Request) -> Any:
