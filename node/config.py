@@ -72,19 +72,30 @@ def setting(default: Any, doc: str, *, rule: Rule | None = None, flag: str = "")
 # --------------------------------------------------------------------------- rules
 
 
+#: What each rule requires, in words (the operator docs' "Rule" column).
+RULE_TEXT: dict[Rule, str] = {}
+
+
+def _described(rule: Rule, text: str) -> Rule:
+    RULE_TEXT[rule] = text
+    return rule
+
+
 def between(lo: int, hi: int, unit: str = "") -> Rule:
-    return lambda v: None if lo <= v <= hi else f"must be {lo}..{hi}{unit}"
+    return _described(lambda v: None if lo <= v <= hi else f"must be {lo}..{hi}{unit}", f"{lo}..{hi}{unit}")
 
 
 def at_least(lo: int, unit: str = "") -> Rule:
-    return lambda v: None if v >= lo else f"must be at least {lo}{unit}"
+    return _described(lambda v: None if v >= lo else f"must be at least {lo}{unit}", f">= {lo}{unit}")
 
 
 def one_of(*choices: str) -> Rule:
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+    return _described(lambda v: None if v in choices else f"must be one of {', '.join(choices)}",
+                      " or ".join(f"`{c}`" for c in choices))
 
 
 def _listen_addrs(v: list[str]) -> str | None:
+    """at least one `/ip4/.../tcp/PORT` or `/ip6/.../tcp/PORT`"""
     if not v:
         return "needs at least one address"
     for addr in v:
@@ -94,6 +105,7 @@ def _listen_addrs(v: list[str]) -> str | None:
 
 
 def _peer_addrs(v: list[str]) -> str | None:
+    """multiaddrs ending in `/p2p/<peer id>`"""
     from node.addrs import AddrError, split_peer
 
     for addr in v:
@@ -107,6 +119,7 @@ def _peer_addrs(v: list[str]) -> str | None:
 
 
 def _ip_literal(v: str) -> str | None:
+    """an IP address"""
     try:
         ipaddress.ip_address(v)
     except ValueError:
@@ -115,6 +128,7 @@ def _ip_literal(v: str) -> str | None:
 
 
 def _fake_gpus(v: str) -> str | None:
+    """empty, `model:count,...` or a JSON file"""
     if not v:
         return None
     from node.find.nvml import load_fake_nvml
@@ -127,6 +141,7 @@ def _fake_gpus(v: str) -> str | None:
 
 
 def _peer_ids(v: list[str]) -> str | None:
+    """peer IDs"""
     from protocol.errors import ProtocolError
     from protocol.identity import validate_peer_id
 
@@ -276,7 +291,8 @@ class TransferSection:
     """``[transfer]``: the blob store and the bulk data plane (spec/transfer.md)."""
 
     data_host: str = setting(
-        "127.0.0.1", "IP address the data plane listens on and hands out in tickets.", rule=_ip_literal
+        "127.0.0.1", "IP address the data plane listens on and hands out in tickets: set it to an address "
+        "peers can reach (the default works on one machine only).", rule=_ip_literal
     )
     quota_mib: int = setting(0, "Upper bound of the blob store. 0: unlimited.", rule=at_least(0, " MiB"))
     serve_granted: bool = setting(
@@ -519,3 +535,32 @@ def reference() -> list[tuple[str, str, str, Any, str, str]]:
             kind = "list[str]" if typing.get_origin(hint) is list else hint.__name__
             out.append((name, f.name, kind, default, f.metadata["doc"], f.metadata["flag"]))
     return out
+
+
+_TOML_TYPES = {"bool": "bool", "int": "integer", "str": "string", "float": "number", "list[str]": "list of strings"}
+
+
+def reference_markdown() -> str:
+    """The config reference of docs/operators.md, one table per section (generated:
+    ``tools/config-doc`` writes it; a test checks the doc is current)."""
+    import json
+
+    lines: list[str] = []
+    for name, cls in SECTIONS.items():
+        doc = (cls.__doc__ or "").strip().split(":", 1)[-1].strip()
+        doc = doc[:1].upper() + doc[1:]
+        lines += [f"### `[{name}]`", "", doc, "", "| Key | Type | Default | Rule | Meaning |",
+                  "|-----|------|---------|------|---------|"]
+        for f in dataclasses.fields(cls):
+            hint = typing.get_type_hints(cls)[f.name]
+            kind = "list[str]" if typing.get_origin(hint) is list else hint.__name__
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            rule = f.metadata["rule"]
+            text = RULE_TEXT.get(rule, "") if rule is not None else ""
+            if not text and rule is not None and rule.__doc__:
+                text = rule.__doc__.strip()
+            flag = f" Flag: `{f.metadata['flag']}`." if f.metadata["flag"] else ""
+            doc_text = f.metadata["doc"].replace("|", "\\|")
+            lines.append(f"| `{f.name}` | {_TOML_TYPES[kind]} | `{json.dumps(default)}` | {text} | {doc_text}{flag} |")
+        lines.append("")
+    return "\n".join(lines)
