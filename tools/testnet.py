@@ -14,7 +14,7 @@ per node, its logs, and ``state.json`` with each node's PID, which ``down``
 uses to stop exactly those processes (after checking each PID still runs our
 command for that data dir, so a recycled PID is never signalled).
 
-``--fake-gpus`` gives nodes fake NVML inventories (see node/probe.py): ``mix``
+``--fake-gpus`` gives nodes fake NVML inventories (see node/find/nvml.py): ``mix``
 cycles through a realistic set of providers; otherwise a ``;``-separated list
 of compact specs (``h100:2;a100-40g:1;none``) is cycled through.
 

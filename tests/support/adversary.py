@@ -114,7 +114,7 @@ def fake_providers(n: int, addrs: list[str]) -> list[tuple[str, list[str]]]:
 
 
 def _kad_key(key: bytes) -> bytes:
-    """The kad key of a CID: its multihash (as every libp2p DHT, and node/p2p.py, uses)."""
+    """The kad key of a CID: its multihash (as every libp2p DHT, and node/p2p/, uses)."""
     return key[2:] if len(key) > 2 and key[0] == 0x01 and key[1] < 0x80 else key
 
 
