@@ -16,6 +16,7 @@ from .dht_advert import ADVERT_PROTOCOL
 from .negotiation_state import MAX_FRAME as NEGOTIATE_FRAME_LIMIT
 from .negotiation_state import PROTOCOL_ID as NEGOTIATE_PROTOCOL
 from .negotiation_state import STATUS_PROTOCOL_ID as STATUS_PROTOCOL
+from .transfer import DATA_PROTOCOL_ID as TRANSFER_DATA_PROTOCOL
 from .transfer import PROTOCOL_ID as TRANSFER_PROTOCOL
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "STATUS_PROTOCOL",
     "JOB_PROTOCOL",
     "TRANSFER_PROTOCOL",
+    "TRANSFER_DATA_PROTOCOL",
     "KAD_PROTOCOL",
     "NEGOTIATE_FRAME_LIMIT",
     "JOB_FRAME_LIMIT",

@@ -5,7 +5,7 @@ gathers their names, so ``from protocol.transfer import X`` works for all of
 them:
 
 * :mod:`protocol.transfer_messages`: the **control messages** (tags 64-95),
-  signed envelopes on the libp2p stream ``/cpn/transfer/0.2.0`` (``Want``/
+  signed envelopes on the libp2p stream ``/cpn/transfer/0.3.0`` (``Want``/
   ``Have``, ``GetChunkList``/``ChunkList``, ``TicketRequest``/``Ticket``,
   ``Offer``/``OfferResult``, ``TransferError``, ``WhoHas``/``Holders``/
   ``FetchGrant``/``Present``), their limits, and the chunk bitmaps of ``Have``;
@@ -54,13 +54,18 @@ from .transfer_frames import (
 )
 from .transfer_messages import (
     CONTROL_LIMITS,
+    DATA_PROTOCOL_ID,
+    KNOWN_PATHS,
     MAX_CHUNK_LIST_PAGE,
     MAX_CHUNKS,
     MAX_CONTROL_FRAME,
     MAX_GRANT_TTL,
     MAX_GRANTS,
     MAX_PARTIAL,
+    MAX_PATHS,
     MAX_WANT,
+    PATH_STREAM,
+    PATH_TCP,
     PROTOCOL_ID,
     ChunkList,
     Direction,
@@ -80,6 +85,7 @@ from .transfer_messages import (
     WhoHas,
     bitmap_from_indexes,
     indexes_from_bitmap,
+    usable_paths,
 )
 from .transfer_scheduler import ChunkScheduler, SourceState
 
@@ -112,6 +118,12 @@ __all__ = [
     "Present",
     "bitmap_from_indexes",
     "indexes_from_bitmap",
+    "DATA_PROTOCOL_ID",
+    "PATH_TCP",
+    "PATH_STREAM",
+    "KNOWN_PATHS",
+    "MAX_PATHS",
+    "usable_paths",
     # data plane (protocol.transfer_frames)
     "MAX_RANGES",
     "MAX_REQUEST_CHUNKS",

@@ -1,6 +1,6 @@
 """Transfer control messages (spec/transfer.md section 2), tags 64-95.
 
-Signed envelopes on the libp2p stream ``/cpn/transfer/0.2.0``:
+Signed envelopes on the libp2p stream ``/cpn/transfer/0.3.0``:
 ``Want``/``Have`` (which blobs and chunks a peer holds, after Bitswap),
 ``GetChunkList``/``ChunkList`` (the chunk hashes in pages of at most 4096,
 checked against the signed root once assembled), ``TicketRequest``/``Ticket``
@@ -29,6 +29,12 @@ from .wire import Message, Struct, message, struct
 
 __all__ = [
     "PROTOCOL_ID",
+    "DATA_PROTOCOL_ID",
+    "PATH_TCP",
+    "PATH_STREAM",
+    "KNOWN_PATHS",
+    "MAX_PATHS",
+    "usable_paths",
     "MAX_CONTROL_FRAME",
     "CONTROL_LIMITS",
     "MAX_CHUNKS",
@@ -57,7 +63,15 @@ __all__ = [
     "indexes_from_bitmap",
 ]
 
-PROTOCOL_ID = "/cpn/transfer/0.2.0"
+PROTOCOL_ID = "/cpn/transfer/0.3.0"
+#: The data plane carried on a libp2p stream (the ``stream`` path of a Ticket):
+#: the same bytes as a data-plane TCP connection, preamble first.
+DATA_PROTOCOL_ID = "/cpn/transfer/data/0.1.0"
+#: Data paths a holder may offer in a Ticket, and what each means (spec/transfer.md section 3.1).
+PATH_TCP = "tcp"  #: dial the ticket's ``host:port``
+PATH_STREAM = "stream"  #: open DATA_PROTOCOL_ID on the libp2p connection to the holder
+KNOWN_PATHS = (PATH_TCP, PATH_STREAM)
+MAX_PATHS = 8  #: entries in ``Ticket.paths``
 #: Largest control frame (the envelope after the length prefix): the default
 #: CBOR decode limit of spec/encoding.md.  Every control message fits it (the
 #: largest, a Have with 32 partial entries of maximal bitmaps, is ~560 KiB).
@@ -82,6 +96,7 @@ class Direction(enum.Enum):
 
 
 _REASON_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_PATH_RE = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 
 
 def _digest(value: str, field: str = "digest") -> None:
@@ -235,6 +250,10 @@ class Ticket(Message):
     host: str  #: data-plane address: an IPv4 or IPv6 literal, no brackets, no zone
     port: int
     expires_at: int  #: unix seconds; the ticket is single-use and MUST NOT be used after
+    #: the data paths the holder offers, in its order of preference (``tcp``: ``host:port``;
+    #: ``stream``: DATA_PROTOCOL_ID on the libp2p connection); a fetcher skips names it
+    #: does not know
+    paths: tuple[str, ...] = (PATH_TCP,)
 
     def check(self) -> None:
         if len(self.ticket_id) != 16:
@@ -252,6 +271,24 @@ class Ticket(Message):
             raise ValidationError("port", "must be 1..65535")
         if self.expires_at < 0:
             raise ValidationError("expires_at", "must be >= 0")
+        if not 0 < len(self.paths) <= MAX_PATHS:
+            raise ValidationError("paths", f"1..{MAX_PATHS} path names")
+        if len(set(self.paths)) != len(self.paths):
+            raise ValidationError("paths", "path names must be distinct")
+        for i, name in enumerate(self.paths):
+            if not _PATH_RE.match(name):
+                raise ValidationError(f"paths[{i}]", "a lowercase name of 1..16 characters [a-z0-9-]")
+
+
+def usable_paths(paths: Iterable[str], known: Iterable[str] = KNOWN_PATHS) -> list[str]:
+    """The paths of a Ticket a fetcher tries, in the holder's order: the ones it
+    knows (unknown names are skipped, spec/transfer.md section 3.1).  Raises
+    ProtocolError ``no_usable_path`` when none is left."""
+    mine = set(known)
+    out = [p for p in paths if p in mine]
+    if not out:
+        raise ProtocolError("no_usable_path", f"the ticket offers no path this node can use: {list(paths)}")
+    return out
 
 
 @message(tag=70, domain="cpn/transfer/offer")

@@ -46,6 +46,7 @@ from protocol.transfer import (
     decode_preamble,
     derive_keys,
     parse_request,
+    usable_paths,
 )
 from protocol.wire import REGISTRY
 
@@ -135,12 +136,14 @@ def _run(v: dict[str, Any]) -> dict[str, Any]:
     if op == "transfer.data.error":
         err = DataError.decode(bytes.fromhex(inp["body_hex"]), DATA_BODY_LIMITS)
         return {"outcome": "accept", "reason": err.reason, "detail": err.detail}
+    if op == "transfer.ticket.paths":
+        return {"outcome": "accept", "tried": usable_paths(inp["paths"], inp["known"])}
     raise AssertionError(f"unknown operation {op}")
 
 
 def test_file_header() -> None:
     assert CONTENT["area"] == "transfer" and CONTENT["spec"] == "transfer.md"
-    assert CONTENT["revision"] == 4
+    assert CONTENT["revision"] == 5
 
 
 @pytest.mark.parametrize("v", VECTORS, ids=[v["name"] for v in VECTORS])

@@ -29,6 +29,8 @@ Operations (see spec/transfer.md, "Test vectors"):
   blob of ``chunk_count`` chunks of which it holds ``held`` (null: all);
   accept gives the ``ranges``.
 * ``transfer.data.error``: decode an ERROR plaintext; gives ``reason``, ``detail``.
+* ``transfer.ticket.paths``: the paths of a Ticket a fetcher that knows ``known``
+  tries, in order; gives ``tried`` (rejects ``no_usable_path``).
 """
 
 from __future__ import annotations
@@ -225,8 +227,12 @@ def _control_vectors(key: Any, signer: str, other: Any, data: bytes, hashes: lis
     bad("ticket-request-bad-digest", "a digest without the sha256: prefix", TicketRequest,
         {"digest": digest[7:]}, "invalid_field", "digest")
     ticket = Ticket(ticket_id=ticket_id, secret=secret, digest=digest, host="127.0.0.1", port=40123,
-                    expires_at=NOW + 60)
-    ok("ticket", "a data-plane ticket", ticket)
+                    expires_at=NOW + 60, paths=("tcp", "stream"))
+    ok("ticket", "a data-plane ticket offering the TCP data port first, then a libp2p stream", ticket)
+    ok("ticket-stream-only", "a private holder: only the libp2p stream path (host:port kept, unused)",
+       ticket.replace(paths=("stream",)))
+    ok("ticket-unknown-path", "an unknown path name is valid on the wire (a fetcher skips it)",
+       ticket.replace(paths=("quic-punch", "stream")))
     ok("ticket-ipv6", "a ticket with an IPv6 literal host (no brackets)", ticket.replace(host="2001:db8::7"))
     t = ticket.to_wire()
     bad("ticket-short-secret", "a ticket whose secret is 16 bytes", Ticket, dict(t, secret=secret[:16]),
@@ -234,6 +240,15 @@ def _control_vectors(key: Any, signer: str, other: Any, data: bytes, hashes: lis
     bad("ticket-hostname", "a host name instead of an IP literal", Ticket, dict(t, host="localhost"),
         "invalid_field", "host")
     bad("ticket-port-zero", "port 0", Ticket, dict(t, port=0), "invalid_field", "port")
+    bad("ticket-no-paths", "an empty list of paths", Ticket, dict(t, paths=[]), "invalid_field", "paths")
+    bad("ticket-duplicate-path", "the same path twice", Ticket, dict(t, paths=["tcp", "tcp"]),
+        "invalid_field", "paths")
+    bad("ticket-bad-path-name", "a path name with capitals", Ticket, dict(t, paths=["TCP"]),
+        "invalid_field", "paths[0]")
+    bad("ticket-too-many-paths", "9 paths", Ticket, dict(t, paths=[f"p{i}" for i in range(9)]),
+        "invalid_field", "paths")
+    bad("ticket-revision-4", "revision 4's ticket (no paths)", Ticket,
+        {k: val for k, val in t.items() if k != "paths"}, "missing_field")
 
     # ---- Offer (70) / OfferResult (71) / TransferError (72)
     offer = Offer(digest=digest, size=size, chunk_size=CS, chunk_root=root)
@@ -507,4 +522,22 @@ def generate() -> dict[str, Any]:
     v += _control_vectors(key, signer, other, data, hashes, secret, ticket_id)
     v += _chunk_list_vectors(data, hashes)
     v += _data_plane_vectors(data, hashes, secret, ticket_id)
-    return vector_file("transfer", "transfer.md", 4, v)
+    v += _path_vectors()
+    return vector_file("transfer", "transfer.md", 5, v)
+
+
+def _path_vectors() -> list[dict[str, Any]]:
+    """The fetcher's choice among a Ticket's paths (it knows ``tcp`` and ``stream``)."""
+    op = "transfer.ticket.paths"
+
+    def pv(name: str, desc: str, paths: list[str], exp: dict[str, Any]) -> dict[str, Any]:
+        return vector(f"paths-{name}", desc, op, {"paths": paths, "known": ["tcp", "stream"]}, exp)
+
+    return [
+        pv("both", "tcp first, then stream: both tried in that order", ["tcp", "stream"],
+           accept(tried=["tcp", "stream"])),
+        pv("stream-first", "the holder's order is kept", ["stream", "tcp"], accept(tried=["stream", "tcp"])),
+        pv("unknown-skipped", "an unknown path is skipped", ["quic-punch", "stream"], accept(tried=["stream"])),
+        pv("none-usable", "only unknown paths: the source fails", ["quic-punch"],
+           reject("no_usable_path")),
+    ]
