@@ -46,6 +46,7 @@ from node.p2p.dht import (
 )
 from node.p2p.keys import to_libp2p_keypair
 from node.p2p.nat import NatService
+from node.p2p.paths import remote_ip
 from node.p2p.relay import RelayRefused, dial_circuit
 from node.p2p.streams import FramedStream, PeerUnreachable, StreamClosed, StreamHandler
 from node.reach import Path, Reachability, RelayPolicy, split_circuit
@@ -121,6 +122,18 @@ class P2PHost:
         """How we are connected to ``peer_id`` now: ``direct``, ``hole-punched``,
         ``reversed``, ``relayed``; None when not connected."""
         return self.nat.path(peer_id)
+
+    def peer_ip(self, peer_id: str) -> str | None:
+        """The remote IP of a direct connection to ``peer_id`` as we see it (None when
+        only relayed, or not connected): whether the peer is in our own network."""
+        try:
+            conns = self._host.get_network().get_connections(ID.from_base58(peer_id))
+        except (BaseLibp2pError, ValueError):
+            return None
+        for conn in conns or ():
+            if (ip := remote_ip(conn)) is not None:
+                return ip
+        return None
 
     def connected_peers(self) -> list[str]:
         return [str(p) for p in self._host.get_connected_peers()]

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from libp2p.exceptions import BaseLibp2pError
+from libp2p.network.stream.exceptions import StreamEOF
 
 from protocol.framing import decode_frame_prefix, encode_frame
 
@@ -70,6 +71,30 @@ class FramedStream:
         frame = bytes(self._buf[i : i + n])
         del self._buf[: i + n]
         return frame
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        """Unframed: whatever bytes arrive next (at most ``max_bytes``), b"" at end
+        of stream.  For streams that carry a byte protocol of their own (the data
+        plane, spec/transfer.md section 3.1); a remote reset also reads as b""
+        here (py-libp2p cannot tell them apart), so that protocol must frame its
+        data.  Raises :class:`StreamClosed` on other stream errors."""
+        if self._buf:
+            out = bytes(self._buf[:max_bytes])
+            del self._buf[:max_bytes]
+            return out
+        try:
+            return bytes(await self._stream.read(max_bytes))
+        except StreamEOF:
+            return b""
+        except BaseLibp2pError as exc:
+            raise StreamClosed(str(exc) or type(exc).__name__) from None
+
+    async def send_raw(self, data: bytes) -> None:
+        """Unframed: send ``data`` as it is (see :meth:`receive_some`)."""
+        try:
+            await self._stream.write(data)
+        except BaseLibp2pError as exc:
+            raise StreamClosed(f"write failed: {exc}") from None
 
     async def close(self) -> None:
         """Half-close our side (the peer reads end-of-stream)."""

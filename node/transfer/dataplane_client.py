@@ -17,12 +17,14 @@ import functools
 import mmap
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
 
+from node.p2p import FramedStream
 from node.transfer.blobtypes import CorruptChunk
+from node.transfer.datapath import bridge
 from node.transfer.dataplane import (
     BATCH,
     HANDSHAKE_TIMEOUT,
@@ -37,6 +39,8 @@ from node.transfer.partial import Receiving
 from protocol.errors import ProtocolError
 from protocol.transfer import (
     DATA_BODY_LIMITS,
+    PATH_STREAM,
+    PATH_TCP,
     TAG_SIZE,
     ChunkScheduler,
     DataError,
@@ -49,9 +53,14 @@ from protocol.transfer import (
     derive_keys,
     encode_preamble,
     ranges_of,
+    usable_paths,
 )
 
-__all__ = ["FetchState", "SourceBanned", "fetch_from_source", "SourceFetch", "ReceivePipeline"]
+__all__ = ["FetchState", "SourceBanned", "fetch_from_source", "SourceFetch", "ReceivePipeline",
+           "DataStreamOpener", "TCP_FIRST_S"]
+
+#: opens a data stream to the source; returns it and the path label of its libp2p connection
+DataStreamOpener = Callable[[], Awaitable[tuple[FramedStream, str]]]
 
 
 class SourceBanned(Exception):
@@ -75,21 +84,68 @@ class FetchState:
         self.changed = trio.Event()
 
 
-async def fetch_from_source(state: FetchState, source: str, ticket: Ticket) -> None:
+#: seconds for the TCP connect when a ``stream`` path can follow (a NAT drops the SYN silently)
+TCP_FIRST_S = 2.0
+
+
+async def fetch_from_source(state: FetchState, source: str, ticket: Ticket,
+                            open_data_stream: DataStreamOpener | None = None,
+                            on_path: Callable[[str], None] | None = None) -> None:
     """Fetch chunks the scheduler assigns to ``source`` until none remain.
 
-    Returns normally when the blob is complete or nothing more can come from
-    this source; raises on connection or protocol failure (the caller returns
-    this source's chunks to the pool).
+    Tries the ticket's paths in its order (spec/transfer.md section 3.1):
+    ``tcp`` connects to ``host:port`` (TCP_FIRST_S when a stream can follow),
+    ``stream`` opens the data protocol on the libp2p connection with
+    ``open_data_stream`` (which returns the stream and the path label of the
+    libp2p connection).  ``on_path`` gets the label of the path used:
+    ``direct`` for TCP.  Returns normally when the blob is complete or nothing
+    more can come from this source; raises on connection or protocol failure
+    (the caller returns this source's chunks to the pool).
     """
-    raw = await trio.to_thread.run_sync(
-        functools.partial(socket.create_connection, (ticket.host, ticket.port), timeout=HANDSHAKE_TIMEOUT),
-        limiter=state.limiter,
-    )
-    with raw:
-        conn = ThreadSocket(raw, IDLE_TIMEOUT)
-        async with shutdown_on_cancel(raw):
-            await SourceFetch(conn, state, source, ticket).run()
+    known = [p for p in usable_paths(ticket.paths)
+             if p == PATH_TCP or (p == PATH_STREAM and open_data_stream is not None)]
+    if not known:
+        raise ProtocolError("no_usable_path", f"no path of {list(ticket.paths)} can be used here")
+    problems: list[str] = []
+    for i, path in enumerate(known):
+        if path == PATH_TCP:
+            more = i + 1 < len(known)
+            try:
+                raw = await trio.to_thread.run_sync(
+                    functools.partial(socket.create_connection, (ticket.host, ticket.port),
+                                      timeout=TCP_FIRST_S if more else HANDSHAKE_TIMEOUT),
+                    limiter=state.limiter)
+            except OSError as exc:
+                if not more:
+                    raise
+                problems.append(f"tcp {ticket.host}:{ticket.port}: {exc}")
+                continue
+            if on_path is not None:
+                on_path("direct")
+            with raw:
+                await _run_on(raw, state, source, ticket)
+            return
+        assert open_data_stream is not None
+        stream, label = await open_data_stream()
+        if on_path is not None:
+            on_path(label)
+        ours, theirs = socket.socketpair()
+        with theirs:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bridge, stream, ours)
+                try:
+                    await _run_on(theirs, state, source, ticket)
+                finally:
+                    with contextlib.suppress(OSError):
+                        theirs.shutdown(socket.SHUT_RDWR)
+        return
+    raise OSError("; ".join(problems))  # pragma: no cover - the last path raises or returns
+
+
+async def _run_on(raw: socket.socket, state: FetchState, source: str, ticket: Ticket) -> None:
+    conn = ThreadSocket(raw, IDLE_TIMEOUT)
+    async with shutdown_on_cancel(raw):
+        await SourceFetch(conn, state, source, ticket).run()
 
 
 #: A verified chunk's write, queued on the writer thread.

@@ -33,8 +33,10 @@ from typing import Any
 
 import trio
 
+from node.p2p import FramedStream
 from node.transfer.blobstore import BlobStore
 from node.transfer.blobtypes import BlobMeta, BlobStoreError
+from node.transfer.datapath import bridge
 from node.transfer.dataplane import (
     SLOTS,
     DataLimits,
@@ -47,6 +49,8 @@ from protocol.chunks import chunk_count
 from protocol.errors import ProtocolError
 from protocol.transfer import (
     HEADER_SIZE,
+    PATH_STREAM,
+    PATH_TCP,
     PREAMBLE_SIZE,
     TAG_SIZE,
     DataError,
@@ -115,13 +119,15 @@ class DataPlaneServer:
         self._conns = 0
         self._per_addr: collections.Counter[str] = collections.Counter()
         self._per_peer: collections.Counter[str] = collections.Counter()
+        self._streams_per_peer: collections.Counter[str] = collections.Counter()
         #: worker threads that send chunks: the data plane's own, not trio's default limiter
         self.limiter = trio.CapacityLimiter(limits.threads)
         self.log = PeerLog(log)
         self.stats = {"connections": 0, "rejected": 0, "chunks_sent": 0, "bytes_sent": 0,
-                      "refused_busy": 0, "errors": 0}
+                      "refused_busy": 0, "errors": 0, "streams": 0}
 
-    def issue(self, peer: str, meta: BlobMeta, held: Callable[[], Collection[int]] | None = None) -> Ticket:
+    def issue(self, peer: str, meta: BlobMeta, held: Callable[[], Collection[int]] | None = None,
+              paths: tuple[str, ...] = (PATH_TCP, PATH_STREAM)) -> Ticket:
         """A single-use ticket for ``peer`` to fetch chunks of ``meta`` (caller
         authorised it); ``held`` for a partial blob: which chunks may be served.
         A peer holds at most ``tickets_per_peer`` unused tickets: the oldest goes."""
@@ -134,7 +140,7 @@ class DataPlaneServer:
         tid, secret = os.urandom(16), os.urandom(32)
         self._tickets[tid] = _Grant(peer, meta, secret, now + TICKET_TTL, held)
         return Ticket(ticket_id=tid, secret=secret, digest=meta.digest, host=self.host,
-                      port=self.port, expires_at=int(now + TICKET_TTL))
+                      port=self.port, expires_at=int(now + TICKET_TTL), paths=paths)
 
     @property
     def open_connections(self) -> int:
@@ -154,25 +160,53 @@ class DataPlaneServer:
     # ---- one connection
 
     async def _serve(self, stream: trio.SocketStream) -> None:
-        """The accept loop's handler: whatever a connection does or raises ends
-        here (logged, at most one line per source address and minute)."""
+        """The accept loop's handler (the connection leaves trio's stream: small
+        frames are read on the event loop, chunk frames sent from worker threads)."""
         addr = "?"
         try:
             addr = str(stream.socket.getpeername()[0])
         except OSError:
             pass
+        await self.serve_socket(socket.socket(fileno=stream.socket.detach()), addr)
+
+    async def serve_stream(self, stream: FramedStream) -> None:
+        """The ``/cpn/transfer/data`` stream handler: the same bytes as a TCP data
+        connection, through a socket pair (:func:`node.transfer.datapath.bridge`).
+        At most ``conns_per_peer`` data streams per peer, counted before admission;
+        the source "address" of a stream is its peer.  Never raises."""
+        peer = stream.remote_peer
+        if self._streams_per_peer[peer] >= self.limits.conns_per_peer:
+            self.stats["refused_busy"] += 1
+            self.log.note(peer, "data stream from %s refused: too many open", peer)
+            await stream.reset()
+            return
+        self._streams_per_peer[peer] += 1
+        self.stats["streams"] += 1
+        ours, theirs = socket.socketpair()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bridge, stream, ours)
+                await self.serve_socket(theirs, f"p2p:{peer}")
+        finally:
+            ours.close()
+            self._streams_per_peer[peer] -= 1
+            if not self._streams_per_peer[peer]:
+                del self._streams_per_peer[peer]
+
+    async def serve_socket(self, sock: socket.socket, addr: str) -> None:
+        """One data connection (a TCP socket, or a socket pair's end for a stream):
+        whatever it does or raises ends here (logged, at most one line per source
+        address and minute); the socket is closed."""
         self.stats["connections"] += 1
         if self._conns >= self.limits.conns or self._per_addr[addr] >= self.limits.conns_per_addr:
             self.stats["refused_busy"] += 1
             self.log.note(addr, "data connection from %s refused: too many open", addr)
-            await stream.aclose()
+            sock.close()
             return
         self._conns += 1
         self._per_addr[addr] += 1
         try:
-            # The connection leaves trio's stream: small frames are read on the
-            # event loop, chunk frames sent from worker threads (LoopSocket).
-            conn = LoopSocket(socket.socket(fileno=stream.socket.detach()), self.limits.stall_s)
+            conn = LoopSocket(sock, self.limits.stall_s)
             try:
                 await self._serve_conn(conn, addr)
             finally:

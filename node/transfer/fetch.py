@@ -65,10 +65,15 @@ CHECKPOINT_EVERY = 64  #: chunks between durable bitmap checkpoints
 HOLDER_TIMEOUT = 2.0  #: seconds to reach a named holder before fetching without it
 HOLDER_RETRY_AFTER = 600.0  #: seconds an unreachable holder is not tried again
 DISCOVER_MIN_BYTES = 4 << 20  #: smaller blobs are fetched from the given sources only
+SOURCE_RETRIES = 3  #: a source's data connection is retried this often in a row without progress
+RETRY_DELAY_S = 0.5  #: times the failures in a row: the wait before a source is retried
 
 #: a source failing in one of these ways is dropped; the fetch goes on with the others
 _SOURCE_ERRORS = (SourceBanned, ProtocolError, OSError, trio.BrokenResourceError,
-                  trio.ClosedResourceError, trio.TooSlowError, BlobStoreError)
+                  trio.ClosedResourceError, trio.TooSlowError, BlobStoreError, StreamClosed)
+#: a data connection failing in one of these ways is retried (the network, not the peer's data)
+_RETRY_ERRORS = (ConnectionError, TimeoutError, StreamClosed, trio.BrokenResourceError,
+                 trio.ClosedResourceError)
 #: a control request failing in one of these ways leaves that peer out
 _ASK_ERRORS = (ProtocolError, StreamClosed, trio.TooSlowError)
 
@@ -98,8 +103,25 @@ class Progress:
     started: float = field(default_factory=trio.current_time)
     finished: float | None = None
     sources: dict[str, int] = field(default_factory=dict)  #: verified bytes per peer
+    #: the data path each source's last data connection took: direct (TCP to its data
+    #: port, or a libp2p stream on a direct connection), reversed, hole-punched, relayed
+    paths: dict[str, str] = field(default_factory=dict)
+    first_byte: float | None = None  #: trio time of the first verified chunk of this run
     penalised: list[str] = field(default_factory=list)
     error: str | None = None
+
+    @property
+    def path(self) -> str | None:
+        """The data path of this transfer: the one path all sources took, else ``mixed``."""
+        kinds = set(self.paths.values())
+        return None if not kinds else kinds.pop() if len(kinds) == 1 else "mixed"
+
+    @property
+    def state(self) -> str:
+        """The phase, with ``relayed, slow`` while data runs through a relay."""
+        if self.phase == "transfer" and "relayed" in self.paths.values():
+            return "transfer (relayed, slow)"
+        return self.phase
 
     def snapshot(self, now: float | None = None) -> dict[str, Any]:
         end = self.finished if self.finished is not None else (trio.current_time() if now is None else now)
@@ -117,6 +139,10 @@ class Progress:
             "eta_s": None if rate <= 0 or self.finished is not None else round(left / rate, 1),
             "elapsed_s": round(elapsed, 3),
             "sources": dict(self.sources),
+            "paths": dict(self.paths),
+            "path": self.path,
+            "state": self.state,
+            "first_byte_s": None if self.first_byte is None else round(self.first_byte - self.started, 3),
             "penalised": list(self.penalised),
             "error": self.error,
         }
@@ -145,6 +171,10 @@ class FetchHost(Protocol):
 
     async def open_stream(self, peer: str) -> FramedStream:
         """A new control stream to ``peer``."""
+
+    async def open_data_stream(self, peer: str) -> tuple[FramedStream, str]:
+        """A data-plane stream to ``peer`` and the path of the libp2p connection
+        it runs on (``direct``, ``reversed``, ``hole-punched``, ``relayed``)."""
 
     async def ask(self, stream: FramedStream, msg: Message, expected: type[Message]) -> Any:
         """Send ``msg``; return the signed answer of type ``expected`` or
@@ -352,6 +382,8 @@ class BlobFetch:
         stats["bytes_received"] += nbytes
         prog.done_bytes += nbytes
         prog.moved_bytes += nbytes
+        if prog.first_byte is None:
+            prog.first_byte = trio.current_time()
         prog.sources[source] = prog.sources.get(source, 0) + nbytes
         if self.host.on_progress is not None:
             self.host.on_progress(prog)
@@ -363,21 +395,69 @@ class BlobFetch:
             self.prog.penalised.append(source)
 
     async def _run_source(self, state: FetchState, peer: str, ticket: Ticket) -> None:
+        """One source's data connection.  A network failure (a reset stream: a
+        relay's limit, a connection replaced by a hole-punched one) is retried
+        with a fresh ticket, on whatever path is open then, up to
+        SOURCE_RETRIES times in a row without progress; a protocol violation
+        or corrupt data drops the source for this fetch."""
+        failures = 0
         try:
-            try:
-                await fetch_from_source(state, peer, ticket)
-            except BaseExceptionGroup as eg:  # noqa: B036 - a source's failure is unwrapped, handled below
-                leaf = leaf_error(eg)
-                if not isinstance(leaf, _SOURCE_ERRORS):
-                    raise
-                raise leaf from None
-        except _SOURCE_ERRORS as exc:
-            self.errors.append(f"{peer}: {exc}")
-            if isinstance(exc, ProtocolError):  # it broke the protocol (not a network failure)
-                self.host.penalise(peer, str(exc))
+            while True:
+                before = self.prog.sources.get(peer, 0)
+                try:
+                    await self._fetch_source(state, peer, ticket)
+                    return
+                except _SOURCE_ERRORS as exc:
+                    self.errors.append(f"{peer}: {exc}")
+                    if isinstance(exc, ProtocolError):  # it broke the protocol (not a network failure)
+                        self.host.penalise(peer, str(exc))
+                        return
+                    if not isinstance(exc, _RETRY_ERRORS):  # corrupt data, our own disk
+                        return
+                failures = 1 if self.prog.sources.get(peer, 0) > before else failures + 1
+                if failures > SOURCE_RETRIES or state.scheduler.complete:
+                    return
+                state.scheduler.source_failed(peer)  # its in-flight chunks return to the pool
+                state.notify()
+                await trio.sleep(RETRY_DELAY_S * failures)
+                fresh = await self._new_ticket(peer)
+                if fresh is None:
+                    return
+                ticket = fresh
+                state.scheduler.add_source(peer, self.haves.get(peer))
         finally:
             state.scheduler.source_failed(peer)
             state.notify()
+
+    async def _fetch_source(self, state: FetchState, peer: str, ticket: Ticket) -> None:
+        def on_path(label: str) -> None:
+            self.prog.paths[peer] = label
+            self.host.stats[f"path_{label.replace('-', '_')}"] = self.host.stats.get(
+                f"path_{label.replace('-', '_')}", 0) + 1
+
+        try:
+            await fetch_from_source(state, peer, ticket, functools.partial(self.host.open_data_stream, peer),
+                                    on_path)
+        except BaseExceptionGroup as eg:  # noqa: B036 - a source's failure is unwrapped, handled by the caller
+            leaf = leaf_error(eg)
+            if not isinstance(leaf, _SOURCE_ERRORS):
+                raise
+            raise leaf from None
+
+    async def _new_ticket(self, peer: str) -> Ticket | None:
+        """A fresh ticket from ``peer`` on a new control stream (None if it cannot be had)."""
+        try:
+            with trio.fail_after(CONTROL_TIMEOUT):
+                stream = await self.host.open_stream(peer)
+            try:
+                ticket: Ticket = await self.host.ask(stream, TicketRequest(digest=self.digest), Ticket)
+                return ticket
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(CONTROL_TIMEOUT):
+                    await stream.close()
+        except (TransferFailed, *_ASK_ERRORS, OSError) as exc:
+            self.errors.append(f"{peer}: new ticket: {exc}")
+            return None
 
     @staticmethod
     async def _checkpointer(state: FetchState) -> None:

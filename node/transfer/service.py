@@ -48,6 +48,7 @@ from node.metrics import Metrics
 from node.p2p import FramedStream, P2PHost, StreamClosed
 from node.transfer.blobstore import BlobStore
 from node.transfer.blobtypes import BlobLike, BlobMeta, BlobStoreError, QuotaExceeded
+from node.transfer.datapath import data_path_label, offer_tcp
 from node.transfer.dataplane import DataLimits
 from node.transfer.dataplane_server import DataPlaneServer
 from node.transfer.fetch import (
@@ -63,9 +64,12 @@ from protocol.envelope import open_envelope, seal
 from protocol.errors import ProtocolError
 from protocol.transfer import (
     CONTROL_LIMITS,
+    DATA_PROTOCOL_ID,
     MAX_CONTROL_FRAME,
     MAX_GRANT_TTL,
     MAX_PARTIAL,
+    PATH_STREAM,
+    PATH_TCP,
     PROTOCOL_ID,
     Direction,
     FetchGrant,
@@ -148,7 +152,8 @@ class TransferService:
         #: known multiaddrs of peers (from adverts or agreements), used when dialling
         self.addrs: dict[str, list[str]] = {}
         self.stats = {"chunks_received": 0, "bytes_received": 0, "corrupt_chunks": 0,
-                      "dedup_hits": 0, "refused": 0, "fetches": 0, "proofs": 0, "errors": 0}
+                      "dedup_hits": 0, "refused": 0, "fetches": 0, "proofs": 0, "errors": 0,
+                      "path_direct": 0, "path_reversed": 0, "path_hole_punched": 0, "path_relayed": 0}
         limits = data_limits(config)
         self.dataplane = DataPlaneServer(store, host=self.host, limits=limits)
         #: worker threads of the data connections we open (not trio's default limiter)
@@ -178,6 +183,7 @@ class TransferService:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.dataplane.run)
             self._p2p.set_stream_handler(PROTOCOL_ID, self._handle)
+            self._p2p.set_stream_handler(DATA_PROTOCOL_ID, self.dataplane.serve_stream)
             nursery.start_soon(self._sweeper)
             task_status.started(self)
 
@@ -299,10 +305,15 @@ class TransferService:
             hashes = await self._blocking(self.store.chunk_list, digest)
             return chunk_list_page(msg, size=m.size, chunk_size=m.chunk_size, hashes=hashes)
         await self._blocking(self.store.touch, digest)
-        if chunks is None:
-            return self.dataplane.issue(peer, m)
         # a partial blob: serve what it holds when each request arrives
-        return self.dataplane.issue(peer, m, held=functools.partial(self._held_now, digest))
+        held_now = None if chunks is None else functools.partial(self._held_now, digest)
+        return self.dataplane.issue(peer, m, held=held_now, paths=self.paths_for(peer))
+
+    def paths_for(self, peer: str) -> tuple[str, ...]:
+        """The data paths a ticket for ``peer`` offers (spec/transfer.md section 3.1):
+        the data port first where ``peer`` can reach it, the libp2p stream always."""
+        tcp = offer_tcp(self._p2p.reachability.status, self.host, self._p2p.peer_ip(peer))
+        return (PATH_TCP, PATH_STREAM) if tcp else (PATH_STREAM,)
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Blob-store work (SQLite, files) in a worker thread of the store's limiter,
@@ -425,6 +436,12 @@ class TransferService:
         stream: FramedStream = await self._p2p.open_stream(peer, PROTOCOL_ID, self.addrs.get(peer))
         return stream
 
+    async def open_data_stream(self, peer: str) -> tuple[FramedStream, str]:
+        """A ``/cpn/transfer/data`` stream to ``peer`` and the path of the libp2p
+        connection it runs on (:func:`node.transfer.datapath.data_path_label`)."""
+        stream: FramedStream = await self._p2p.open_stream(peer, DATA_PROTOCOL_ID, self.addrs.get(peer))
+        return stream, data_path_label(self._p2p.connection_path(peer))
+
     async def fetch(self, blob: BlobLike, sources: Sequence[str], *, discover: bool = False,
                     on_behalf_of: str | None = None) -> BlobMeta:
         """Fetch ``blob`` from ``sources`` (peer IDs) into the store; return it.
@@ -520,5 +537,9 @@ class TransferService:
         for key, help_ in (("chunks_received", "Verified chunks received"),
                            ("bytes_received", "Verified bytes received"),
                            ("corrupt_chunks", "Chunks that failed verification"),
-                           ("dedup_hits", "Fetches skipped because the blob was stored")):
+                           ("dedup_hits", "Fetches skipped because the blob was stored"),
+                           ("path_direct", "Data connections direct (TCP to the data port, or a direct libp2p one)"),
+                           ("path_reversed", "Data streams on a reversed libp2p connection"),
+                           ("path_hole_punched", "Data streams on a hole-punched libp2p connection"),
+                           ("path_relayed", "Data streams through a relay (slow)")):
             metrics.gauge(f"cpn_transfer_{key}_total", help_, functools.partial(self.stats.__getitem__, key))
