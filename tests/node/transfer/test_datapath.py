@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+from support.transfer import transfer_services
 
 from node.config import TransferSection
 from node.p2p import FramedStream, StreamClosed
@@ -19,7 +20,6 @@ from node.transfer.datapath import offer_tcp
 from node.transfer.fetch import Progress
 from node.transfer.service import TransferService
 from protocol.transfer import DATA_PROTOCOL_ID, Direction
-from support.transfer import transfer_services
 
 CS = 4096
 
