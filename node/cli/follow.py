@@ -183,8 +183,9 @@ def _on_progress(ev: dict[str, Any], state: dict[str, Any]) -> None:
     quarter = ev["done"] * 4 // max(ev["total"], 1)  # a line per quarter, not per update
     if 0 < quarter > state.get("quarter", 0):
         state["quarter"] = quarter
+        via = f" ({ev['detail']})" if ev.get("detail") else ""
         print(f"  image and inputs on the provider: {ev['done'] * 100 // ev['total']}% of "
-              f"{_size(ev['total'])} verified")
+              f"{_size(ev['total'])} verified{via}")
 
 
 def _on_result(ev: dict[str, Any], state: dict[str, Any]) -> None:

@@ -32,9 +32,10 @@ def render(t: dict[str, Any]) -> str:
     filled = int(frac * BAR)
     eta = "" if t["eta_s"] is None else f" ETA {t['eta_s']:.0f}s"
     err = f" ({t['error']})" if t.get("error") else ""
+    path = f" via {t['path']}" if t.get("path") else ""
     return (f"{t['digest'][7:19]} [{'#' * filled}{'.' * (BAR - filled)}] {frac * 100:5.1f}% "
             f"{_size(t['done_bytes'])}/{_size(t['total_bytes'])} {_size(t['rate_bytes_per_s'])}/s{eta} "
-            f"{t['phase']}{err}")
+            f"{t.get('state') or t['phase']}{path}{err}")
 
 
 def cmd_transfers(args: argparse.Namespace) -> int:

@@ -139,8 +139,12 @@ class ProviderJob:
 
 
 def _update(pj: ProviderJob, now: int, log_from: int, lines: list[str]) -> JobUpdate:
+    detail = pj.detail
+    p = pj.progress.get(pj.fetching) if pj.fetching is not None else None
+    if not detail and p is not None and p.path is not None:  # how the inputs move (issue 13)
+        detail = f"inputs: {p.path}" + (", slow" if "relayed" in p.paths.values() else "")
     return build(
-        JobUpdate, agreement_id=bytes.fromhex(pj.aid), phase=pj.phase, at=now, detail=pj.detail[:1024],
+        JobUpdate, agreement_id=bytes.fromhex(pj.aid), phase=pj.phase, at=now, detail=detail[:1024],
         transfer_done=pj.transfer_now, transfer_total=pj.transfer_total,
         log_from=log_from, lines=tuple(line[:MAX_LINE] for line in lines),
     )

@@ -434,7 +434,7 @@ class JobRunner:
             seen.done = u.transfer_done
             if u.transfer_done == u.transfer_total and run.phases and run.phases[-1].phase is Phase.TRANSFER_IN:
                 run.enter(Phase.QUEUE, self.precise_now())  # inputs complete: waiting for the container
-            self._event(run, "progress", done=u.transfer_done, total=u.transfer_total)
+            self._event(run, "progress", done=u.transfer_done, total=u.transfer_total, detail=u.detail)
 
     async def _fetch_outputs(self, run: Run, cur: Attempt, r: Result, job: JobSpec) -> list[str]:
         """Fetch the outputs and the log (nothing when the result claims more than the
