@@ -22,15 +22,15 @@ sym2-0, fw2-0, so "EIM x EIM" crosses two different NATs.  For each cell:
 
 Columns: the libp2p path between the two (``connection_path``: direct /
 reversed / hole-punched / relayed) at the end of the cell, seconds from the
-submission to the agreement and to the first byte (the provider's first
-transfer progress report), input and output throughput (MiB/s, from the
-job's events: coarse, the provider reports progress in steps), and the stage
-where a failed cell stopped.  The bulk data plane does not follow the
-libp2p path yet (issue 13 phase 2b): today a provider fetches inputs by
-dialling the submitter's data port and the submitter fetches outputs from
-the provider's, so cells with a private side stop at the transfer.  Last
-line: ``reach: K/16 cells completed, D direct`` (D: completed cells whose
-connection was not relayed).
+submission to the agreement; then per direction (data in: the provider
+fetches the input; data out: the submitter fetches the output), from the
+fetching side's transfer record (``GET /v1/transfers/<digest>``), the data
+path (``direct``: TCP to the data port or a libp2p stream on a direct
+connection; ``reversed``, ``hole-punched``, ``relayed``: a libp2p data stream
+on such a connection), the time to the first verified byte from the fetch's
+start, and the throughput after it; and the stage where a failed cell
+stopped.  Last line: ``reach: K/16 cells completed, D direct`` (D: completed
+cells whose data went over a non-relayed path in both directions).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ DIRECT = ("direct", "reversed", "hole-punched")
 
 
 def make_job(base: Path, image: Path, size_mib: int, transfer_s: int, seed: int
-             ) -> tuple[Path, str]:
+             ) -> tuple[Path, str, str]:
     """A job with its own SIZE MiB input (content-addressed blobs: a reused input or
     an output equal to the input would not be transferred at all), and the
     SHA-256 its output must have: the input behind a line naming the seed."""
@@ -65,10 +65,12 @@ def make_job(base: Path, image: Path, size_mib: int, transfer_s: int, seed: int
     rng = random.Random(seed)
     salt = f"cell {seed}\n".encode()
     h = hashlib.sha256(salt)
+    hin = hashlib.sha256()
     with (base / "input.bin").open("wb") as f:
         for _ in range(size_mib):
             chunk = rng.randbytes(1 << 20)
             h.update(chunk)
+            hin.update(chunk)
             f.write(chunk)
     job = base / "job.toml"
     job.write_text(
@@ -79,7 +81,19 @@ def make_job(base: Path, image: Path, size_mib: int, transfer_s: int, seed: int
         f"[timeouts]\ntransfer_s = {transfer_s}\nqueue_s = 30\nrun_s = 120\n"
         '[[inputs]]\nfile = "input.bin"\npath = "/in/input.bin"\n'
     )
-    return job, h.hexdigest()
+    return job, h.hexdigest(), hin.hexdigest()
+
+
+def data_path(node: dict[str, Any], digest: str) -> dict[str, Any]:
+    """The fetching side's transfer record of ``sha256:digest``: the data path,
+    time to first byte (from the fetch's start) and throughput after it."""
+    try:
+        t = api(node).get(f"/v1/transfers/sha256:{digest}")
+    except Exception:  # noqa: BLE001 - no record: the transfer never started
+        return {}
+    moving = (t.get("elapsed_s") or 0) - (t.get("first_byte_s") or 0)
+    return {"path": t.get("path"), "ttfb_s": t.get("first_byte_s"),
+            "mib_s": round(t["moved_bytes"] / (1 << 20) / moving, 1) if moving > 0 and t["moved_bytes"] else None}
 
 
 def api(node: dict[str, Any], timeout: float = 60) -> Any:
@@ -146,7 +160,7 @@ def run_job(sub: dict[str, Any], prov: dict[str, Any], addrs: list[str], job: Pa
 def cell(nodes: dict[str, dict[str, Any]], s: str, p: str, image: Path, size_mib: int,
          transfer_s: int, base: Path, seed: int) -> dict[str, Any]:
     sub, prov = nodes[SUBMITTERS[s]], nodes[PROVIDERS[p]]
-    job, digest = make_job(base / f"job-{s}-{p}", image, size_mib, transfer_s, seed)
+    job, digest, in_digest = make_job(base / f"job-{s}-{p}", image, size_mib, transfer_s, seed)
     row: dict[str, Any] = {"submitter": s, "provider": p}
     row.update(find(sub, prov))
     offer = row.pop("offer")
@@ -166,10 +180,9 @@ def cell(nodes: dict[str, dict[str, Any]], s: str, p: str, image: Path, size_mib
         row["stage"] = "done"
     ident = api(sub).get("/v1/id")
     row["path"] = ident["reachability"].get("connections", {}).get(prov["peer_id"])
-    if "first_byte" in row and "transferred" in row and row["transferred"] > row["first_byte"]:
-        row["in_mib_s"] = round(size_mib / (row["transferred"] - row["first_byte"]), 1)
-    if row["completed"] and row["receipt"] > row["result"]:
-        row["out_mib_s"] = round(size_mib / (row["receipt"] - row["result"]), 1)
+    # the data plane, per direction, from the fetching side's transfer record
+    row["data_in"] = data_path(prov, in_digest)
+    row["data_out"] = data_path(sub, digest)
     return row
 
 
@@ -207,16 +220,23 @@ def bench(cells: list[tuple[str, str]], size_mib: int, transfer_s: int,
 
 
 def table(result: dict[str, Any]) -> str:
-    cols = ["submitter", "provider", "find", "path", "agreed", "first_byte", "in_mib_s",
-            "out_mib_s", "result"]
-    lines = ["  ".join(f"{c:>10}" for c in cols)]
+    cols = ["sub", "prov", "find", "libp2p", "agreed", "data in", "ttfb", "MiB/s", "data out", "ttfb",
+            "MiB/s", "result"]
+    widths = [4, 4, 8, 12, 6, 12, 5, 6, 12, 5, 6, 0]
+    lines = ["  ".join(f"{c:>{w}}" for c, w in zip(cols, widths, strict=True))]
     for r in result["rows"]:
         outcome = "verified" if r["completed"] else f"stopped: {r['stage']}"
-        vals = [r["submitter"], r["provider"], r["find_status"], r.get("path") or "-",
-                r.get("agreed", "-"), r.get("first_byte", "-"), r.get("in_mib_s", "-"),
-                r.get("out_mib_s", "-"), outcome]
-        lines.append("  ".join(f"{v!s:>10}" for v in vals))
+        i, o = r.get("data_in") or {}, r.get("data_out") or {}
+        vals = [r["submitter"], r["provider"], r["find_status"], r.get("path") or "-", r.get("agreed", "-"),
+                i.get("path") or "-", i.get("ttfb_s") or "-", i.get("mib_s") or "-",
+                o.get("path") or "-", o.get("ttfb_s") or "-", o.get("mib_s") or "-", outcome]
+        lines.append("  ".join(f"{v!s:>{w}}" for v, w in zip(vals, widths, strict=True)))
     return "\n".join(lines)
+
+
+def data_direct(row: dict[str, Any]) -> bool:
+    """Both directions' data went over a non-relayed path."""
+    return all((row.get(k) or {}).get("path") in DIRECT for k in ("data_in", "data_out"))
 
 
 def main() -> int:
@@ -241,7 +261,7 @@ def main() -> int:
     logging.basicConfig(level=logging.ERROR)
     result = bench(cells, args.size_mib, args.transfer_s, args.logs)
     done = [r for r in result["rows"] if r["completed"]]
-    direct = [r for r in done if r.get("path") in DIRECT]
+    direct = [r for r in done if data_direct(r)]
     summary = f"reach: {len(done)}/{len(cells)} cells completed, {len(direct)} direct"
     if args.json:
         print(json.dumps(dict(result, summary=summary), indent=2))

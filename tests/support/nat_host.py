@@ -11,6 +11,12 @@ reachability holds: ``status``, ``relays`` >= n, ``nat_type``; or until the
 path to ``peer`` is one of ``paths``), ``echo`` (open an echo stream to
 ``peer`` at ``addrs`` and send ``size`` bytes through it), ``connect``,
 ``disconnect``, ``quit``.  Every command has a ``timeout``.
+
+With ``--transfer`` the host also runs a transfer service (its data plane on
+the listen address's IP): ``put`` (a random blob), ``grant``, ``fetch_start``
+(fetch a blob from ``peer`` at ``addrs`` in the background), ``wait_bytes``
+(until that fetch verified ``n`` bytes), ``fetch_wait`` (its end: the
+transfer's snapshot, with its data path).
 """
 
 from __future__ import annotations
@@ -47,9 +53,19 @@ async def _echo(stream: FramedStream) -> None:
 
 
 class Driver:
-    def __init__(self, p2p: P2PHost) -> None:
+    def __init__(self, p2p: P2PHost, nursery: trio.Nursery | None = None, transfer: Any = None) -> None:
         self.p2p = p2p
         self._changed = trio.Event()
+        self.nursery = nursery
+        self.transfer = transfer
+        self.fetches: dict[str, tuple[trio.Event, list[str]]] = {}  #: digest -> (done, [error])
+        self._progress = trio.Event()
+        if transfer is not None:
+            def on_progress(_: object) -> None:
+                self._progress.set()
+                self._progress = trio.Event()
+
+            transfer.on_progress = on_progress
 
         def poke(*_: object) -> None:
             self._changed.set()
@@ -141,6 +157,50 @@ class Driver:
         return {"open_s": t1 - t0, "s": t2 - t1, "bytes": sent,
                 "path": self.p2p.connection_path(peer)}
 
+    async def cmd_put(self, size: int) -> dict[str, Any]:
+        import functools
+
+        data = os.urandom(size)
+        meta = await trio.to_thread.run_sync(functools.partial(self.transfer.store.import_bytes, data))
+        return {"meta": {k: getattr(meta, k) for k in ("digest", "size", "chunk_size", "chunk_root")}}
+
+    async def cmd_grant(self, peer: str, digest: str) -> dict[str, Any]:
+        from protocol.transfer import Direction
+
+        self.transfer.grant(peer, digest, Direction.FETCH)
+        return {}
+
+    async def cmd_fetch_start(self, peer: str, addrs: list[str], meta: dict[str, Any]) -> dict[str, Any]:
+        from node.transfer.blobtypes import BlobMeta
+
+        blob = BlobMeta(**meta)
+        self.transfer.addrs[peer] = addrs
+        done, error = trio.Event(), []
+        self.fetches[blob.digest] = (done, error)
+
+        async def run() -> None:
+            try:
+                await self.transfer.fetch(blob, [peer])
+            except Exception as exc:  # noqa: BLE001 - reported by fetch_wait
+                error.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                done.set()
+
+        assert self.nursery is not None
+        self.nursery.start_soon(run)
+        return {}
+
+    async def cmd_wait_bytes(self, digest: str, n: int) -> dict[str, Any]:
+        while (p := self.transfer.progress.get(digest)) is None or p.moved_bytes < n:
+            await self._progress.wait()
+        return {"transfer": p.snapshot()}
+
+    async def cmd_fetch_wait(self, digest: str) -> dict[str, Any]:
+        done, error = self.fetches[digest]
+        await done.wait()
+        return {"error": error[0] if error else None, "transfer": self.transfer.progress[digest].snapshot(),
+                "stats": dict(self.transfer.stats)}
+
     async def cmd_connect(self, peer: str, addrs: list[str]) -> dict[str, Any]:
         await self.p2p.connect(peer, addrs)
         return {"path": self.p2p.connection_path(peer)}
@@ -154,34 +214,62 @@ class Driver:
 
 async def serve(args: argparse.Namespace) -> None:
     policy = RelayPolicy(reservation_ttl_s=args.reservation_ttl, reservations=args.reservations)
-    async with open_host(Ed25519PrivateKey.generate(), [args.listen], bootstrap=args.bootstrap,
-                         relay=policy) as p2p:
+    key = Ed25519PrivateKey.generate()
+    async with open_host(key, [args.listen], bootstrap=args.bootstrap, relay=policy) as p2p, \
+            trio.open_nursery() as nursery:
         p2p.set_stream_handler(ECHO, _echo)
-        driver = Driver(p2p)
-        print(json.dumps({"ready": dict(driver.info(), start_s=time.monotonic() - STARTED)}),
-              flush=True)
-        stdin = trio.lowlevel.FdStream(os.dup(0))
-        buf = b""
-        while True:
-            while b"\n" not in buf:
-                data = await stdin.receive_some(65536)
-                if not data:
-                    return
-                buf += data
-            line, _, buf = buf.partition(b"\n")
-            req = json.loads(line)
-            name = req.pop("cmd")
-            timeout = req.pop("timeout", 60)
-            if name == "quit":
-                print(json.dumps({"ok": True}), flush=True)
+        transfer = None
+        if args.transfer:
+            transfer = await nursery.start(_transfer, p2p, key, args.listen.split("/")[2])
+        driver = Driver(p2p, nursery, transfer)
+        await _commands(driver)
+        nursery.cancel_scope.cancel()
+
+
+async def _transfer(p2p: P2PHost, key: Ed25519PrivateKey, ip: str, task_status: Any) -> None:
+    """A transfer service with its blob store in a temporary directory, until cancelled."""
+    import tempfile
+
+    from node.config import TransferSection
+    from node.transfer.blobstore import BlobStore
+    from node.transfer.service import TransferService
+
+    with tempfile.TemporaryDirectory(prefix="cpn-nat-host-") as tmp:
+        store = BlobStore(Path(tmp))
+        try:
+            svc = TransferService(p2p=p2p, key=key, store=store, config=TransferSection(data_host=ip))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(svc.run)
+                task_status.started(svc)
+        finally:
+            store.close()
+
+
+async def _commands(driver: Driver) -> None:
+    print(json.dumps({"ready": dict(driver.info(), start_s=time.monotonic() - STARTED)}),
+          flush=True)
+    stdin = trio.lowlevel.FdStream(os.dup(0))
+    buf = b""
+    while True:
+        while b"\n" not in buf:
+            data = await stdin.receive_some(65536)
+            if not data:
                 return
-            try:
-                with trio.fail_after(timeout):
-                    res = await getattr(driver, "cmd_" + name)(**req)
-                print(json.dumps({"ok": True, **res}), flush=True)
-            except Exception as exc:  # noqa: BLE001 - reported to the test
-                print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                                  "info": driver.info()}), flush=True)
+            buf += data
+        line, _, buf = buf.partition(b"\n")
+        req = json.loads(line)
+        name = req.pop("cmd")
+        timeout = req.pop("timeout", 60)
+        if name == "quit":
+            print(json.dumps({"ok": True}), flush=True)
+            return
+        try:
+            with trio.fail_after(timeout):
+                res = await getattr(driver, "cmd_" + name)(**req)
+            print(json.dumps({"ok": True, **res}), flush=True)
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                              "info": driver.info()}), flush=True)
 
 
 def main() -> None:
@@ -191,6 +279,7 @@ def main() -> None:
     p.add_argument("--reservation-ttl", type=int, default=3600)
     p.add_argument("--reservations", type=int, default=2)
     p.add_argument("--log-level", default="info")
+    p.add_argument("--transfer", type=int, default=0, help="1: run a transfer service too")
     args = p.parse_args()
     setup_logging(args.log_level)
     trio.run(serve, args)
