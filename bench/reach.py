@@ -27,9 +27,10 @@ fetches the input; data out: the submitter fetches the output), from the
 fetching side's transfer record (``GET /v1/transfers/<digest>``), the data
 path (``direct``: TCP to the data port or a libp2p stream on a direct
 connection; ``reversed``, ``hole-punched``, ``relayed``: a libp2p data stream
-on such a connection), the time to the first verified byte from the fetch's
-start, and the throughput after it; and the stage where a failed cell
-stopped.  Last line: ``reach: K/16 cells completed, D direct`` (D: completed
+on such a connection), ``ttfb``: seconds from the fetch's start to its first
+verified bytes (chunks are reported per request of 16 chunks, so this is the
+time to the first 16 MiB), and the throughput of the whole fetch; and the
+stage where a failed cell stopped.  Last line: ``reach: K/16 cells completed, D direct`` (D: completed
 cells whose data went over a non-relayed path in both directions).
 """
 
@@ -85,15 +86,16 @@ def make_job(base: Path, image: Path, size_mib: int, transfer_s: int, seed: int
 
 
 def data_path(node: dict[str, Any], digest: str) -> dict[str, Any]:
-    """The fetching side's transfer record of ``sha256:digest``: the data path,
-    time to first byte (from the fetch's start) and throughput after it."""
+    """The fetching side's transfer record of ``sha256:digest``: the data path, the
+    time from the fetch's start to its first verified request (16 chunks), and
+    the throughput of the whole fetch (control messages included)."""
     try:
         t = api(node).get(f"/v1/transfers/sha256:{digest}")
     except Exception:  # noqa: BLE001 - no record: the transfer never started
         return {}
-    moving = (t.get("elapsed_s") or 0) - (t.get("first_byte_s") or 0)
+    took = t.get("elapsed_s") or 0
     return {"path": t.get("path"), "ttfb_s": t.get("first_byte_s"),
-            "mib_s": round(t["moved_bytes"] / (1 << 20) / moving, 1) if moving > 0 and t["moved_bytes"] else None}
+            "mib_s": round(t["moved_bytes"] / (1 << 20) / took, 1) if took > 0 and t["moved_bytes"] else None}
 
 
 def api(node: dict[str, Any], timeout: float = 60) -> Any:

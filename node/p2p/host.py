@@ -123,6 +123,25 @@ class P2PHost:
         ``reversed``, ``relayed``; None when not connected."""
         return self.nat.path(peer_id)
 
+    async def wait_unrelayed(self, peer_id: str) -> Path:
+        """Return once a non-relayed connection to ``peer_id`` is open (a DCUtR hole
+        punch, or the private side dialled us): its path.  Callers bound the wait."""
+        woken = [trio.Event()]
+
+        def poke(peer: str, _up: bool) -> None:
+            if peer == peer_id:
+                woken[0].set()
+
+        self.nat.tracker.listeners.append(poke)
+        try:
+            while (path := self.connection_path(peer_id)) in (None, "relayed"):
+                await woken[0].wait()
+                woken[0] = trio.Event()
+            assert path is not None
+            return path
+        finally:
+            self.nat.tracker.listeners.remove(poke)
+
     def peer_ip(self, peer_id: str) -> str | None:
         """The remote IP of a direct connection to ``peer_id`` as we see it (None when
         only relayed, or not connected): whether the peer is in our own network."""

@@ -176,6 +176,9 @@ class FetchHost(Protocol):
         """A data-plane stream to ``peer`` and the path of the libp2p connection
         it runs on (``direct``, ``reversed``, ``hole-punched``, ``relayed``)."""
 
+    async def wait_unrelayed(self, peer: str) -> None:
+        """Return once a non-relayed libp2p connection to ``peer`` is open."""
+
     async def ask(self, stream: FramedStream, msg: Message, expected: type[Message]) -> Any:
         """Send ``msg``; return the signed answer of type ``expected`` or
         raise :class:`TransferRefused`."""
@@ -430,19 +433,39 @@ class BlobFetch:
             state.notify()
 
     async def _fetch_source(self, state: FetchState, peer: str, ticket: Ticket) -> None:
+        """One data connection to ``peer``.  While it runs through a relay, a direct
+        connection that opens meanwhile (a late hole punch) ends it with a
+        ConnectionError, so the caller resumes on the direct one."""
+        relayed = trio.Event()
+        upgraded = False
+
         def on_path(label: str) -> None:
             self.prog.paths[peer] = label
-            self.host.stats[f"path_{label.replace('-', '_')}"] = self.host.stats.get(
-                f"path_{label.replace('-', '_')}", 0) + 1
+            key = f"path_{label.replace('-', '_')}"
+            self.host.stats[key] = self.host.stats.get(key, 0) + 1
+            if label == "relayed":
+                relayed.set()
+
+        async def watch(scope: trio.CancelScope) -> None:
+            nonlocal upgraded
+            await relayed.wait()
+            await self.host.wait_unrelayed(peer)
+            upgraded = True
+            scope.cancel()
 
         try:
-            await fetch_from_source(state, peer, ticket, functools.partial(self.host.open_data_stream, peer),
-                                    on_path)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch, nursery.cancel_scope)
+                await fetch_from_source(state, peer, ticket,
+                                        functools.partial(self.host.open_data_stream, peer), on_path)
+                nursery.cancel_scope.cancel()
         except BaseExceptionGroup as eg:  # noqa: B036 - a source's failure is unwrapped, handled by the caller
             leaf = leaf_error(eg)
             if not isinstance(leaf, _SOURCE_ERRORS):
                 raise
             raise leaf from None
+        if upgraded:
+            raise ConnectionError("a direct connection opened: resuming on it")
 
     async def _new_ticket(self, peer: str) -> Ticket | None:
         """A fresh ticket from ``peer`` on a new control stream (None if it cannot be had)."""

@@ -100,6 +100,7 @@ MAX_GRANTS = 16  #: holders named in one answer to WhoHas
 PENALTY_SKIP = 3  #: penalties after which a peer is used only as a last resort
 SWEEP_EVERY_S = 600.0  #: seconds between sweeps of idle unpinned blobs
 LOCAL_GRACE_S = 600.0  #: an unpinned blob only this node produced is swept after this long unused
+UPGRADE_WAIT_S = 4.0  #: seconds a data stream waits for a relayed connection to be hole punched
 
 Authorizer = Callable[[str, str, Direction], bool]
 T = TypeVar("T")
@@ -439,8 +440,19 @@ class TransferService:
     async def open_data_stream(self, peer: str) -> tuple[FramedStream, str]:
         """A ``/cpn/transfer/data`` stream to ``peer`` and the path of the libp2p
         connection it runs on (:func:`node.transfer.datapath.data_path_label`)."""
-        stream: FramedStream = await self._p2p.open_stream(peer, DATA_PROTOCOL_ID, self.addrs.get(peer))
-        return stream, data_path_label(self._p2p.connection_path(peer))
+        p2p, addrs = self._p2p, self.addrs.get(peer)
+        await p2p.connect(peer, addrs or ())
+        if p2p.connection_path(peer) == "relayed" and p2p.reachability.nat_type != "symmetric":
+            # a fresh relayed connection is often upgraded by DCUtR within a second or two:
+            # bulk data had better wait for it than crawl through the relay
+            with trio.move_on_after(UPGRADE_WAIT_S):
+                await p2p.wait_unrelayed(peer)
+        stream: FramedStream = await p2p.open_stream(peer, DATA_PROTOCOL_ID, addrs)
+        return stream, data_path_label(p2p.connection_path(peer))
+
+    async def wait_unrelayed(self, peer: str) -> None:
+        """Return once a non-relayed connection to ``peer`` is open."""
+        await self._p2p.wait_unrelayed(peer)
 
     async def fetch(self, blob: BlobLike, sources: Sequence[str], *, discover: bool = False,
                     on_behalf_of: str | None = None) -> BlobMeta:
