@@ -32,9 +32,9 @@ pytestmark = [
                        reason="netns: nft is not installed (tools/install installs nftables)"),
 ]
 
-TOPOLOGY = "pub=public:3,eim1=eim,eim2=eim,sym1=symmetric,sym2=symmetric"
+TOPOLOGY = "pub=public:3,eim1=eim,eim2=eim,eim3=eim,sym1=symmetric,sym2=symmetric"
 PUBLIC = ("pub-0", "pub-1", "pub-2")
-PRIVATE = ("eim1-0", "eim2-0", "sym1-0", "sym2-0")
+PRIVATE = ("eim1-0", "eim2-0", "eim3-0", "sym1-0", "sym2-0")
 MIB = 1 << 20
 
 
@@ -98,6 +98,16 @@ def test_two_eim_nats_move_data_on_the_hole_punched_connection(lab: NatLab) -> N
     done = fetch(lab, "eim1-0", "eim2-0", 8 * MIB)
     t = done["transfer"]
     assert done["error"] is None and t["phase"] == "done"
+    assert t["path"] == "hole-punched", t
+
+
+def test_a_first_contact_between_eim_nats_moves_its_data_hole_punched(lab: NatLab) -> None:
+    """No connection yet: the first one is relayed, DCUtR upgrades it; the data
+    stream waits for the upgrade or moves to the punched connection when it comes."""
+    assert lab.peer("eim2-0") not in ok(lab.cmd("eim3-0", "info"))["paths"]
+    done = fetch(lab, "eim2-0", "eim3-0", 16 * MIB)
+    t = done["transfer"]
+    assert done["error"] is None and t["phase"] == "done" and t["moved_bytes"] == 16 * MIB
     assert t["path"] == "hole-punched", t
 
 
