@@ -12,7 +12,8 @@
         [
           ["Blob", (t) => code(short(t.digest, 24), t.digest)],
           ["Direction", (t) => t.direction],
-          ["Phase", (t) => pill(t.phase, t.error ? "bad" : t.phase === "done" ? "ok" : "muted")],
+          ["Phase", (t) => pill(t.state || t.phase, t.error ? "bad" : t.phase === "done" ? "ok" : "muted")],
+          ["Path", (t) => t.path || "–"],
           ["Progress", (t) => bar(t.total_bytes ? t.done_bytes / t.total_bytes : 1, bytes(t.done_bytes) + " of " + bytes(t.total_bytes))],
           ["Rate", (t) => bytes(t.rate_bytes_per_s) + "/s"],
           ["ETA", (t) => (t.eta_s === null ? "–" : duration(t.eta_s))],
