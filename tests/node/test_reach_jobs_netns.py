@@ -5,7 +5,8 @@ public submitter and a provider behind an EIM NAT (the private provider is
 found through its relay circuits, runs the job, and its data goes direct:
 the provider fetches the input from the public submitter's data port, the
 submitter fetches the output over a libp2p data stream on the connection
-the private provider dialled), and submitter and provider both behind
+the private provider dialled); both behind EIM NATs (hole punched, the data
+on the punched connection); and submitter and provider both behind
 symmetric NATs (no direct path: the data is relayed, and the job still
 completes).  The bench builds the NAT testbed (``tools/testnet up --nat``,
 execution on with the host's podman storage, as ``tools/testnet`` does) and
@@ -39,13 +40,13 @@ pytestmark = [
 ]
 
 
-def test_private_provider_and_symmetric_nats_complete_jobs(tmp_path: Path) -> None:
+def test_private_provider_eim_pair_and_symmetric_pair_complete_jobs(tmp_path: Path) -> None:
     why = netlab.preflight(nat=True)
     if why:
         pytest.skip(f"netns: {why}")
     done = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "bench" / "reach.py"), "--json",
-         "--cells", "pub:eim,sym:sym", "--size-mib", "2", "--logs", str(tmp_path / "logs")],
+         "--cells", "pub:eim,eim:eim,sym:sym", "--size-mib", "2", "--logs", str(tmp_path / "logs")],
         cwd=ROOT, capture_output=True, text=True, timeout=420,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -54,7 +55,10 @@ def test_private_provider_and_symmetric_nats_complete_jobs(tmp_path: Path) -> No
     private = rows[("pub", "eim")]
     assert private["find_status"] == "ok" and private["completed"], private
     assert private["data_in"]["path"] == "direct" and private["data_out"]["path"] in ("direct", "reversed"), private
+    punched = rows[("eim", "eim")]
+    assert punched["completed"], punched
+    assert punched["data_in"]["path"] == punched["data_out"]["path"] == "hole-punched", punched
     relayed = rows[("sym", "sym")]
     assert relayed["completed"], relayed
     assert relayed["data_in"]["path"] == relayed["data_out"]["path"] == "relayed", relayed
-    assert result["summary"] == "reach: 2/2 cells completed, 1 direct"
+    assert result["summary"] == "reach: 3/3 cells completed, 2 direct"
