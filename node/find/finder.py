@@ -21,7 +21,7 @@ import trio
 from node.clock import UnixClock
 from node.find.records import Record, advert_key, fetch_advert
 from node.metrics import Metrics
-from node.p2p import P2PHost, PeerUnreachable, StreamClosed
+from node.p2p import EarlyStop, P2PHost, PeerUnreachable, StreamClosed
 from protocol.advert import Advert, Tombstone, open_record, select_raw
 from protocol.errors import ProtocolError
 from protocol.identifiers import dht_key, lookup_ids, memory_tier
@@ -168,15 +168,24 @@ class Finder:
         with trio.move_on_after(within_s):
             limiter = trio.CapacityLimiter(FETCH_CONCURRENCY)
             async with trio.open_nursery() as fetches:
-                # Verification starts as each provider is found, overlapping the lookup.
+                # Verification starts as each provider is found, overlapping the lookup;
+                # the lookups end once `want` candidates verified (spec/dht.md §6.5).
+                stop = EarlyStop(
+                    lambda: sum(c.status is CandidateStatus.OK for c in candidates.values()) >= want
+                )
+
+                async def check(cand: Candidate) -> None:
+                    await self._check(cand, req, limiter)
+                    stop.nudge()
+
                 def on_found(peer: str, addrs: list[str]) -> None:
                     if peer not in candidates:
                         candidates[peer] = cand = Candidate(peer, addrs)
-                        fetches.start_soon(self._check, cand, req, limiter)
+                        fetches.start_soon(check, cand)
 
                 async def lookup(i: str) -> None:
                     nonlocal hops, rounds
-                    res = await self.p2p.find_providers(dht_key(i), count=want, on_found=on_found)
+                    res = await self.p2p.find_providers(dht_key(i), on_found=on_found, early_stop=stop)
                     hops, rounds = max(hops, res.hops), max(rounds, res.rounds)
 
                 async with trio.open_nursery() as lookups:
