@@ -35,21 +35,37 @@ def setup_logging(level: str = "info", stream: object = None) -> None:
 class _ForwardHandler(logging.Handler):
     """Re-emit libp2p records under ``cpn.libp2p`` so our handlers and levels apply.
 
-    py-libp2p logs a WARNING for every clean remote close of a DHT stream
-    ("Failed to read DHT message from stream"); those become DEBUG.
+    Records about failures the node handles itself are demoted to DEBUG: a
+    remote peer closing or resetting a kad stream (py-libp2p logs a WARNING
+    for every clean close), a stream that could not be opened (its
+    ``new_stream`` logs an ERROR of seven lines before raising, and every
+    caller handles the error: kad queries count it as a failure, finds as an
+    unreachable candidate), a best-effort store that missed one peer, and the
+    auto-connector's progress every 10 s.
     """
 
+    #: (logger below ``libp2p.``, text in the message): demoted to DEBUG
     _NOISY = (
-        "Failed to read DHT message",
-        "Incomplete DHT message",
-        "Error sending ADD_PROVIDER",
+        ("kad_dht.kad_dht", "Failed to read DHT message"),  # the client closed or reset
+        ("kad_dht.kad_dht", "Incomplete DHT message"),
+        ("kad_dht.kad_dht", "Failed to parse protobuf message"),  # the client left before our answer
         # our /cpn-advert/<peer> keys are > 50 bytes; py-libp2p refuses them in FIND_NODE
-        "FIND_NODE key is not a valid PeerId",
+        ("kad_dht.kad_dht", "FIND_NODE key is not a valid PeerId"),
+        ("kad_dht.provider_store", "Error sending ADD_PROVIDER"),
+        ("kad_dht.provider_store", "Failed to send ADD_PROVIDER"),
+        ("kad_dht.value_store", "Failed to store value at peer"),
+        ("kad_dht.peer_routing", "Failed to open stream to"),
+        ("host.basic_host", "Failed to open stream to peer"),
+        ("protocol_muxer.multiselect_client", "MultiselectClient handshake"),
+        ("network.auto_connector", ""),
     )
 
     def emit(self, record: logging.LogRecord) -> None:
-        target = logging.getLogger("cpn.libp2p." + record.name.removeprefix("libp2p."))
-        if record.levelno == logging.WARNING and any(n in str(record.msg) for n in self._NOISY):
+        sub = record.name.removeprefix("libp2p.")
+        target = logging.getLogger("cpn.libp2p." + sub)
+        if record.levelno > logging.DEBUG and any(
+            sub == name and text in str(record.msg) for name, text in self._NOISY
+        ):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         record.name = target.name
         if target.isEnabledFor(record.levelno):
