@@ -58,6 +58,7 @@ class _ForwardHandler(logging.Handler):
         ("host.basic_host", "Failed to open stream to peer"),
         ("protocol_muxer.multiselect_client", "MultiselectClient handshake"),
         ("network.auto_connector", ""),
+        ("transport.tcp.tcp", "Failed to open TCP stream"),  # a dial refused: the caller decides
     )
 
     def emit(self, record: logging.LogRecord) -> None:
