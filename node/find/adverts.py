@@ -295,19 +295,18 @@ class DiscoveryService:
 
     def _stale(self, ident: str, a: _Announcing, now: float) -> bool:
         """Whether ``ident`` needs announcing now: never announced, last time
-        not confirmed, ``reprovide_interval_s`` (less its jitter) since, or a
-        quarter of its closest set (at least one peer) is new since: peers our
-        routing table holds now that the last announcement never knew of and
-        that are closer to the key than the farthest peer it reached.  Those
-        hold no record; a finder asking the closest set still finds ours at
-        the others, so a few of them are left to the next scheduled check."""
+        not confirmed, ``reprovide_interval_s`` (less its jitter) since, or
+        no longer confirmed as far as this node can tell: fewer than half of
+        the k closest peers it knows of now took the last announcement (peers
+        that joined since, closer to the key, hold none).  A finder asks the
+        whole closest set, so one holder there is enough to be found."""
         last = a.last
         if last is None or not last.confirmed:
             return True
         if now - a.last_at >= (1 - REPROVIDE_JITTER) * self.config.reprovide_interval_s:
             return True
-        new = self.p2p.newcomers(dht_key(ident), last)
-        return new >= max(1, len(last.closest_peers) // 4)
+        held, closest = self.p2p.holders(dht_key(ident), last)
+        return 2 * held < closest
 
     def _schedule(self, now: float, spread: float) -> ReprovideSchedule:
         return ReprovideSchedule(

@@ -129,8 +129,6 @@ class ProvideReport:
     messages: int  #: FIND_NODE + ADD_PROVIDER sent
     confirmed: bool  #: at least half of the closest hold the record
     closest_peers: tuple[str, ...] = ()  #: the closest set found (peer IDs), closest first
-    #: every peer the provide knew of (its seeds and all it heard of), answered or not
-    considered: frozenset[str] = frozenset()
 
 
 @dataclass

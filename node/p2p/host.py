@@ -212,11 +212,11 @@ class P2PHost:
         budget, shared by all provides.  ``k`` other than 20 is for tests."""
         return await self._routing.provide(key, k=k)
 
-    def newcomers(self, key: bytes, last: ProvideReport, *, k: int = K) -> int:
-        """How many peers our routing table now holds that ``last`` (an earlier
-        provide of ``key``) never knew of and that belong among the ``k``
-        closest it found: they hold no record from it."""
-        return self._routing.newcomers(key, last, k=k)
+    def holders(self, key: bytes, last: ProvideReport, *, k: int = K) -> tuple[int, int]:
+        """``(held, closest)``: how many of the ``k`` peers closest to ``key`` that
+        this node knows of now took the record at ``last`` (an earlier
+        provide of ``key``), and how many such peers there are."""
+        return self._routing.holders(key, last, k=k)
 
     def local_providers(self, key: bytes) -> list[str]:
         """Peer IDs of the provider records for ``key`` this node holds (no network)."""

@@ -255,10 +255,10 @@ class KadRouting:
         """Announce ourselves as a provider of ``key`` at the ``k`` closest peers (spec/dht.md §6.3)."""
         mh = dht_key(key)
         self.hold_own_record(mh)
-        seeds = self.seeds(mh)
         provide = Provide(
-            mh, seeds, self_id=self._me.to_bytes(), rand=random.random, budget=self.budget, k=k
-        )
+            mh, self.seeds(mh), self_id=self._me.to_bytes(), rand=random.random,
+            budget=self.budget, k=k,
+        )  # fmt: skip
 
         async def ask(req: Request) -> Answer:
             if req.op is Op.FIND_NODE:
@@ -280,26 +280,22 @@ class KadRouting:
             messages=res.messages,
             confirmed=res.confirmed,
             closest_peers=tuple(str(ID(p)) for p in res.closest),
-            considered=frozenset(str(ID(p)) for p in {*seeds, *provide.lookup.candidates()}),
         )
         log.debug("provided %s: %s", mh.hex()[:16], report)
         return report
 
-    def newcomers(self, key: bytes, last: ProvideReport, *, k: int = K) -> int:
-        """Peers our routing table holds now that ``last`` (an earlier provide of
-        ``key``) never considered and that belong in its closest set: closer
-        to the key than its farthest member, or any such peer if it had fewer
-        than ``k`` members.  They hold no record from that provide."""
+    def holders(self, key: bytes, last: ProvideReport, *, k: int = K) -> tuple[int, int]:
+        """``(held, closest)``: of the ``k`` peers closest to ``key`` that we know
+        of now (our routing table and ``last``'s closest set), how many took
+        the record at ``last`` (an earlier provide of ``key``), and how many
+        there are.  Peers that joined since, or that we learnt of, and that
+        are closer than some holders, hold none."""
         target = kad_point(dht_key(key))
-        closest = [ID.from_base58(p).to_bytes() for p in last.closest_peers]
-        radius = max((kad_point(p) ^ target for p in closest), default=0)
-        count = 0
-        for peer in self._dht.routing_table.get_peer_ids():
-            if peer == self._me or str(peer) in last.considered:
-                continue
-            if len(closest) < k or kad_point(peer.to_bytes()) ^ target < radius:
-                count += 1
-        return count
+        took = {ID.from_base58(p).to_bytes() for p in last.closest_peers}
+        known = {p.to_bytes() for p in self._dht.routing_table.get_peer_ids()} | took
+        known.discard(self._me.to_bytes())
+        view = sorted(known, key=lambda p: kad_point(p) ^ target)[:k]
+        return sum(1 for p in view if p in took), len(view)
 
     # ---- values
 

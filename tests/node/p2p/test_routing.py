@@ -206,11 +206,12 @@ async def test_provide_reaches_the_k_closest_live_peers() -> None:
         for h in ranked[4:]:
             assert provider.peer_id not in h.local_providers(key)
         assert provider.local_providers(key) == [provider.peer_id]  # its own record, held
-        # a peer that joins afterwards is a newcomer to that closest set only if it is closer
+        # all three closest known took it; a closer peer joining halves that
+        assert provider.holders(key, report, k=3) == (3, 3)
         late = await net.add(boot=provider)
         await provider.connect_multiaddr(late.listen_addrs[0])
         closer = distance(key, raw_id(late)) < distance(key, raw_id(live[-1]))
-        assert provider.newcomers(key, report, k=3) == int(closer)
+        assert provider.holders(key, report, k=3) == (3 - int(closer), 3)
 
 
 # --------------------------------------------------------------------------- one request
