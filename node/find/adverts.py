@@ -73,8 +73,13 @@ CAPACITY_DEBOUNCE_S = 0.5  #: coalesce a burst of capacity changes into one adve
 #: new identifier or a routing table grown by 10 % brings announcements
 #: forward to within it (at most once per this long)
 FIRST_GAP_S = 11.0
-START_SPREAD_S = 10.0  #: the first announcement of each identifier waits a random part of this
-PROVIDE_CONCURRENCY = 4  #: identifiers announced at once (their sends share one budget anyway)
+START_SPREAD_S = 5.0  #: the first announcement of each identifier waits a random part of this
+#: identifiers one node announces at once.  One: a node's announcements then
+#: add at most alpha = 3 requests in flight to the network; with 4 at a time, 60
+#: daemons starting together on 2 cores kept ~700 requests in flight and 60 %
+#: of them timed out (wasted work, unconfirmed announcements, repeated)
+PROVIDE_CONCURRENCY = 1
+ACTIVITY_LOG_S = 600.0  #: how often a line sums up announcements and kad traffic
 REPROVIDE_JITTER = 0.25  #: every gap is scaled by a random factor in [0.75, 1.25]
 REFRESH_JITTER = 0.1  #: advert refreshes at half-life, +-10 % of it, so nodes drift apart
 
@@ -254,15 +259,17 @@ class DiscoveryService:
         ``reprovide_interval_s``, each scaled by a random factor.  At a check
         the identifier is announced again only if that is needed
         (:meth:`_stale`); otherwise the check counts as done and the gap
-        doubles.  Every :data:`FIRST_GAP_S` the routing table is looked at,
-        and an identifier whose closest set gained peers is brought forward to
-        a random point within :data:`FIRST_GAP_S`.
+        doubles.  Every :data:`FIRST_GAP_S`, if the routing table changed
+        size, identifiers whose last announcement no longer looks confirmed
+        are brought forward to a random point within :data:`FIRST_GAP_S`.
+        Identifiers are announced one at a time (:data:`PROVIDE_CONCURRENCY`).
         """
         now = trio.current_time()
         idents = {i: _Announcing(self._schedule(now, START_SPREAD_S)) for i in self.ids}
         limiter = trio.CapacityLimiter(PROVIDE_CONCURRENCY)
-        checked = now
+        checked, table_size = now, -1
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._log_activity)
             while True:
                 now = trio.current_time()
                 if self._ids_changed.is_set():
@@ -275,9 +282,12 @@ class DiscoveryService:
                         self.p2p.hold_own_record(dht_key(i))
                 if now >= checked + FIRST_GAP_S:
                     checked = now
-                    for i, a in idents.items():
-                        if not a.running and a.last is not None and self._stale(i, a, now):
-                            a.sched.expedite(now, FIRST_GAP_S)
+                    size = self.p2p.routing_table_size()
+                    if size != table_size:  # unchanged: nothing new to look at (cheap idle)
+                        table_size = size
+                        for i, a in idents.items():
+                            if not a.running and a.last is not None and self._stale(i, a, now):
+                                a.sched.expedite(now, FIRST_GAP_S)
                 for i, a in idents.items():
                     if a.running or a.sched.due > now:
                         continue
@@ -292,6 +302,25 @@ class DiscoveryService:
                     await self._wake.wait()
                 if self._wake.is_set():
                     self._wake = trio.Event()
+
+    async def _log_activity(self) -> None:
+        """One line per :data:`ACTIVITY_LOG_S`: what announcing and the DHT cost."""
+        before = (dict(self.announce_counts), self.p2p.stats.queries, self.p2p.stats.served)
+        fails = dict(self.p2p.stats.failures)
+        while True:
+            await trio.sleep(ACTIVITY_LOG_S)
+            st, counts = self.p2p.stats, self.announce_counts
+            made = {k: counts[k] - before[0][k] for k in counts}
+            failed = {k: v - fails.get(k, 0) for k, v in st.failures.items() if v > fails.get(k, 0)}
+            log.info(
+                "last %d s: %d announcements (%d confirmed), %d checks needed none; "
+                "kad requests: %d sent (failed: %s), %d served; routing table %d",
+                ACTIVITY_LOG_S, made["confirmed"] + made["unconfirmed"], made["confirmed"],
+                made["skipped"], st.queries - before[1], failed or "none", st.served - before[2],
+                self.p2p.routing_table_size(),
+            )  # fmt: skip
+            before = (dict(counts), st.queries, st.served)
+            fails = dict(st.failures)
 
     def _stale(self, ident: str, a: _Announcing, now: float) -> bool:
         """Whether ``ident`` needs announcing now: never announced, last time

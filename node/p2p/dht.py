@@ -135,7 +135,8 @@ class ProvideReport:
 class HostStats:
     lookups: int = 0
     lookup_errors: int = 0  #: failed queries, all reasons (see ``failures``)
-    queries: int = 0
+    queries: int = 0  #: kad requests sent
+    served: int = 0  #: kad streams served (requests other peers sent us)
     failures: dict[str, int] = field(default_factory=dict)  #: by :class:`Failure`
     provides: int = 0
     provides_confirmed: int = 0
@@ -156,7 +157,7 @@ def dht_key(key: bytes) -> bytes:
 # --------------------------------------------------------------------------- server side
 
 
-def capped_kad_handler(dht: KadDHT) -> Callable[[Any], Awaitable[None]]:
+def capped_kad_handler(dht: KadDHT, stats: HostStats) -> Callable[[Any], Awaitable[None]]:
     """py-libp2p's kad handler, reset after :data:`KAD_INBOUND_STREAM_S`.
 
     The stock handler reads messages until the client closes the stream, with
@@ -169,6 +170,7 @@ def capped_kad_handler(dht: KadDHT) -> Callable[[Any], Awaitable[None]]:
     """
 
     async def handle(stream: Any) -> None:
+        stats.served += 1
         with trio.move_on_after(KAD_INBOUND_STREAM_S) as scope:
             await dht.handle_stream(stream)
         if scope.cancelled_caught:
@@ -319,6 +321,8 @@ class KadClient:
         self._my_addrs: list[bytes] = []
         #: (expected peer, signed record bytes) -> when verified and consumed
         self._seen: dict[tuple[bytes, bytes], float] = {}
+        #: peer -> (addresses an answer named, when they went to the peerstore)
+        self._seen_addrs: dict[bytes, tuple[tuple[bytes, ...], float]] = {}
 
     async def find_node(self, peer: bytes, key: bytes) -> Answer:
         msg = self._request(Message.MessageType.FIND_NODE, key)
@@ -449,14 +453,18 @@ class KadClient:
         pid = ID(p.id)
         if pid == self._me or not remember:
             return pid
-        addrs = self._addrs(p)
+        raw = tuple(bytes(a) for a in p.addrs[:MAX_ADDRS])
+        now = trio.current_time()
+        seen = self._seen_addrs.get(p.id)
+        if seen is not None and seen[0] == raw and now < seen[1] + ADDR_TTL / 2:
+            return pid  # in the peerstore already: parsing them again cost ~2 ms per answer
+        addrs = _multiaddrs(raw)
         if addrs:
             self._host.get_peerstore().add_addrs(pid, addrs, ADDR_TTL)
+        if len(self._seen_addrs) >= SEEN_RECORDS:
+            self._seen_addrs.pop(next(iter(self._seen_addrs)))
+        self._seen_addrs[bytes(p.id)] = (raw, now)
         return pid
-
-    @staticmethod
-    def _addrs(p: Any) -> list[Any]:
-        return _multiaddrs(p.addrs[:MAX_ADDRS])
 
 
 def _multiaddrs(raws: Any) -> list[Any]:

@@ -97,11 +97,13 @@ setattr(_yamux.YamuxStream, "_auto_tune_and_send_window_update", _window_update_
 class P2PHost:
     """A running libp2p host with a kad-dht; create with :func:`open_host`."""
 
-    def __init__(self, host: Any, dht: CpnKadDHT, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, host: Any, dht: CpnKadDHT, nursery: trio.Nursery, stats: HostStats | None = None
+    ) -> None:
         self._host = host
         self._dht = dht
         self.peer_id: str = str(host.get_id())
-        self.stats = HostStats()
+        self.stats = stats if stats is not None else HostStats()
         #: lookups and provides (spec/dht.md §6); their requests run in ``nursery``,
         #: which lives as long as the host, so no lookup cancels a query mid-stream
         self._routing = KadRouting(host, dht, nursery, self.stats)
@@ -371,10 +373,11 @@ async def open_host(
     )
     dht = CpnKadDHT(host, DHTMode.SERVER, validator=ns, validator_changed=True, strict_validation=True)
     dht.provider_store = PagedProviderStore(host, dht.peer_routing)  # pages, 2048/key, 3 h
-    host.set_stream_handler(TProtocol(KAD_PROTOCOL), capped_kad_handler(dht))
+    stats = HostStats()
+    host.set_stream_handler(TProtocol(KAD_PROTOCOL), capped_kad_handler(dht, stats))
     async with host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]):
         async with background_trio_service(dht), trio.open_nursery() as kad_requests:
-            p2p = P2PHost(host, dht, kad_requests)
+            p2p = P2PHost(host, dht, kad_requests, stats)
             stats_holder.append(p2p)
             for addr in bootstrap:
                 try:

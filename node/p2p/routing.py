@@ -57,6 +57,7 @@ PROVIDE_LOOKUP_S = 30.0  #: the FIND_NODE phase of a provide; then it stores at 
 PROVIDE_DEADLINE_S = 180.0  #: a whole provide, ADD_PROVIDER retries included
 BOOTSTRAP_S = 30.0  #: the self-lookup that fills the routing table at start
 PUT_CONCURRENCY = 5  #: PUT_VALUE requests of one put in flight at once
+DROP_AFTER_TIMEOUTS = 3  #: timeouts in a row that drop a peer from the routing table
 IDLE_TICK_S = 0.05  #: how often a procedure whose wakeup sent nothing is asked again
 
 T = TypeVar("T")
@@ -171,6 +172,8 @@ class KadRouting:
         self.stats = stats
         #: one ADD_PROVIDER budget per host, shared by every provide (spec/dht.md §6.3 step 5)
         self.budget = SendBudget()
+        self._silent: dict[bytes, int] = {}  #: peer -> timeouts in a row
+        self._points: dict[bytes, int] = {}  #: peer -> its point in the key space
 
     @property
     def store(self) -> PagedProviderStore:
@@ -294,8 +297,17 @@ class KadRouting:
         took = {ID.from_base58(p).to_bytes() for p in last.closest_peers}
         known = {p.to_bytes() for p in self._dht.routing_table.get_peer_ids()} | took
         known.discard(self._me.to_bytes())
-        view = sorted(known, key=lambda p: kad_point(p) ^ target)[:k]
+        view = sorted(known, key=lambda p: self._point(p) ^ target)[:k]
         return sum(1 for p in view if p in took), len(view)
+
+    def _point(self, peer: bytes) -> int:
+        """``kad_point(peer)``, remembered (a SHA-256 per peer and check otherwise)."""
+        point = self._points.get(peer)
+        if point is None:
+            if len(self._points) >= 4096:
+                self._points.pop(next(iter(self._points)))
+            point = self._points[peer] = kad_point(peer)
+        return point
 
     # ---- values
 
@@ -387,6 +399,24 @@ class KadRouting:
             if early_stop is not None:
                 early_stop._wakers.discard(send)
 
+    def _note_failure(self, peer: bytes, outcome: Failure) -> None:
+        """spec/dht.md §6.6: drop a peer that cannot be dialled from the routing
+        table, and one that timed out :data:`DROP_AFTER_TIMEOUTS` times in a
+        row (a peer that died behind a connection we still hold times out
+        rather than failing to dial; an overloaded one answers again soon and
+        is not dropped for one slow answer).  A live peer comes back the next
+        time it asks us something."""
+        if outcome is Failure.TIMEOUT:
+            self._silent[peer] = misses = self._silent.get(peer, 0) + 1
+            if len(self._silent) > 4096:
+                self._silent.pop(next(iter(self._silent)))
+            if misses < DROP_AFTER_TIMEOUTS:
+                return
+        elif outcome is not Failure.UNREACHABLE:
+            return
+        self._silent.pop(peer, None)
+        self._dht.routing_table.remove_peer(ID(peer))
+
     async def _query(
         self,
         tag: Any,
@@ -417,11 +447,8 @@ class KadRouting:
         if isinstance(outcome, Failure):
             self.stats.lookup_errors += 1
             self.stats.failures[outcome.value] = self.stats.failures.get(outcome.value, 0) + 1
-            if outcome in (Failure.UNREACHABLE, Failure.TIMEOUT):
-                # spec/dht.md §6.6: drop it from the table (a peer that died behind a
-                # connection we still hold times out rather than failing to dial); a
-                # live one comes back the next time it asks us something
-                self._dht.routing_table.remove_peer(ID(peer))
+            self._note_failure(peer, outcome)
             return
+        self._silent.pop(peer, None)
         with trio.move_on_after(TABLE_UPDATE_S):
             await self._dht.routing_table.add_peer(ID(peer), skip_server_mode_check=True)

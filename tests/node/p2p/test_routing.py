@@ -206,12 +206,25 @@ async def test_provide_reaches_the_k_closest_live_peers() -> None:
         for h in ranked[4:]:
             assert provider.peer_id not in h.local_providers(key)
         assert provider.local_providers(key) == [provider.peer_id]  # its own record, held
-        # all three closest known took it; a closer peer joining halves that
+
+
+async def test_holders_drop_when_closer_peers_join() -> None:
+    """What re-announcing looks at (spec/dht.md §6.4): how many of the k closest
+    peers known took the last announcement."""
+    async with network(5) as net:
+        provider = net.hosts[0]
+        key = mh(b"holders")
+        with trio.fail_after(30):
+            report = await provider.provide(key, k=3)
         assert provider.holders(key, report, k=3) == (3, 3)
-        late = await net.add(boot=provider)
-        await provider.connect_multiaddr(late.listen_addrs[0])
-        closer = distance(key, raw_id(late)) < distance(key, raw_id(live[-1]))
-        assert provider.holders(key, report, k=3) == (3 - int(closer), 3)
+        known = [raw_id(h) for h in net.hosts[1:]]
+        took = {raw_id(p) for p in report.closest_peers}
+        for _ in range(6):  # some of them closer than a holder (but for a 3 % chance)
+            late = await net.add(boot=provider)
+            await provider.connect_multiaddr(late.listen_addrs[0])  # now in its routing table
+            known.append(raw_id(late))
+            view = sorted(known, key=lambda p: distance(key, p))[:3]
+            assert provider.holders(key, report, k=3) == (len(took.intersection(view)), 3)
 
 
 # --------------------------------------------------------------------------- one request
