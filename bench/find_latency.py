@@ -249,7 +249,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     load_before = os.getloadavg()[0]
     t0 = time.monotonic()
-    nodes = testnet.up(n, "mix", log_level="warning", timeout=900)
+    nodes = testnet.up(n, "mix", log_level="warning", timeout=900, announced=False)
     try:
         row: dict[str, Any] = {"n": n, "start_s": round(time.monotonic() - t0, 1)}
         if args.curve_s > 0:

@@ -22,16 +22,18 @@ object                 uses
 ``provider_jobs``      runs agreed jobs (provider side of spec/jobflow.md)
 ``runner``             drives submitted jobs (submitter side)
 ``api``                the local HTTP API; routes in :mod:`node.api.routes`
+``web``                the dashboard and ``/metrics`` on 127.0.0.1 ports, the
+                       same HTTP server with read-only routes of ``api``
 ====================  =====================================================
 
 Start order, each ``await nursery.start(...)`` returning once the service
-serves: the API socket, transfer (the data plane), execution (the self-test
-decides the container capability that discovery advertises and negotiation
-admits), discovery (probes the host: the scheduler then knows what it can
-place), provider jobs (resumes jobs of a previous life), negotiation (now
-offers are served; agreements start provider jobs), the job runner (resumes
-and accepts submissions).  Every service owns the nursery of the tasks it
-spawns.
+serves: the API socket, the dashboard and metrics ports (if set), transfer
+(the data plane), execution (the self-test decides the container capability
+that discovery advertises and negotiation admits), discovery (probes the
+host: the scheduler then knows what it can place), provider jobs (resumes
+jobs of a previous life), negotiation (now offers are served; agreements
+start provider jobs), the job runner (resumes and accepts submissions).
+Every service owns the nursery of the tasks it spawns.
 
 Shutdown (SIGINT/SIGTERM or :meth:`Node.stop`) cancels the root nursery.
 Services release what they hold in ``finally`` blocks, shielded and bounded:
@@ -54,7 +56,9 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from trio_typing import TaskStatus
 
+from node.api.dashboard import WebService
 from node.api.routes import agreements as agreement_routes
+from node.api.routes import dashboard as dashboard_routes
 from node.api.routes import execution as execution_routes
 from node.api.routes import find as find_routes
 from node.api.routes import jobs as job_routes
@@ -65,12 +69,15 @@ from node.clock import UnixClock, unix_now
 from node.config import Config
 from node.execute.service import ExecutionService
 from node.find.adverts import DiscoveryService
+from node.find.finder import FinderLimits
 from node.find.records import ADVERT_NAMESPACE, AdvertValidator
 from node.jobs.provider import ProviderJobs
 from node.jobs.runner import JobRunner
 from node.keys import load_or_create_key, peer_id_of
 from node.metrics import Metrics
 from node.negotiate.agreements import AgreementStore
+from node.negotiate.guard import PeerLog
+from node.negotiate.limits import PeerLimits
 from node.negotiate.policy import Policy
 from node.negotiate.scheduler import Scheduler
 from node.negotiate.service import NegotiationService
@@ -104,6 +111,7 @@ class Node:
     negotiation: NegotiationService
     provider_jobs: ProviderJobs
     runner: JobRunner
+    web: WebService  #: the dashboard and /metrics on 127.0.0.1 (node/api/dashboard)
     stopping: trio.Event = field(default_factory=trio.Event)
     #: set once every service has finished and the libp2p host is closed
     stopped: trio.Event = field(default_factory=trio.Event)
@@ -125,7 +133,7 @@ def _build(config: Config, key: Ed25519PrivateKey, p2p: P2PHost, clock: UnixCloc
     """Every object of one node, wired; nothing runs yet."""
     data_dir = config.data_dir
     metrics = Metrics()
-    blobs = BlobStore(data_dir, quota_bytes=config.transfer.quota_bytes)
+    blobs = BlobStore(data_dir, quota_bytes=config.transfer.quota_bytes, now=clock)
     stack.callback(blobs.close)
     agreements = AgreementStore.open(data_dir)
     stack.callback(agreements.close)
@@ -133,23 +141,31 @@ def _build(config: Config, key: Ed25519PrivateKey, p2p: P2PHost, clock: UnixCloc
     scheduler = Scheduler(None, clock=trio.current_time, reservation_s=policy.reservation_s)
     transfer = TransferService(p2p=p2p, key=key, store=blobs, config=config.transfer, metrics=metrics)
     execution = ExecutionService(config.execution, runs_dir=data_dir / "runs", key=key, peer_id=p2p.peer_id,
-                                 clock=clock, fake_gpus=bool(config.discovery.fake_gpus))
+                                 clock=clock, fake_gpus=bool(config.discovery.fake_gpus), blobs=blobs)
     discovery = DiscoveryService(config.discovery, p2p=p2p, key=key, data_dir=data_dir, clock=clock,
                                  scheduler=scheduler, capability=lambda: execution.capability, metrics=metrics)
+    peer_log = PeerLog(logging.getLogger("cpn.peer"), per_minute=config.node.peer_log_per_minute)
+    discovery.finder.limits = FinderLimits.from_config(config.discovery)
     negotiation = NegotiationService(p2p=p2p, key=key, agreements=agreements, scheduler=scheduler, policy=policy,
-                                     clock=clock, capability=lambda: execution.capability)
+                                     clock=clock, capability=lambda: execution.capability,
+                                     limits=PeerLimits.from_config(config.negotiation), peer_log=peer_log)
     provider_jobs = ProviderJobs(p2p=p2p, key=key, agreements=agreements, scheduler=scheduler, transfer=transfer,
-                                 execution=execution, data_dir=data_dir, clock=clock)
+                                 execution=execution, data_dir=data_dir, clock=clock,
+                                 max_fetch_failures=config.negotiation.max_fetch_failures, peer_log=peer_log)
     runner = JobRunner(p2p=p2p, key=key, transfer=transfer, agreements=agreements, finder=discovery.finder,
-                       data_dir=data_dir, clock=clock)
+                       data_dir=data_dir, clock=clock, config=config.jobs)
     # The hooks between services, all here:
     negotiation.provider.on_agreement.append(provider_jobs.on_agreement)  # an agreement starts a job
     transfer.add_authorizer(runner.authorize)  # our providers may fetch our jobs' blobs
     transfer.holders_of = runner.holders_of  # owner side of WhoHas: earlier providers of a blob
-    transfer.owners.append(provider_jobs.owned_by)  # holder side: submitters may grant their blobs
-    node = Node(config=config, key=key, peer_id=p2p.peer_id, clock=clock, p2p=p2p, metrics=metrics, api=Api(),
+    # holder side of FetchGrants: a submitter may grant a blob it delivered here (the blob store's
+    # supplier record, spec/transfer.md section 1.1), never one it only named
+    api = Api()
+    web = WebService(api, metrics, dashboard_port=config.dashboard.port, metrics_port=config.metrics.port,
+                     private=config.dashboard.private, data_dir=data_dir)
+    node = Node(config=config, key=key, peer_id=p2p.peer_id, clock=clock, p2p=p2p, metrics=metrics, api=api,
                 blobs=blobs, agreements=agreements, scheduler=scheduler, transfer=transfer, execution=execution,
-                discovery=discovery, negotiation=negotiation, provider_jobs=provider_jobs, runner=runner)
+                discovery=discovery, negotiation=negotiation, provider_jobs=provider_jobs, runner=runner, web=web)
     _register_routes(node)
     _register_metrics(node)
     return node
@@ -157,12 +173,17 @@ def _build(config: Config, key: Ed25519PrivateKey, p2p: P2PHost, clock: UnixCloc
 
 def _register_routes(node: Node) -> None:
     node_routes.register(node.api, p2p=node.p2p, discovery=node.discovery, data_dir=node.data_dir,
-                         stopping=node.stopping)
+                         stopping=node.stopping, scheduler=node.scheduler, execution=node.execution,
+                         provider_jobs=node.provider_jobs, runner=node.runner,
+                         data_host=node.config.transfer.data_host, web_ports=node.web.ports)
     find_routes.register(node.api, node.discovery)
     job_routes.register(node.api, node.runner)
-    agreement_routes.register(node.api, node.agreements)
+    agreement_routes.register(node.api, node.agreements, node.provider_jobs)
     transfer_routes.register(node.api, node.transfer)
     execution_routes.register(node.api, node.execution)
+    dashboard_routes.register(node.api, p2p=node.p2p, discovery=node.discovery, scheduler=node.scheduler,
+                              provider_jobs=node.provider_jobs, agreements=node.agreements, data_dir=node.data_dir,
+                              clock=node.clock, fake_gpus=node.config.discovery.fake_gpus)
 
 
 def _register_metrics(node: Node) -> None:
@@ -183,8 +204,7 @@ async def _serve(node: Node, *, prepare: Callable[[Node], None] | None,
         if prepare is not None:
             prepare(node)
         await nursery.start(node.api.serve, config.api_socket)
-        if config.metrics.port:
-            await nursery.start(node.metrics.serve, config.metrics.port)
+        await nursery.start(node.web.run)  # the dashboard and /metrics, if their ports are set
         await nursery.start(node.transfer.run)
         await nursery.start(node.execution.run)
         await nursery.start(node.discovery.run)
@@ -220,7 +240,8 @@ async def run_node(
     key = load_or_create_key(data_dir)
     validators = {ADVERT_NAMESPACE: AdvertValidator(clock)}
     node: Node | None = None
-    async with open_host(key, config.node.listen, validators=validators, bootstrap=config.node.bootstrap) as p2p:
+    async with open_host(key, config.node.listen, validators=validators, bootstrap=config.node.bootstrap,
+                         relay=config.relay.policy()) as p2p:
         assert p2p.peer_id == peer_id_of(key), "libp2p and CPN disagree on the peer ID"
         with ExitStack() as stack:
             node = _build(config, key, p2p, clock, stack)
@@ -243,8 +264,16 @@ async def _watch_signals(node: Node) -> None:
             return
 
 
+async def _announced_line(node: Node) -> None:
+    """Ready comes before the identifiers are announced in the DHT (spec/dht.md
+    §6.4); this second line says when finders everywhere can see the node."""
+    await node.discovery.wait_announced()
+    print(json.dumps({"event": "announced", "peer_id": node.peer_id}), flush=True)
+
+
 def main(config: Config) -> int:
-    """Foreground entry point of ``cpn node run``: prints one JSON "ready" line on stdout."""
+    """Foreground entry point of ``cpn node run``: prints one JSON "ready" line on
+    stdout, then an "announced" line once its identifiers are announced in the DHT."""
 
     async def _main() -> None:
         async with trio.open_nursery() as nursery:
@@ -258,10 +287,16 @@ def main(config: Config) -> int:
                         "peer_id": node.peer_id,
                         "addrs": node.p2p.listen_addrs,
                         "api": str(config.api_socket),
+                        **{name: f"http://127.0.0.1:{port}/" for name, port in node.web.ports.items()},
                     }
                 ),
                 flush=True,
             )
+            if config.discovery.enabled:
+                async with trio.open_nursery() as waits:
+                    waits.start_soon(_announced_line, node)
+                    await node.stopped.wait()
+                    waits.cancel_scope.cancel()
 
     trio.run(_main)
     sys.stdout.flush()

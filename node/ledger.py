@@ -15,7 +15,9 @@ party that remembers an earlier head can check that the new export extends it.
 
 The receipts themselves are verified on append and again on verify (both
 signatures and their binding), so an entry cannot be forged by someone who
-recomputes the chain.
+recomputes the chain.  An export's per-entry ``summary`` (plain JSON for
+settlement scripts) is outside the chain; verifying an export recomputes each
+summary from its receipt and reports any difference.
 """
 
 from __future__ import annotations
@@ -98,6 +100,9 @@ class LedgerReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "count": self.count, "head_hex": self.head.hex(), "problems": list(self.problems)}
 
 
 def _summary(v: VerifiedReceipt) -> dict[str, Any]:
@@ -262,4 +267,27 @@ def verify_export(doc: Any) -> LedgerReport:
     report = _verify_chain(entries)
     if (count, head) != (report.count, report.head):
         report.problems.append("export's count/head do not match its last entry (entries removed)")
+    for raw, entry in zip(doc["entries"], entries, strict=True):
+        problem = _summary_problem(raw, entry)
+        if problem:
+            report.problems.append(f"entry {entry.seq}: {problem}")
     return report
+
+
+def _summary_problem(raw: dict[str, Any], entry: LedgerEntry) -> str | None:
+    """Whether an exported entry's ``summary`` says what its receipt says.
+
+    The summary is a convenience copy for settlement scripts, outside the
+    hash chain; a reader may well trust it, so it is checked field by field
+    against the receipt it was made from (an edited price or outcome there is
+    as much a forgery as an edited receipt)."""
+    if "summary" not in raw:
+        return None  # an export may leave summaries out; the receipts are the truth
+    expected = entry.to_json()["summary"]
+    got = raw["summary"]
+    if got == expected:
+        return None
+    if not isinstance(got, dict):
+        return "summary is not an object (edited)"
+    changed = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))
+    return f"summary does not match its receipt ({', '.join(changed)} edited)"

@@ -40,8 +40,9 @@ class _ForwardHandler(logging.Handler):
     for every clean close), a stream that could not be opened (its
     ``new_stream`` logs an ERROR of seven lines before raising, and every
     caller handles the error: kad queries count it as a failure, finds as an
-    unreachable candidate), a best-effort store that missed one peer, and the
-    auto-connector's progress every 10 s.
+    unreachable candidate), a best-effort store that missed one peer, the
+    auto-connector's progress every 10 s, and expected NAT-traversal failures
+    (a hole punch that cannot work, a relay slot refused).
     """
 
     #: (logger below ``libp2p.``, text in the message): demoted to DEBUG
@@ -59,13 +60,29 @@ class _ForwardHandler(logging.Handler):
         ("protocol_muxer.multiselect_client", "MultiselectClient handshake"),
         ("network.auto_connector", ""),
         ("transport.tcp.tcp", "Failed to open TCP stream"),  # a dial refused: the caller decides
+        # NAT traversal (node/p2p/nat.py): expected failures, logged by us at INFO where
+        # useful; "" = from any libp2p logger
+        ("", "Failed to establish direct connection with"),  # DCUtR: a hole punch that cannot work
+        ("", "Timeout in DCUtR protocol"),
+        ("", "Error in DCUtR protocol"),
+        ("", "Maximum hole punch attempts"),
+        ("", "No direct addresses found for peer"),
+        ("", "No addresses to try for hole punch"),
+        ("", "Cannot assign requested address"),  # DCUtR dials from our busy listen port
+        ("", "Error pushing identify to peer"),  # a peer that left while we pushed
+        ("", "are unusable (relay-only"),  # kad: a relayed-only peer it cannot dial itself
+        ("", "Unexpected error reading from stream"),  # relay: every clean yamux close
+        ("", "Error relaying data"),
+        ("", "Error reading from hop stream"),
+        ("", "Reservation failed with relay"),
+        ("", "Error handling AutoNAT stream"),
     )
 
     def emit(self, record: logging.LogRecord) -> None:
         sub = record.name.removeprefix("libp2p.")
         target = logging.getLogger("cpn.libp2p." + sub)
         if record.levelno > logging.DEBUG and any(
-            sub == name and text in str(record.msg) for name, text in self._NOISY
+            (not name or sub == name) and text in record.getMessage() for name, text in self._NOISY
         ):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         record.name = target.name

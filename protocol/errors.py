@@ -4,7 +4,10 @@
 protocol: the caller drops that message, resets that stream or penalises that
 peer, and keeps serving everyone else.  ``LocalProtocolError`` means *our own
 code* misused the API (for example sending an event in a state that does not
-allow it); it is a bug, not an attack.
+allow it); it is a bug, not an attack.  Structs check themselves on construction and
+raise ``ValidationError`` (decoding a peer's bytes applies the same rules);
+code that builds a message from its own values for sending uses
+:func:`protocol.wire.build`, which turns that into ``LocalProtocolError``.
 
 Every error carries a short machine-readable ``reason`` (a lowercase
 identifier that test vectors and refusal messages can name) and a human

@@ -16,8 +16,8 @@ and returns the verified :class:`~protocol.envelope.Signed` message.  Framing
 Errors split by blame: a frame from the peer that breaks any rule raises
 :class:`ProtocolError` and leaves the state *unchanged* (the message has no
 effect, so garbage, replays and reordered messages cannot move the state);
-sending something the state does not allow raises
-:class:`LocalProtocolError`.
+sending something the state does not allow, or building a message that breaks
+a rule (:func:`protocol.wire.build`), raises :class:`LocalProtocolError`.
 
 Replay and confusion protection, all checked here:
 
@@ -68,7 +68,7 @@ from .negotiation import (
 )
 from .negotiation_replay import MemoryReplayCache, ReplayCache, replay_key
 from .negotiation_table import SENDERS, TERMINAL_STATES, TRANSITIONS, Event, Role, State, event_of
-from .wire import Message
+from .wire import Message, build
 
 __all__ = [
     "Role",
@@ -265,7 +265,7 @@ class Negotiation:
         }
 
     def send_offer(self, job: bytes, *, expires_at: int, now: int) -> bytes:
-        return self.send(Offer(**self._header(S), job=job, expires_at=expires_at), now=now)
+        return self.send(build(Offer, **self._header(S), job=job, expires_at=expires_at), now=now)
 
     def send_quote(
         self,
@@ -278,8 +278,8 @@ class Negotiation:
         now: int,
     ) -> bytes:
         offer = self._need(self.offer, "offer")
-        msg = Quote(
-            **self._header(P),
+        msg = build(
+            Quote, **self._header(P),
             offer_digest=offer.digest,
             price=price,
             estimated_start=estimated_start,
@@ -303,8 +303,8 @@ class Negotiation:
         if in_reply_to is None:
             last = self.accept if self.state is State.ACCEPTED else self.offer
             in_reply_to = self._need(last, "message to refuse").digest
-        msg = Refusal(
-            **self._header(P),
+        msg = build(
+            Refusal, **self._header(P),
             in_reply_to=in_reply_to,
             reason=reason,
             detail=detail[:1024],
@@ -330,8 +330,8 @@ class Negotiation:
 
     def send_accept(self, *, now: int) -> bytes:
         terms = self.expected_terms()
-        msg = Accept(
-            **self._header(S),
+        msg = build(
+            Accept, **self._header(S),
             quote_digest=terms.quote_digest,
             terms=terms,
             submitter_sig=sign_terms(terms, self._key),
@@ -341,8 +341,8 @@ class Negotiation:
     def send_agreement(self, *, now: int) -> bytes:
         accept = self._need(self.accept, "accept")
         terms = accept.message.terms
-        msg = Agreement(
-            **self._header(P),
+        msg = build(
+            Agreement, **self._header(P),
             accept_digest=accept.digest,
             terms=terms,
             submitter_sig=accept.message.submitter_sig,
@@ -351,7 +351,7 @@ class Negotiation:
         return self.send(msg, now=now)
 
     def send_cancel(self, reason: CancelReason, detail: str = "", *, now: int) -> bytes:
-        msg = Cancel(**self._header(self.role), reason=reason, detail=detail[:1024])
+        msg = build(Cancel, **self._header(self.role), reason=reason, detail=detail[:1024])
         return self.send(msg, now=now)
 
     def send_status(
@@ -360,8 +360,8 @@ class Negotiation:
         digest = self.terms_digest
         if digest is None:
             raise LocalProtocolError("no agreement yet")
-        msg = JobStatus(
-            **self._header(P),
+        msg = build(
+            JobStatus, **self._header(P),
             terms_digest=digest,
             phase=phase,
             at=at,

@@ -34,6 +34,7 @@ __all__ = [
     "Message",
     "struct",
     "message",
+    "build",
     "REGISTRY",
     "to_wire",
     "from_wire",
@@ -81,6 +82,22 @@ class Struct:
 
     def replace(self: S, **changes: Any) -> S:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def build(cls: type[S], **fields: Any) -> S:
+    """Construct ``cls`` from *our own* values, for sending.
+
+    A struct checks itself on construction and raises :class:`ValidationError`,
+    a :class:`ProtocolError` (remote blame), because decoding a peer's bytes
+    applies the same rules.  A message this node builds that breaks a rule is
+    a bug on this side, not the peer's doing: ``build`` re-raises it as
+    :class:`LocalProtocolError` (h11's split), so a send path never answers the
+    peer with a refusal, or penalises it, for our own mistake.
+    """
+    try:
+        return cls(**fields)
+    except ProtocolError as exc:
+        raise LocalProtocolError(f"cannot build {cls.__name__}: {exc}") from exc
 
 
 class Message(Struct):

@@ -1,8 +1,18 @@
-"""The daemon's local API: HTTP/1.1 + JSON on a Unix socket (h11 on trio).
+"""The daemon's HTTP server: the local API on a Unix socket, and 127.0.0.1 TCP ports.
 
-The socket lives in the data dir with mode 0600, so "can use the API" means
-"is the node's user": no tokens to leak.  The CLI talks to the daemon only
-through it (:mod:`node.api.client`).
+The API socket lives in the data dir with mode 0600, so "can use the API"
+means "is the node's user": no tokens to leak.  The CLI talks to the daemon
+only through it (:mod:`node.api.client`).  The same server (h11 on trio, one
+implementation) also answers on a TCP port bound to 127.0.0.1 for
+``/metrics`` and the dashboard (:mod:`node.api.dashboard`), with its own
+route table: any local user can reach that port.
+
+Every server entry point survives whatever a client does (:class:`Limits`):
+a request head and body must arrive within a timeout (slowloris), the head
+and body are size-limited (431, 413), a client that stops reading is dropped
+after a send timeout, the number of connections is capped (the longest-idle
+one makes room for a new one), a reset mid-request or mid-response ends that
+connection only, and any handler exception is a JSON 500.
 
 Handlers are registered in a route table::
 
@@ -13,24 +23,30 @@ raise :class:`ApiError` (status + machine-readable reason), or return a
 :class:`StreamingResponse` whose items are sent as chunked NDJSON, one object
 per line, for ``--follow`` style commands.  The OpenAPI document at
 ``GET /v1/openapi.json`` is built from the same table, so it cannot drift.
+A handler may also return a :class:`RawResponse` (an HTML page, the metrics
+text).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import re
 import socket as stdsocket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import h11
 import trio
+from trio_typing import TaskStatus
 
 log = logging.getLogger("cpn.api")
 
@@ -55,6 +71,8 @@ class Request:
     params: dict[str, str]
     query: dict[str, str]
     body: bytes
+    #: request headers, names in lower case (the last of repeated ones)
+    headers: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> Any:
         """The body parsed as JSON; a malformed body is a 400, not a crash."""
@@ -71,6 +89,16 @@ class StreamingResponse:
     """A response sent as chunked NDJSON: one JSON object per line, as produced."""
 
     items: AsyncIterator[Any]
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """A response that is not JSON: a page, a script, the metrics text."""
+
+    body: bytes
+    content_type: str
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 Handler = Callable[[Request], Awaitable[Any]]
@@ -96,6 +124,9 @@ class Api:
     def __init__(self, title: str = "CPN node API", version: str = "0.1.0") -> None:
         self.routes: list[Route] = []
         self.title, self.version = title, version
+        #: what the servers of this route table saw: connections (accepted), open (now),
+        #: evicted, refused, timeouts, bad_requests, errors (handler bugs); exported as metrics
+        self.stats: Counter[str] = Counter()
         self.route("GET", "/v1/openapi.json", self._openapi, summary="This OpenAPI document")
 
     def route(
@@ -166,9 +197,11 @@ class Api:
             raise ApiError(405, "method_not_allowed", f"{method} {path}")
         raise ApiError(404, "not_found", f"no route for {path}")
 
-    # ------------------------------------------------------------------ server
+    # ------------------------------------------------------------------ serving
 
-    async def serve(self, path: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
+    async def serve(
+        self, path: Path, *, limits: Limits | None = None, task_status: TaskStatus[Path] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Listen on the Unix socket ``path`` (mode 0600) until cancelled."""
         _clear_stale_socket(path)
         sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
@@ -182,80 +215,303 @@ class Api:
         listener = trio.SocketListener(sock)
         try:
             task_status.started(path)
-            await trio.serve_listeners(self._handle_connection, [listener])
+            await _Server(self, limits or UNIX_LIMITS, hosts=None, headers=()).serve(listener)
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
-    async def _handle_connection(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+    async def serve_tcp(
+        self,
+        port: int,
+        *,
+        host: str = "127.0.0.1",
+        limits: Limits | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+        task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host:port`` (TCP; port 0 picks one) until cancelled.
+
+        ``task_status.started`` gets the bound port.  Requests whose ``Host``
+        header names another host are refused (403 ``bad_host``): a web page
+        from elsewhere whose name an attacker re-pointed to 127.0.0.1 (DNS
+        rebinding) cannot read what this server answers.  ``headers`` are sent
+        with every response.
+        """
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()[1]
+        names = {"localhost", f"[{host}]" if ":" in host else host}
+        hosts = frozenset(f"{n}:{bound}" for n in names)
+        server = _Server(self, limits or TCP_LIMITS, hosts=hosts, headers=tuple(headers))
+        try:
+            task_status.started(bound)
+            async with trio.open_nursery() as nursery:
+                for listener in listeners:
+                    nursery.start_soon(server.serve, listener)
+        finally:
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    await listener.aclose()
+
+    async def dispatch(
+        self, method: str, target: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> Any:
+        """Answer one request: the handler's value, or :class:`ApiError` for a bad one."""
+        url = urlsplit(target)
+        route, params = self._match(method, url.path)
+        request = Request(
+            method=method,
+            path=url.path,
+            params=params,
+            query={k: v[-1] for k, v in parse_qs(url.query).items()},
+            body=body,
+            headers=headers or {},
+        )
+        return await route.handler(request)
+
+
+# ---------------------------------------------------------------------- the HTTP server
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may hold of a server (every HTTP entry point has them).
+
+    Over ``max_connections``, a new connection takes the place of the one idle
+    the longest (waiting for a request), else of the oldest NDJSON stream;
+    connections whose request is being answered are never dropped, and the
+    newest is only refused when all of them are.  So silent connections, however
+    many, cannot lock out a client that asks and reads promptly.  There is no
+    per-source cap: every client of a 127.0.0.1 or Unix socket comes from the
+    same address, so eviction is what protects the honest one.
+    """
+
+    max_connections: int = 64
+    max_header_bytes: int = 16 * 1024  #: request line + headers (431 beyond)
+    max_body_bytes: int = MAX_BODY  #: 413 beyond
+    request_timeout: float = READ_TIMEOUT  #: for the request head to arrive, then again for the body
+    idle_timeout: float = 15.0  #: keep-alive: the next request must start within this
+    send_timeout: float = 10.0  #: for one write to a client that does not read
+
+
+#: the local API socket (mode 0600): large bodies (job submissions), patient clients
+UNIX_LIMITS = Limits(max_connections=128, max_header_bytes=64 * 1024, idle_timeout=READ_TIMEOUT)
+#: the 127.0.0.1 TCP port (dashboard, /metrics): any local user can connect
+TCP_LIMITS = Limits(max_connections=64, max_body_bytes=64 * 1024, request_timeout=10.0)
+
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_IDLE, _BUSY, _STREAMING = "idle", "busy", "streaming"
+
+
+class _Conn:
+    """One client connection, as the server sees it (for the connection cap)."""
+
+    __slots__ = ("scope", "since", "state", "evicted")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.since = trio.current_time()
+        self.state = _IDLE
+        self.evicted = False
+
+    def mark(self, state: str) -> None:
+        self.state, self.since = state, trio.current_time()
+
+
+class _Server:
+    """Serves one listener: the connection cap, timeouts, size limits, and the
+    guarantee that nothing a client sends or does escapes :meth:`serve`."""
+
+    def __init__(self, api: Api, limits: Limits, *, hosts: frozenset[str] | None,
+                 headers: tuple[tuple[str, str], ...]) -> None:
+        self.api, self.limits, self.hosts, self.headers = api, limits, hosts, headers
+        self.stats = api.stats
+        self.conns: set[_Conn] = set()
+
+    async def serve(self, listener: trio.SocketListener) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    log.warning("HTTP accept: %s; pausing accepts for 0.1 s", exc)
+                    await trio.sleep(0.1)  # out of file descriptors: let connections finish
+                    continue
+                self.stats["connections"] += 1
+                if sum(not c.evicted for c in self.conns) >= self.limits.max_connections and not self._evict():
+                    self.stats["refused"] += 1
+                    await trio.aclose_forcefully(stream)
+                    continue
+                conn = _Conn()
+                self.conns.add(conn)
+                nursery.start_soon(self._connection, stream, conn)
+
+    def _evict(self) -> bool:
+        """Drop the connection idle the longest, else the oldest stream; False if none."""
+        for state in (_IDLE, _STREAMING):
+            candidates = [c for c in self.conns if c.state == state and not c.evicted]
+            if candidates:
+                victim = min(candidates, key=lambda c: c.since)
+                victim.evicted = True
+                victim.scope.cancel()
+                self.stats["evicted"] += 1
+                return True
+        return False
+
+    async def _connection(self, stream: trio.SocketStream, conn: _Conn) -> None:
+        self.stats["open"] += 1
+        try:
+            with conn.scope:
+                await self._converse(stream, conn)
+        except Exception:  # noqa: BLE001 - a bug here must cost one connection, never the node
+            self.stats["errors"] += 1
+            log.exception("HTTP connection failed")
+        finally:
+            self.conns.discard(conn)
+            self.stats["open"] -= 1
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _converse(self, stream: trio.SocketStream, conn: _Conn) -> None:
+        limits = self.limits
+        h = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+        first = True
         try:
             while True:
-                with trio.fail_after(READ_TIMEOUT):
-                    req = await _next_event(stream, conn)
+                conn.mark(_IDLE)
+                with trio.fail_after(limits.request_timeout if first else limits.idle_timeout):
+                    req = await _next_event(stream, h)
                 if req is None:
                     return
-                keep_going = await self._respond(stream, conn, req)
-                if not keep_going or conn.our_state is not h11.DONE:
+                conn.mark(_BUSY)
+                size = len(req.target) + sum(len(k) + len(v) + 4 for k, v in req.headers)
+                if size > limits.max_header_bytes:  # h11 bounds only a head still arriving
+                    raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+                if not await self._exchange(stream, h, req, conn) or h.our_state is not h11.DONE:
                     return
                 try:
-                    conn.start_next_cycle()
-                except h11.LocalProtocolError:
+                    h.start_next_cycle()
+                except h11.LocalProtocolError:  # the client had not finished its request
                     return
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+                first = False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except trio.TooSlowError:
+            if h.their_state is not h11.IDLE or h.trailing_data[0]:  # not a plain idle keep-alive
+                self.stats["timeouts"] += 1
         except h11.RemoteProtocolError as exc:
-            log.debug("bad HTTP from API client: %s", exc)
-            await _try_send_error(stream, conn, ApiError(400, "bad_http", str(exc)))
-        finally:
-            await stream.aclose()
+            self.stats["bad_requests"] += 1
+            log.debug("bad HTTP from a client: %s", exc)
+            status = exc.error_status_hint if 400 <= exc.error_status_hint < 500 else 400
+            await self._try_send_error(stream, h, ApiError(status, "bad_http", str(exc)))
 
-    async def _respond(
-        self, stream: trio.SocketStream, conn: h11.Connection, req: h11.Request
-    ) -> bool:
+    async def _read_body(self, stream: trio.SocketStream, h: h11.Connection, req: h11.Request) -> bytes | None:
+        """The request body, or None when it is over the limit (413 sent)."""
+        limit = self.limits.max_body_bytes
+        length = dict(req.headers).get(b"content-length")
+        too_big = ApiError(413, "too_large", f"body over {limit} bytes")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._send_error(stream, h, too_big)
+            return None
         body = bytearray()
-        while True:
-            with trio.fail_after(READ_TIMEOUT):
-                ev = await _next_event(stream, conn)
-            if isinstance(ev, h11.Data):
-                body += ev.data
-                if len(body) > MAX_BODY:
-                    await _send_json(
-                        stream,
-                        conn,
-                        413,
-                        {"error": "too_large", "detail": f"body over {MAX_BODY} bytes"},
-                    )
-                    return False
-            elif isinstance(ev, h11.EndOfMessage) or ev is None:
-                break
-        target = urlsplit(req.target.decode("ascii", "replace"))
+        with trio.fail_after(self.limits.request_timeout):
+            while True:
+                ev = await _next_event(stream, h)
+                if isinstance(ev, h11.Data):
+                    body += ev.data
+                    if len(body) > limit:
+                        await self._send_error(stream, h, too_big)
+                        return None
+                elif isinstance(ev, h11.EndOfMessage) or ev is None:
+                    return bytes(body)
+
+    async def _exchange(self, stream: trio.SocketStream, h: h11.Connection, req: h11.Request, conn: _Conn) -> bool:
+        """Read the body, answer the request; False when the connection must close."""
+        body = await self._read_body(stream, h, req)
+        if body is None:
+            return False
         method = req.method.decode("ascii", "replace")
+        target = req.target.decode("ascii", "replace")
+        headers = {k.decode("ascii", "replace"): v.decode("latin-1") for k, v in req.headers}
         try:
-            route, params = self._match(method, target.path)
-            request = Request(
-                method=method,
-                path=target.path,
-                params=params,
-                query={k: v[-1] for k, v in parse_qs(target.query).items()},
-                body=bytes(body),
-            )
-            result = await route.handler(request)
+            if self.hosts is not None and headers.get("host", "") not in self.hosts:
+                raise ApiError(403, "bad_host", f"this server answers only to {', '.join(sorted(self.hosts))}")
+            result = await self.api.dispatch(method, target, body, headers)
+            if not isinstance(result, StreamingResponse | RawResponse):
+                result = RawResponse(_json_bytes(result), "application/json")
         except ApiError as exc:
-            await _send_json(stream, conn, exc.status, {"error": exc.reason, "detail": exc.detail})
+            await self._send_error(stream, h, exc)
             return True
         except Exception as exc:  # noqa: BLE001 - a handler bug answers 500 and the node keeps serving
-            log.exception("API %s %s failed", method, target.path)
+            self.stats["errors"] += 1
+            log.exception("HTTP %s %s failed", method, urlsplit(target).path)
             detail = f"{type(exc).__name__}: {exc}"[:500]
-            await _send_json(stream, conn, 500, {"error": "internal_error", "detail": detail})
+            await self._send_error(stream, h, ApiError(500, "internal_error", detail))
             return True
         if isinstance(result, StreamingResponse):
-            await _send_stream(stream, conn, result)
+            conn.mark(_STREAMING)
+            await self._send_stream(stream, h, result)
             return False
-        await _send_json(stream, conn, 200, result)
+        await self._send(stream, h, result)
         return True
+
+    async def _send_all(self, stream: trio.SocketStream, data: bytes) -> None:
+        with trio.fail_after(self.limits.send_timeout):
+            await stream.send_all(data)
+
+    async def _send(self, stream: trio.SocketStream, h: h11.Connection, resp: RawResponse) -> None:
+        headers = [("Content-Type", resp.content_type), ("Content-Length", str(len(resp.body))),
+                   ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
+                   *self.headers, *resp.headers]
+        data = h.send(h11.Response(status_code=resp.status, headers=headers, reason=_reason(resp.status)))
+        data += h.send(h11.Data(data=resp.body))
+        data += h.send(h11.EndOfMessage())
+        await self._send_all(stream, data)
+
+    async def _send_error(self, stream: trio.SocketStream, h: h11.Connection, exc: ApiError) -> None:
+        body = _json_bytes({"error": exc.reason, "detail": exc.detail})
+        await self._send(stream, h, RawResponse(body, "application/json", status=exc.status))
+
+    async def _try_send_error(self, stream: trio.SocketStream, h: h11.Connection, exc: ApiError) -> None:
+        if h.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        with contextlib.suppress(h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError,
+                                 trio.TooSlowError):
+            await self._send_error(stream, h, exc)
+
+    async def _send_stream(self, stream: trio.SocketStream, h: h11.Connection, resp: StreamingResponse) -> None:
+        headers = [("Content-Type", "application/x-ndjson"), ("Transfer-Encoding", "chunked"),
+                   ("Connection", "close"), ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
+                   *self.headers]
+        await self._send_all(stream, h.send(h11.Response(status_code=200, headers=headers, reason=b"OK")))
+        try:
+            async for item in resp.items:
+                await self._send_all(stream, h.send(h11.Data(data=_json_bytes(item))))
+        except ApiError as exc:  # an error after the head: report it as the last line
+            line = _json_bytes({"error": exc.reason, "detail": exc.detail})
+            await self._send_all(stream, h.send(h11.Data(data=line)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            raise  # the client went away or stopped reading: nothing more to say
+        except Exception as exc:  # noqa: BLE001 - as in _exchange: the last line says what broke
+            self.stats["errors"] += 1
+            log.exception("HTTP stream failed")
+            line = _json_bytes({"error": "internal_error", "detail": f"{type(exc).__name__}: {exc}"[:500]})
+            await self._send_all(stream, h.send(h11.Data(data=line)))
+        await self._send_all(stream, h.send(h11.EndOfMessage()))
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, allow_nan=False) + "\n").encode()
 
 
 async def _next_event(stream: trio.SocketStream, conn: h11.Connection) -> Any:
@@ -268,48 +524,6 @@ async def _next_event(stream: trio.SocketStream, conn: h11.Connection) -> Any:
         if isinstance(ev, h11.ConnectionClosed):
             return None
         return ev
-
-
-async def _send_json(
-    stream: trio.SocketStream, conn: h11.Connection, status: int, obj: Any
-) -> None:
-    body = (json.dumps(obj) + "\n").encode()
-    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-    data = conn.send(h11.Response(status_code=status, headers=headers))
-    data += conn.send(h11.Data(data=body))
-    data += conn.send(h11.EndOfMessage())
-    await stream.send_all(data)
-
-
-async def _send_stream(
-    stream: trio.SocketStream, conn: h11.Connection, resp: StreamingResponse
-) -> None:
-    headers = [
-        ("Content-Type", "application/x-ndjson"),
-        ("Transfer-Encoding", "chunked"),
-        ("Connection", "close"),
-    ]
-    await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
-    try:
-        async for item in resp.items:
-            await stream.send_all(conn.send(h11.Data(data=(json.dumps(item) + "\n").encode())))
-    except ApiError as exc:  # an error after the head: report it as the last line
-        line = json.dumps({"error": exc.reason, "detail": exc.detail}) + "\n"
-        await stream.send_all(conn.send(h11.Data(data=line.encode())))
-    except Exception as exc:  # noqa: BLE001 - as in _respond: the last line says what broke
-        log.exception("API stream failed")
-        line = json.dumps({"error": "internal_error", "detail": f"{type(exc).__name__}: {exc}"[:500]}) + "\n"
-        await stream.send_all(conn.send(h11.Data(data=line.encode())))
-    await stream.send_all(conn.send(h11.EndOfMessage()))
-
-
-async def _try_send_error(stream: trio.SocketStream, conn: h11.Connection, exc: ApiError) -> None:
-    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-        return
-    try:
-        await _send_json(stream, conn, exc.status, {"error": exc.reason, "detail": exc.detail})
-    except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
 
 
 class DaemonAlreadyRunning(Exception):

@@ -9,14 +9,17 @@ from typing import Any
 
 
 def _pack(args: argparse.Namespace) -> int:
+    import json
+
     from node.cli import CliError
+    from node.errors import ExitCode
     from node.execute.oci import ImageError
     from node.execute.oci_pack import pack_image
 
     out = Path(args.output) if args.output else Path(Path(args.src[0]).name + ".oci")
     for env in args.env:
         if "=" not in env:
-            raise CliError(f"--env {env!r}: expected KEY=VALUE")
+            raise CliError(f"--env {env!r}: expected KEY=VALUE", ExitCode.BAD_INPUT)
     cmd = shlex.split(args.cmd) if args.cmd else []
     entrypoint = shlex.split(args.entrypoint) if args.entrypoint else []
     try:
@@ -25,9 +28,12 @@ def _pack(args: argparse.Namespace) -> int:
             env=args.env, workdir=args.workdir,
         )
     except ImageError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), ExitCode.BAD_INPUT) from None
     except OSError as exc:
-        raise CliError(f"cannot pack {args.src}: {exc}") from None
+        raise CliError(f"cannot pack {args.src}: {exc}", ExitCode.BAD_INPUT) from None
+    if args.json:
+        print(json.dumps({"image_id": image.image_id, "manifest": image.manifest.digest, "layout": str(out)}))
+        return 0
     print(f"image {image.image_id}")
     print(f"manifest {image.manifest.digest}")
     print(f"layout {out}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 BAR = 30
@@ -15,8 +14,6 @@ def register(sub: Any) -> None:
     p = sub.add_parser("transfers", help="show blob transfers (progress, rate, ETA)")
     p.add_argument("digest", nargs="?", help="only this blob (sha256:...)")
     p.add_argument("--watch", action="store_true", help="redraw every second until all are finished")
-    p.add_argument("--data-dir", type=Path, help="data dir of the daemon to ask")
-    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_transfers)
 
 

@@ -27,10 +27,14 @@ import trio
 
 from node.execute.cgroups import CgroupMeter
 from node.execute.podman import PODMAN_ERROR, ContainerSpec, Podman, run_args
+from protocol.jobflow import MAX_LINE
 
-__all__ = ["ContainerRun", "LogStream", "RunOutcome"]
+__all__ = ["ContainerRun", "LogStream", "RunOutcome", "MAX_LINE_BYTES"]
 
 log = logging.getLogger("cpn.runtime")
+
+#: longest log line kept whole, in bytes (the job flow cuts lines at MAX_LINE characters anyway)
+MAX_LINE_BYTES = MAX_LINE
 
 
 class LogStream:
@@ -41,26 +45,45 @@ class LogStream:
     logs --follow``) sees the same log as an early one.  Memory holds at most
     ``max_bytes`` of lines; beyond that lines go only to the file and the
     file itself stops at ``max_bytes`` with a truncation marker.
+
+    A line longer than ``max_line`` bytes is cut there (a newline is inserted,
+    in the file too): output without newlines must not grow one partial line
+    that every read copies again (issue 12: 60 MB of stdout without a newline
+    stalled the event loop for a minute).  :meth:`feed` does work in
+    proportion to the bytes it is given, and none once the log is truncated.
     """
 
-    def __init__(self, path: Path, max_bytes: int = 16 << 20) -> None:
+    def __init__(self, path: Path, max_bytes: int = 16 << 20, max_line: int = MAX_LINE_BYTES) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self.max_line = max_line
         self._file = path.open("wb")
         self._lines: list[bytes] = []
-        self._partial = b""
+        self._partial = bytearray()
         self._size = 0
         self.truncated = False
         self.closed = False
         self._changed = trio.Event()
 
     def feed(self, data: bytes) -> None:
-        if self.closed or not data:
+        if self.closed or self.truncated or not data:
             return
-        data = self._partial + data
-        *lines, self._partial = data.split(b"\n")
-        for line in lines:
-            self._add(line + b"\n")
+        start, end, partial = 0, len(data), self._partial
+        while start < end and not self.truncated:  # each turn consumes >= 1 byte of data
+            room = self.max_line - len(partial)
+            nl = data.find(b"\n", start, start + room)
+            if nl >= 0:
+                partial += data[start : nl + 1]
+                start = nl + 1
+                self._add(bytes(partial))
+                partial.clear()
+                continue
+            piece = data[start : start + room]
+            partial += piece
+            start += len(piece)
+            if len(partial) >= self.max_line:  # a whole max_line without a newline: cut here
+                self._add(bytes(partial) + b"\n")
+                partial.clear()
 
     def _add(self, line: bytes) -> None:
         if self.truncated:
@@ -81,9 +104,9 @@ class LogStream:
     def close(self) -> None:
         if self.closed:
             return
-        if self._partial:
-            self._add(self._partial)
-            self._partial = b""
+        if self._partial and not self.truncated:
+            self._add(bytes(self._partial))
+        self._partial.clear()
         self.closed = True
         self._file.close()
         self._changed.set()

@@ -8,13 +8,21 @@ and the job's blobs are in the blob store:
    every blob, manifest, config and layer entry is verified
    (:func:`node.execute.oci_verify.assemble_layout`) before ``skopeo`` loads it;
 2. *inputs*: each input blob is verified and bind-mounted read-only at its
-   path; each output path gets a writable directory (nothing else is
-   writable except a size-limited tmpfs /tmp);
+   path; each output path gets a writable directory on the job's own output
+   volume, a file system of ``disk_mib`` (:mod:`node.execute.outvol`), so a
+   job cannot write more than it agreed to (nothing else is writable except
+   a size-limited tmpfs /tmp);
 3. *run*: :class:`node.execute.container.ContainerRun` with the agreement's limits,
    only the reserved GPUs (CDI, by UUID), and the run timeout;
 4. *collect*: regular files under the output directories (symlinks and
    special files are never followed) become content-addressed output blobs;
+   handed to ``store_output`` (the blob store), after which the run's
+   volume and log are removed: the store's copies are what the submitter
+   fetches (kept until its receipt, or ``result_retention_s``);
 5. *sign*: a :class:`protocol.result.Result` sealed with the node key.
+
+Hashing, copying and deleting files, and making volumes, run in worker
+threads (the executor's own limiter), never on the event loop.
 
 Every phase records its progress in ``<runs>/<job>/state.json`` so a node
 that crashes mid-run finds the run at the next start (:meth:`Executor.start`),
@@ -23,6 +31,7 @@ removes its container and settles it with a FAILED result.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -38,8 +47,10 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from node.execute.container import ContainerRun, RunOutcome
+from node.execute.images import ImageCache
 from node.execute.oci import ImageError, ImageSpec, image_exists, load_image
-from node.execute.oci_verify import assemble_layout, verify_blob_file
+from node.execute.oci_verify import DEFAULT_MAX_IMAGE_BYTES, assemble_layout, verify_blob_file
+from node.execute.outvol import OutputVolume, VolumeError, release_at, release_leftovers
 from node.execute.podman import ContainerSpec, Mount, Podman, PodmanSettings, reap_orphans, run_args
 from node.execute.selftest import Capability, self_test
 from node.execute.selftest_image import build_busybox_image
@@ -129,6 +140,7 @@ class Execution:
 
 @dataclass
 class _Active:
+    image_id: str = ""  #: the image GC leaves it alone while the run is active
     run: ContainerRun | None = None
     cancelled: bool = False
     done: trio.Event = field(default_factory=trio.Event)
@@ -170,6 +182,7 @@ class Executor:
         *,
         clock: Callable[[], float] = time.time,
         pids_limit: int = DEFAULT_PIDS_LIMIT,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     ) -> None:
         self.settings = settings
         self.podman = Podman(settings)
@@ -178,12 +191,18 @@ class Executor:
         self.peer_id = peer_id
         self.clock = clock
         self.pids_limit = pids_limit
+        #: the most one image's layers may expand to ([execution] max_image_unpacked_mib)
+        self.max_image_bytes = max_image_bytes
         self.capability: Capability | None = None
         self._active: dict[str, _Active] = {}
         #: image IDs known to be in podman's storage (forgotten when a run
         #: fails with a podman error, in case someone removed the image)
         self._present: set[str] = set()
+        #: blocking file work (hashing inputs, storing outputs, volumes): its own threads
+        self.limiter = trio.CapacityLimiter(2)
         runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # job outputs may carry setuid bits
+        self.images = ImageCache(runs_dir / "images.json", clock)
+        self.selftest_image: str | None = None
 
     # ------------------------------------------------------------ start-up
 
@@ -192,13 +211,16 @@ class Executor:
 
         Returns the capability (advertise containers only if ``ok``) and the
         FAILED results signed for runs interrupted by a crash, to be settled."""
+        leftovers = await trio.to_thread.run_sync(release_leftovers, self.runs_dir)
+        if leftovers:
+            log.info("released %d output volumes left by a previous life", leftovers)
         try:
             reaped = await reap_orphans(self.podman)
         except (OSError, RuntimeError) as exc:  # podman missing or broken
-            settled = self._settle_interrupted(set())
+            settled = await trio.to_thread.run_sync(self._settle_interrupted, set(), limiter=self.limiter)
             self.capability = Capability(ok=False, runtime=None, reason=f"{NO_RUNTIME}: {exc}")
             return self.capability, settled
-        settled = self._settle_interrupted(set(reaped))
+        settled = await trio.to_thread.run_sync(self._settle_interrupted, set(reaped), limiter=self.limiter)
         image_dir = test_image_dir or self.runs_dir.parent / "selftest-image"
         try:
             image = build_busybox_image(image_dir)
@@ -210,11 +232,13 @@ class Executor:
         except (ImageError, OSError) as exc:
             self.capability = Capability(ok=False, runtime=None, reason=f"{NO_RUNTIME}: {exc}")
             return self.capability, settled
+        self.selftest_image = image.image_id
         self.capability = await self_test(self.settings, image.image_id, self.runs_dir)
         self.podman = Podman(self.settings)
         return self.capability, settled
 
     def _settle_interrupted(self, reaped_jobs: set[str]) -> list[Signed[Result]]:
+        """Blocking (hashes logs, writes results): sign FAILED for runs a crash interrupted."""
         settled = []
         for state_file in sorted(self.runs_dir.glob("*/state.json")):
             try:
@@ -275,6 +299,9 @@ class Executor:
         Never raises for the job's own failures: an unusable image, a refused
         blob or a runtime error all end in a signed FAILED result.  The phases
         of the module docstring are one method each."""
+        stale = self.runs_dir / agreement_id.hex()
+        if stale.exists() and agreement_id.hex() not in self._active:  # a re-run: nothing stale may leak in
+            await trio.to_thread.run_sync(_remove_run_dir, stale, limiter=self.limiter)
         r = self._open_run(job, agreement_id, job_digest, submitter, gpus)
         try:
             try:
@@ -301,8 +328,6 @@ class Executor:
         if job_id in self._active:
             raise ExecutionError("duplicate_run", f"agreement {job_id} is already running here")
         run_dir = self.runs_dir / job_id
-        if run_dir.exists():  # a re-run of the same agreement: nothing stale may leak in
-            shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
         state: dict[str, Any] = {
             "job_id": job_id, "agreement_id_hex": agreement_id.hex(),
@@ -311,7 +336,7 @@ class Executor:
         }
         self._save_state(run_dir, state)
         image, bytes_in = ImageSpec.from_ref(job.image), sum(b.size for b in job.blobs())
-        active = self._active[job_id] = _Active()  # registered last: nothing above may leave it behind
+        active = self._active[job_id] = _Active(image_id=image.image_id)  # registered last: nothing above may leave it behind
         return _Run(job=job, job_id=job_id, run_dir=run_dir, state=state, active=active,
                     image=image, bytes_in=bytes_in, gpus=gpus)
 
@@ -328,9 +353,11 @@ class Executor:
         try:
             with trio.fail_after(load_timeout_s):
                 await self._ensure_image(r.image, blob_path, r.run_dir)
-            return self._mounts(r.job, blob_path, r.run_dir)
+            return await trio.to_thread.run_sync(self._mounts, r.job, blob_path, r.run_dir, limiter=self.limiter)
         except ImageError as exc:
             raise _Refused(f"image refused: {exc}") from None
+        except VolumeError as exc:
+            raise _Refused(f"job cannot be run here: {exc}") from None
         except trio.TooSlowError:
             raise _Refused("image load timed out") from None
 
@@ -377,14 +404,17 @@ class Executor:
         note = ""
         if outcome.status in ("exited", "oom", "timeout"):
             outputs, note = await trio.to_thread.run_sync(
-                lambda: collect_outputs(out_dirs, max_bytes=job.resources.disk_mib << 20)
+                lambda: collect_outputs(out_dirs, max_bytes=job.resources.disk_mib << 20), limiter=self.limiter
             )
+        log_blob = await trio.to_thread.run_sync(file_blob, run_dir / "log", "", limiter=self.limiter)
         if store_output is not None:
-            for _, path in outputs:
-                store_output(path)
-        log_blob = await trio.to_thread.run_sync(file_blob, run_dir / "log", "")
-        if store_output is not None:
-            store_output(run_dir / "log")
+
+            def store_all() -> None:
+                for path in [p for _, p in outputs] + [run_dir / "log"]:
+                    store_output(path)
+                _release_run_files(run_dir)  # the store holds them now: the volume and log go
+
+            await trio.to_thread.run_sync(store_all, limiter=self.limiter)
         return outputs, note, log_blob
 
     def _sign_run(self, r: _Run, outcome: RunOutcome, outputs: list[tuple[OutputBlob, Path]], note: str,
@@ -407,20 +437,37 @@ class Executor:
         return Execution(result, outputs, r.run_dir / "log", r.run_dir)
 
     def cleanup(self, job_id: str) -> None:
-        """Drop a finished run's outputs and log (once they are in the blob
-        store); keep ``state.json`` and ``result.cbor`` as the run's record."""
+        """Blocking: drop a finished run's outputs, volume and log (once they are
+        in the blob store); keep ``state.json`` and ``result.cbor`` as the run's record."""
         run_dir = self.runs_dir / job_id
         if job_id in self._active or not (run_dir / "result.cbor").is_file():
             return
-        for child in run_dir.iterdir():
-            if child.name in ("state.json", "result.cbor"):
+        _release_run_files(run_dir)
+
+    def finished_runs(self, before: float) -> list[str]:
+        """Blocking: job IDs of finished runs whose result was signed before
+        ``before`` and that still hold more than their record."""
+        out = []
+        for result in self.runs_dir.glob("*/result.cbor"):
+            try:
+                old = result.stat().st_mtime < before and result.parent.name not in self._active
+                if old and any(c.name not in ("state.json", "result.cbor") for c in result.parent.iterdir()):
+                    out.append(result.parent.name)
+            except OSError:
                 continue
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
+        return sorted(out)
+
+    async def collect_images(self, *, idle_s: float) -> list[str]:
+        """Remove images CPN loaded that no run used for ``idle_s`` (never one a
+        run uses now, nor the self-test image).  Returns the IDs removed."""
+        keep = {a.image_id for a in self._active.values()}
+        keep |= {self.selftest_image} if self.selftest_image else set()
+        removed = await self.images.collect(self.podman, idle_s=idle_s, keep=keep)
+        self._present.difference_update(removed)
+        return removed
 
     async def _ensure_image(self, image: ImageSpec, blob_path: Callable[[str], Path], run_dir: Path) -> None:
+        await trio.to_thread.run_sync(self.images.touch, image.image_id, limiter=self.limiter)
         if image.image_id in self._present:
             return  # checked (or loaded) by this process: skip a podman call
         args = self.podman.global_args()
@@ -430,26 +477,31 @@ class Executor:
         layout_dir = run_dir / "image"
         try:
             layout = await trio.to_thread.run_sync(
-                assemble_layout, image, lambda d: _lookup(blob_path, d), layout_dir
+                functools.partial(assemble_layout, image, lambda d: _lookup(blob_path, d), layout_dir,
+                                  max_image_bytes=self.max_image_bytes),
+                limiter=self.limiter,
             )
             await load_image(
                 layout, podman_args=args, root=self.settings.root,
                 runroot=self.settings.runroot, driver=self.settings.storage_driver,
             )
         finally:
-            shutil.rmtree(layout_dir, ignore_errors=True)
+            await trio.to_thread.run_sync(functools.partial(shutil.rmtree, layout_dir, ignore_errors=True),
+                                          limiter=self.limiter)
         self._present.add(image.image_id)
 
     def _mounts(self, job: Any, blob_path: Callable[[str], Path], run_dir: Path) -> list[Mount]:
+        """Blocking (hashes every input, makes the output volume): the mounts of the run."""
         mounts = []
         for inp in job.inputs:
             src = _lookup(blob_path, inp.blob.digest)
             verify_blob_file(src, inp.blob.digest, inp.blob.size)
             mounts.append(Mount(src, inp.path, readonly=True))
-        for i, path in enumerate(job.outputs):
-            host = run_dir / "out" / str(i)
-            host.mkdir(parents=True, exist_ok=True)
-            mounts.append(Mount(host, path, readonly=False))
+        if job.outputs:
+            volume = OutputVolume(run_dir, job.resources.disk_mib)
+            volume.create()
+            for i, path in enumerate(job.outputs):
+                mounts.append(Mount(volume.dir_for(i), path, readonly=False))
         return mounts
 
     # ------------------------------------------------------------ results
@@ -498,6 +550,24 @@ class Executor:
         tmp = run_dir / "state.json.tmp"
         tmp.write_text(json.dumps(state))
         os.replace(tmp, run_dir / "state.json")
+
+
+def _release_run_files(run_dir: Path) -> None:
+    """Blocking: a run's output volume and every file but its record
+    (``state.json``, ``result.cbor``)."""
+    release_at(run_dir)
+    for child in run_dir.iterdir():
+        if child.name in ("state.json", "result.cbor"):
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _remove_run_dir(run_dir: Path) -> None:
+    release_at(run_dir)
+    shutil.rmtree(run_dir)
 
 
 def file_blob_or_empty(path: Path) -> OutputBlob:

@@ -34,12 +34,15 @@ from node.execute.oci import (
     write_index,
 )
 
-__all__ = ["verify_blob_file", "check_layer", "assemble_layout", "MAX_JSON_BLOB", "DEFAULT_MAX_LAYER_BYTES"]
+__all__ = ["verify_blob_file", "check_layer", "assemble_layout", "MAX_JSON_BLOB", "DEFAULT_MAX_LAYER_BYTES",
+           "DEFAULT_MAX_IMAGE_BYTES"]
 
 #: Manifests and configs are small JSON documents; anything bigger is hostile.
 MAX_JSON_BLOB = 1 << 20
 #: Default bound on one layer's uncompressed size (a gzip bomb stops here).
 DEFAULT_MAX_LAYER_BYTES = 16 << 30
+#: Default bound on all layers of one image together, uncompressed ([execution] max_image_unpacked_mib).
+DEFAULT_MAX_IMAGE_BYTES = 32 << 30
 _READ = 1 << 20
 
 
@@ -102,7 +105,8 @@ class _HashingReader(io.RawIOBase):
         self.hash.update(self._buf[:n])
         self.total += n
         if self.total > self.limit:
-            raise ImageError("unsafe_layer", f"layer expands beyond {self.limit} bytes")
+            raise ImageError("unsafe_layer", f"layers expand beyond {self.limit} bytes uncompressed"
+                             " (the provider's image limit)")
         self._buf = self._buf[n:]
         return n
 
@@ -125,7 +129,11 @@ def check_layer(
       or block devices, FIFOs or sockets;
     * no setuid or setgid bit.
     """
-    reader = _HashingReader(fh, gzipped, max_bytes)
+    return _check_stream(_HashingReader(fh, gzipped, max_bytes))
+
+
+def _check_stream(reader: _HashingReader) -> str:
+    """:func:`check_layer` on a reader that bounds (and counts) what it expands."""
     symlinks: set[str] = set()
     files: set[str] = set()
     try:
@@ -238,12 +246,16 @@ def assemble_layout(
     dest: Path,
     *,
     max_layer_bytes: int = DEFAULT_MAX_LAYER_BYTES,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> PackedImage:
     """Verify an image's blobs and build an OCI layout in ``dest`` from them.
 
     Blobs are hardlinked from the store when possible (copied otherwise); all
     checks run on the files in ``dest``, which is what skopeo will read, so a
-    blob changed in the store after the check cannot slip through.
+    blob changed in the store after the check cannot slip through.  The
+    uncompressed bytes of all layers together count against
+    ``max_image_bytes`` while they are read: a gzip bomb is refused
+    (``unsafe_layer``) as soon as it passes the limit, never expanded whole.
     """
     dest.mkdir(parents=True, exist_ok=True)
     bdir = dest / "blobs" / "sha256"
@@ -265,11 +277,12 @@ def assemble_layout(
     _check_manifest(manifest, spec)
     config = _read_json_blob(bdir / spec.config.hex, spec.config, "config")
     diff_ids = []
+    budget = max_image_bytes
     for layer in spec.layers:
         with (bdir / layer.hex).open("rb") as fh:
-            diff_ids.append(
-                check_layer(fh, gzipped=layer.media_type == MEDIA_LAYER_GZIP, max_bytes=max_layer_bytes)
-            )
+            reader = _HashingReader(fh, layer.media_type == MEDIA_LAYER_GZIP, min(max_layer_bytes, budget))
+            diff_ids.append(_check_stream(reader))
+        budget -= reader.total
     _check_config(config, diff_ids)
     write_index(dest, spec.manifest)
     return PackedImage(dest, spec.manifest, spec.config, spec.layers, tuple(diff_ids))

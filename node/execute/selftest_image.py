@@ -1,7 +1,7 @@
 """The busybox self-test image, built from Debian's busybox-static.
 
 The daemon's start-up self-test and the podman tests need an image without a
-registry; this builds one from ``/bin/busybox`` with :func:`node.oci.pack_image`,
+registry; this builds one from ``/bin/busybox`` with :func:`node.execute.oci_pack.pack_image`,
 so the same busybox gives the same image ID everywhere (tools/build-test-image
 is the command-line face of the same function).
 """

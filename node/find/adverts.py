@@ -133,6 +133,12 @@ class DiscoveryService:
         #: announcements made ("confirmed", "unconfirmed") and checks that found nothing to do
         self.announce_counts = {"confirmed": 0, "unconfirmed": 0, "skipped": 0}
         scheduler.on_change.append(lambda: self._capacity_changed.set())
+        p2p.on_addrs_changed(self._addrs_changed)
+
+    def _addrs_changed(self) -> None:
+        """Reachability changed the addresses we announce: a new advert, new provider records."""
+        self._capacity_changed.set()
+        self._ids_changed.set()
 
     @property
     def resources(self) -> ResourceSet | None:

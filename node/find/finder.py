@@ -5,12 +5,28 @@ their providers by up to 48 h); a candidate becomes an offer only once a
 current advert from it verifies at the finder's clock and it answers now
 (spec/dht.md section 4).  Verification starts as each provider is found, so
 it overlaps the lookup.
+
+Provider records cost nothing to forge, so a Sybil can nominate hundreds of
+providers that never answer (each costs a dial timeout to check).  A find
+therefore:
+
+* checks providers it verified before (:data:`VERIFIED_MEMORY_S`; a current
+  advert in our DHT store or this finder's cache counts too) in a pool of
+  their own, so they never queue behind unknown ones;
+* checks at most ``find_max_candidates`` unknown providers (the rest are
+  ``skipped``);
+* skips providers that failed a check within ``find_failure_memory_s`` (a
+  negative cache with expiry, bounded);
+* returns what was verified when ``within_s`` runs out, and once enough
+  matching offers are verified and the lookup is over, waits at most
+  :data:`EARLY_GRACE_S` more for unknown providers.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -19,6 +35,7 @@ from typing import Any
 import trio
 
 from node.clock import UnixClock
+from node.config import DiscoverySection
 from node.find.records import Record, advert_key, fetch_advert
 from node.metrics import Metrics
 from node.p2p import EarlyStop, P2PHost, PeerUnreachable, StreamClosed
@@ -28,7 +45,7 @@ from protocol.identifiers import dht_key, lookup_ids, memory_tier
 from protocol.jobspec import Resources
 from protocol.matching import Explanation, Offer, evaluate, explain, rank
 
-__all__ = ["Candidate", "CandidateStatus", "FindResult", "Finder"]
+__all__ = ["Candidate", "CandidateStatus", "FindResult", "Finder", "FinderLimits"]
 
 log = logging.getLogger("cpn.discovery")
 
@@ -41,8 +58,25 @@ DHT_FALLBACK_TIMEOUT = 1.0  #: DHT advert lookup for a provider that did not ans
 #: trusted for as long as they are valid, as providers re-store on every change
 CACHE_TRUST_S = 10
 CACHE_MAX = 4096  #: adverts a finder remembers
-FETCH_CONCURRENCY = 32
+FETCH_CONCURRENCY = 16  #: checks at once, per pool (known providers, unknown ones)
 MIN_PROVIDERS = 20  #: providers a lookup collects at least (kad's k)
+VERIFIED_MEMORY_S = 3600  #: a provider whose advert verified is preferred for this long
+MEMORY_MAX = 8192  #: providers remembered as verified, and as failed (each)
+EARLY_GRACE_S = FIND_FETCH_TIMEOUTS[0]  #: more time for unknown providers once enough offers verified
+DHT_FALLBACKS = 8  #: DHT lookups per find for providers that did not answer (the rest: our store)
+KEPT_PER_CHECKED = 4  #: nominations recorded per checkable one (the rest only counted)
+
+
+@dataclass(frozen=True)
+class FinderLimits:
+    """How much of a find one flood of provider records can take (``[discovery]``)."""
+
+    max_candidates: int = 64  #: unknown providers checked per find
+    failure_memory_s: int = 300  #: a provider that failed a check is skipped this long
+
+    @classmethod
+    def from_config(cls, d: DiscoverySection) -> FinderLimits:
+        return cls(max_candidates=d.find_max_candidates, failure_memory_s=d.find_failure_memory_s)
 
 
 class CandidateStatus(StrEnum):
@@ -54,6 +88,10 @@ class CandidateStatus(StrEnum):
     INVALID = "invalid"  #: it served a record that does not verify
     WITHDRAWN = "withdrawn"  #: its tombstone says it stopped offering
     GONE = "gone"  #: no current advert anywhere (a stale provider record)
+    SKIPPED = "skipped"  #: not checked: over the find's bound on unknown providers
+
+#: outcomes remembered in the negative cache
+_FAILURES = frozenset({CandidateStatus.UNREACHABLE, CandidateStatus.INVALID, CandidateStatus.GONE})
 
 
 @dataclass
@@ -77,6 +115,7 @@ class FindResult:
     lookup_ms: int | None = None  #: time spent in DHT lookups (None: timed out there)
     elapsed_ms: int = 0
     timed_out: bool = False
+    dropped: int = 0  #: nominations beyond what a find records (a flood of provider records)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +134,7 @@ class FindResult:
                         if g.uuid in o.fit.gpu_uuids
                     ],
                     "gpu_summary": _gpu_summary(o.advert),
+                    "gpu_names": [g.name for g in o.advert.resources.gpus],
                     "cpu_cores": o.advert.resources.cpu_cores,
                     "memory_mib": o.advert.resources.memory_mib,
                     "expires_at": o.advert.expires_at,
@@ -113,6 +153,7 @@ class FindResult:
             "lookup_ms": self.lookup_ms,
             "elapsed_ms": self.elapsed_ms,
             "timed_out": self.timed_out,
+            "dropped": self.dropped,
         }
 
 
@@ -134,12 +175,18 @@ class Finder:
         *,
         self_record: Callable[[], Record | None],
         metrics: Metrics,
+        limits: FinderLimits | None = None,
     ) -> None:
         self.p2p = p2p
         self.clock = clock
         self.self_record = self_record  #: this node's own current record
+        self.limits = limits or FinderLimits()
         #: peer -> (raw record, clock time fetched): records this finder fetched
         self.cache: dict[str, tuple[bytes, int]] = {}
+        #: peer -> clock time its advert last verified (preferred in later finds)
+        self.verified: OrderedDict[str, int] = OrderedDict()
+        #: peer -> (clock time, status, reason) of its last failed check (skipped meanwhile)
+        self.failed: OrderedDict[str, tuple[int, CandidateStatus, str]] = OrderedDict()
         self.finds = metrics.counter("cpn_find_total", "Find requests served")
         self.candidates = metrics.counter(
             "cpn_find_candidates_total", "Providers checked by finds, by outcome"
@@ -159,39 +206,29 @@ class Finder:
         """
         t0 = time.perf_counter()
         ids = identifiers if identifiers is not None else lookup_ids(req)
-        candidates: dict[str, Candidate] = {}
+        sweep = _Sweep(self, req, limit or 10)
+        candidates = sweep.candidates
         hops = rounds = 0
         lookup_ms: int | None = None
         timed_out = True
         # Ask for more providers than offers wanted: some will not match or answer.
         want = max(MIN_PROVIDERS, 3 * (limit or 10))
         with trio.move_on_after(within_s):
-            limiter = trio.CapacityLimiter(FETCH_CONCURRENCY)
             async with trio.open_nursery() as fetches:
-                # Verification starts as each provider is found, overlapping the lookup;
-                # the lookups end once `want` candidates verified (spec/dht.md §6.5).
-                stop = EarlyStop(
-                    lambda: sum(c.status is CandidateStatus.OK for c in candidates.values()) >= want
-                )
-
-                async def check(cand: Candidate) -> None:
-                    await self._check(cand, req, limiter)
-                    stop.nudge()
-
-                def on_found(peer: str, addrs: list[str]) -> None:
-                    if peer not in candidates:
-                        candidates[peer] = cand = Candidate(peer, addrs)
-                        fetches.start_soon(check, cand)
+                sweep.nursery = fetches  # verification starts as each provider is found
+                # the lookups end once `want` candidates verified (spec/dht.md §6.5)
+                sweep.stop = stop = EarlyStop(lambda: sweep.verified() >= want)
 
                 async def lookup(i: str) -> None:
                     nonlocal hops, rounds
-                    res = await self.p2p.find_providers(dht_key(i), on_found=on_found, early_stop=stop)
+                    res = await self.p2p.find_providers(dht_key(i), on_found=sweep.found, early_stop=stop)
                     hops, rounds = max(hops, res.hops), max(rounds, res.rounds)
 
                 async with trio.open_nursery() as lookups:
                     for i in ids:
                         lookups.start_soon(lookup, i)
                 lookup_ms = round((time.perf_counter() - t0) * 1000)
+                fetches.start_soon(sweep.stop_early, fetches.cancel_scope)
             timed_out = False
         for cand in candidates.values():
             if cand.status is CandidateStatus.PENDING:
@@ -223,9 +260,11 @@ class Finder:
             lookup_ms=lookup_ms,
             elapsed_ms=round((time.perf_counter() - t0) * 1000),
             timed_out=timed_out,
+            dropped=sweep.dropped,
         )
 
-    async def _check(self, cand: Candidate, req: Resources, limiter: trio.CapacityLimiter) -> None:
+    async def _check(self, cand: Candidate, req: Resources, limiter: trio.CapacityLimiter,
+                     *, ask_dht: Callable[[], bool] = lambda: True) -> None:
         """Verify one provider: a current advert, and that it answers now.
 
         Cheapest sufficient evidence first (spec/dht.md §4.1): a cached record
@@ -265,14 +304,36 @@ class Finder:
                 signed, rtt = await self._fetch(cand, now)
             except (PeerUnreachable, StreamClosed, trio.TooSlowError) as exc:
                 cand.status, cand.reason = CandidateStatus.UNREACHABLE, str(exc) or "timed out"
-                await self._check_dht(cand)
+                await self._check_dht(cand, network=ask_dht())
                 return
             except ProtocolError as exc:
                 cand.status, cand.reason = CandidateStatus.INVALID, exc.reason
-                log.info("invalid advert from %s: %s", cand.peer_id, exc)
+                log.debug("invalid advert from %s: %s", cand.peer_id, exc)
                 return
             self._remember(cand.peer_id, signed.raw, now)
             self._settle(cand, signed, rtt)
+
+    # ---- what this finder remembers of providers
+
+    def known_good(self, peer: str, now: int) -> bool:
+        """Verified recently, or a current advert of it in our DHT store or cache."""
+        seen = self.verified.get(peer)
+        return (seen is not None and now - seen <= VERIFIED_MEMORY_S) or self._cached(peer, now) is not None
+
+    def failed_recently(self, peer: str, now: int) -> tuple[int, CandidateStatus, str] | None:
+        hit = self.failed.get(peer)
+        if hit is not None and now - hit[0] < self.limits.failure_memory_s:
+            return hit
+        return None
+
+    def note(self, cand: Candidate, now: int) -> None:
+        """Remember how ``cand``'s check ended (bounded, oldest forgotten first)."""
+        if cand.status is CandidateStatus.OK:
+            self.failed.pop(cand.peer_id, None)
+            _put(self.verified, cand.peer_id, now)
+        elif cand.status in _FAILURES and self.limits.failure_memory_s:
+            self.verified.pop(cand.peer_id, None)
+            _put(self.failed, cand.peer_id, (now, cand.status, cand.reason))
 
     async def _fetch(
         self, cand: Candidate, now: int
@@ -324,7 +385,7 @@ class Finder:
         except ProtocolError:
             return None
 
-    async def _check_dht(self, cand: Candidate) -> None:
+    async def _check_dht(self, cand: Candidate, *, network: bool = True) -> None:
         """Tell a provider that *left* from one that is *unreachable*.
 
         Provider records outlive their providers by up to 48 h; the DHT copy of
@@ -333,7 +394,7 @@ class Finder:
         unreachable.  Only a peer with a current advert counts as unreachable.
         """
         raw = None
-        with trio.move_on_after(DHT_FALLBACK_TIMEOUT):
+        with trio.move_on_after(DHT_FALLBACK_TIMEOUT if network else 0):
             try:
                 raw = await self.p2p.get_value(advert_key(cand.peer_id))
             except ValueError as exc:
@@ -350,6 +411,96 @@ class Finder:
             return
         if isinstance(signed.message, Tombstone):
             cand.status, cand.reason = CandidateStatus.WITHDRAWN, f"tombstone seq {signed.message.seq}"
+
+
+def _put(memory: OrderedDict[str, Any], key: str, value: Any) -> None:
+    memory[key] = value
+    memory.move_to_end(key)
+    while len(memory) > MEMORY_MAX:
+        memory.popitem(last=False)
+
+
+class _Sweep:
+    """The candidates of one find and the two pools that check them."""
+
+    def __init__(self, finder: Finder, req: Resources, limit: int) -> None:
+        self.finder, self.req, self.limit = finder, req, limit
+        self.candidates: dict[str, Candidate] = {}
+        self.known = trio.CapacityLimiter(FETCH_CONCURRENCY)
+        self.unknown = trio.CapacityLimiter(FETCH_CONCURRENCY)
+        self.admitted = 0  #: unknown providers admitted for a check
+        self.unknown_seen = 0  #: unknown providers recorded
+        self.dropped = 0
+        self.pending_known = 0
+        self.nursery: trio.Nursery | None = None
+        self.changed = trio.Event()
+        self.dht_fallbacks = DHT_FALLBACKS
+        self.stop: EarlyStop | None = None  #: the lookups' early stop, told after each check
+
+    def verified(self) -> int:
+        """Candidates whose advert verified so far."""
+        return sum(c.status is CandidateStatus.OK for c in self.candidates.values())
+
+    def _ask_dht(self) -> bool:
+        """A network DHT lookup for one more silent provider?  (Bounded per find.)"""
+        self.dht_fallbacks -= 1
+        return self.dht_fallbacks >= 0
+
+    def found(self, peer: str, addrs: list[str]) -> None:
+        """A lookup nominated ``peer``: decide whether and in which pool to check it."""
+        f, bound = self.finder, self.finder.limits.max_candidates
+        if peer in self.candidates:
+            return
+        now = f.clock()
+        known = f.known_good(peer, now) or peer == f.p2p.peer_id
+        if not known and self.unknown_seen >= KEPT_PER_CHECKED * bound:
+            self.dropped += 1  # a flood of nominations: counted, not even recorded
+            return
+        self.unknown_seen += not known
+        cand = self.candidates[peer] = Candidate(peer, addrs)
+        remembered = f.failed_recently(peer, now)
+        if remembered is not None:
+            cand.status = remembered[1]
+            cand.reason = f"{remembered[2]} ({now - remembered[0]} s ago; not checked again yet)"
+        elif known:
+            self.pending_known += 1
+            self._start(cand, self.known, known=True)
+        elif self.admitted < bound:
+            self.admitted += 1
+            self._start(cand, self.unknown, known=False)
+        else:
+            cand.status, cand.reason = CandidateStatus.SKIPPED, f"over find_max_candidates ({bound})"
+
+    def _start(self, cand: Candidate, pool: trio.CapacityLimiter, *, known: bool) -> None:
+        async def check() -> None:
+            await self.finder._check(cand, self.req, pool, ask_dht=self._ask_dht)
+            self.finder.note(cand, self.finder.clock())
+            self.pending_known -= known
+            self.changed.set()
+            self.changed = trio.Event()
+            if self.stop is not None:
+                self.stop.nudge()
+
+        assert self.nursery is not None
+        self.nursery.start_soon(check)
+
+    def _enough(self) -> bool:
+        now = self.finder.clock()
+        ok = [c for c in self.candidates.values() if c.status is CandidateStatus.OK and c.advert is not None]
+        return sum(evaluate(self.req, c.advert, now=now).ok for c in ok  # type: ignore[arg-type]
+                   ) >= self.limit
+
+    async def stop_early(self, scope: trio.CancelScope) -> None:
+        """After the lookup: once the known providers are checked and enough offers
+        match, give unknown providers :data:`EARLY_GRACE_S` more, then stop."""
+        while self.pending_known or not self._enough():
+            if all(c.status is not CandidateStatus.PENDING for c in self.candidates.values()):
+                return
+            await self.changed.wait()
+        with trio.move_on_after(EARLY_GRACE_S):
+            while any(c.status is CandidateStatus.PENDING for c in self.candidates.values()):
+                await self.changed.wait()
+        scope.cancel()
 
 
 #: constraints that depend on what is free now; the others are static facts

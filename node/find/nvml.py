@@ -4,6 +4,11 @@
 (or a compact spec such as ``h100:2,a100-40g:1``) so tests and a GPU-less
 testnet can present a realistic mix of providers, including MIG and failing
 calls.  :mod:`node.find.probe` turns either into a probe report.
+
+Every name the fake backend reports ends in :data:`FAKE_MARK` (``" (fake)"``),
+so a fake GPU can never pass for a real one: the name travels in the signed
+advert, and ``cpn find``, ``cpn status`` and the probe show it marked.  The
+model token is normalised from the name without the mark (:func:`strip_fake`).
 """
 
 from __future__ import annotations
@@ -29,9 +34,23 @@ __all__ = [
     "FAKE_PRESETS",
     "load_fake_nvml",
     "make_backend",
+    "FAKE_MARK",
+    "is_fake",
+    "strip_fake",
 ]
 
 MIB = 1 << 20
+FAKE_MARK = " (fake)"  #: ends the name of every GPU the fake backend reports
+
+
+def is_fake(name: str) -> bool:
+    """Whether a GPU name comes from the fake backend."""
+    return name.endswith(FAKE_MARK)
+
+
+def strip_fake(name: str) -> str:
+    """The GPU name without the fake backend's mark (for model normalisation)."""
+    return name.removesuffix(FAKE_MARK)
 
 
 class NvmlError(Exception):
@@ -304,7 +323,8 @@ class FakeNvml:
         return gpu
 
     def name(self, index: int) -> str:
-        return self._gpu(index, "name").name
+        name = self._gpu(index, "name").name
+        return name if is_fake(name) else name + FAKE_MARK
 
     def uuid(self, index: int) -> str:
         return self._gpu(index, "uuid").uuid

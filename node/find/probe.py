@@ -34,7 +34,16 @@ from typing import Any
 
 import trio
 
-from node.find.nvml import MIB, NvmlBackend, NvmlError, NvmlNotSupported, RealNvml, make_backend
+from node.find.nvml import (
+    MIB,
+    NvmlBackend,
+    NvmlError,
+    NvmlNotSupported,
+    RealNvml,
+    is_fake,
+    make_backend,
+    strip_fake,
+)
 from protocol.advert import NO_CONTAINER, ContainerCapability
 from protocol.resources import GpuInfo, Metric, ResourceSet, normalise_gpu_model
 
@@ -70,8 +79,13 @@ class GpuReport:
     mig_mode: bool | None  #: None: MIG not supported (or query failed)
     mig_pending: bool | None
 
+    @property
+    def fake(self) -> bool:
+        """Reported by the fake NVML backend (a testnet), not by a driver."""
+        return is_fake(self.name)
+
     def gpu_info(self) -> GpuInfo:
-        vendor, model = normalise_gpu_model(self.name)
+        vendor, model = normalise_gpu_model(strip_fake(self.name))
         return GpuInfo(
             vendor=vendor,
             model=model,
@@ -364,8 +378,12 @@ async def probe(
     )
 
 
-def describe(report: ProbeReport) -> Sequence[str]:
-    """Human summary lines (for `cpn node probe` and logs)."""
+def describe(report: ProbeReport, *, container_checked: bool = False) -> Sequence[str]:
+    """Human summary lines (for ``python -m node.find.probe`` and logs).
+
+    ``container_checked``: the report's container capability is a self-test's
+    verdict; otherwise it was not looked at (the standalone probe runs no
+    containers) and the summary says where to see it instead of "none"."""
     lines = [
         f"CPU: {report.cpu_model} ({report.cpu_cores} cores usable)",
         f"Memory: {report.memory_mib} MiB ({report.memory_source})",
@@ -385,16 +403,26 @@ def describe(report: ProbeReport) -> Sequence[str]:
             f"util {gpu.utilisation_gpu_pct}%, MIG {mig}"
         )
     lines += [f"  {e}" for e in report.gpu_errors]
-    lines.append(f"Container runtime: {report.container.runtime}")
+    if any(g.fake for g in report.gpus):
+        lines.append("  (fake): a fake NVML inventory (testnets); these GPUs do not exist")
+    if report.container.runtime != NO_CONTAINER.runtime:
+        lines.append(f"Container runtime: {report.container.runtime} (proven by the daemon's self-test)")
+    elif container_checked:
+        lines.append("Container runtime: none (the self-test did not pass; the daemon's log says why)")
+    else:
+        lines.append("Container runtime: not checked here; the daemon runs a podman self-test when it starts "
+                     "with [execution] enabled = true (see `cpn status`)")
     return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m node.probe [--fake SPEC] [--data-dir DIR] [--json]``: print
-    what this host would advertise (handy on a GPU machine)."""
+    """``python -m node.find.probe [--fake SPEC] [--data-dir DIR] [--json]``: print
+    what this host would advertise (handy on a GPU machine).  The container
+    runtime is not checked here: the daemon's self-test does that at start
+    (``cpn status`` shows its verdict)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m node.probe", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m node.find.probe", description=main.__doc__)
     parser.add_argument(
         "--fake", help="fake NVML spec (compact, JSON text or file) instead of NVML"
     )

@@ -4,6 +4,12 @@ A job file names an OCI image layout directory and local input files; this
 module hashes them (streaming, never holding a whole file in memory) into
 :class:`BlobRef` values with chunk roots, and fills in ``created_at`` and a
 random ``nonce``.  The result still has to be sealed with the submitter's key.
+With a :class:`~node.jobs.hashcache.HashCache` (``cpn submit`` passes one), a
+file hashed before and unchanged since is not read again.
+
+Outputs need room: a job that declares ``outputs`` and no ``disk_mib`` gets
+:data:`DEFAULT_OUTPUT_DISK_MIB`; one that declares outputs with ``disk_mib =
+0`` is refused here, because none of its outputs could ever come back.
 
 Every mistake is reported as :class:`JobFileError` naming the file and the key
 (``resources.gpu.count: must be between 1 and 64``), because the person reading
@@ -20,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.errors import UserError
+from node.errors import ExitCode, UserError
 from node.gpu_names import GpuNameError, parse_models
-from node.transfer.blobstore import hash_file
+from node.jobs.hashcache import HashCache, hash_file
 from protocol.chunks import DEFAULT_CHUNK_SIZE, DIGEST_RE
 from protocol.errors import ValidationError
 from protocol.jobspec import (
@@ -36,7 +42,7 @@ from protocol.jobspec import (
     Timeouts,
 )
 
-__all__ = ["JobFileError", "LoadedJob", "load_job", "load_job_file", "job_blob_paths"]
+__all__ = ["JobFileError", "LoadedJob", "load_job", "load_job_file", "job_blob_paths", "DEFAULT_OUTPUT_DISK_MIB"]
 
 _OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 _MAX_JSON = 4 << 20  # manifests and configs are small; refuse to parse huge "JSON"
@@ -50,10 +56,15 @@ _GPU_KEYS = {"count", "min_memory_mib", "vendor", "models", "min_compute_capabil
 _TIMEOUT_KEYS = {"transfer_s", "queue_s", "run_s"}
 _INPUT_KEYS = {"file", "path"}
 DEFAULT_TIMEOUTS = {"transfer_s": 600, "queue_s": 600, "run_s": 3600}
+#: ``resources.disk_mib`` of a job that declares outputs and no disk_mib: room for them
+DEFAULT_OUTPUT_DISK_MIB = 64
 
 
 class JobFileError(UserError):
     """The job file (or a file it names) is wrong; the message says where and why."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ExitCode.BAD_INPUT)
 
 
 @dataclass(frozen=True)
@@ -65,10 +76,11 @@ class LoadedJob:
 
 
 class _Loader:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, hashes: HashCache | None = None) -> None:
         self.path = path
         self.base = path.parent
         self.blob_paths: dict[str, Path] = {}
+        self.hash = hashes.hash_file if hashes is not None else hash_file
 
     def fail(self, key: str, problem: str) -> JobFileError:
         return JobFileError(f"{self.path}: {key}: {problem}")
@@ -117,6 +129,7 @@ class _Loader:
         for k, v in env.items():
             if not isinstance(v, str):
                 raise self.fail(f"env.{k}", "must be a string")
+        outputs = self.strings(doc, "outputs")
         fields: dict[str, Any] = {
             "name": self.get(doc, "name", str, ""),
             "image": self.image(self.get(doc, "image", str, "")),
@@ -124,9 +137,9 @@ class _Loader:
             "args": self.strings(doc, "args"),
             "env": dict(env),
             "workdir": self.get(doc, "workdir", str, "", "/"),
-            "resources": self.resources(self.get(doc, "resources", dict, "")),
+            "resources": self.resources(self.get(doc, "resources", dict, ""), outputs=bool(outputs)),
             "inputs": self.inputs(self.get(doc, "inputs", list, "", [])),
-            "outputs": self.strings(doc, "outputs"),
+            "outputs": outputs,
             "timeouts": self.timeouts(self.get(doc, "timeouts", dict, "", {})),
             "network": self.get(doc, "network", str, "", "none"),
             "max_price": self.get(doc, "max_price", int, ""),
@@ -142,7 +155,7 @@ class _Loader:
             field = f"{where}.{exc.field}" if where else exc.field
             raise self.fail(field, exc.rule) from None
 
-    def resources(self, table: dict[str, Any]) -> Resources:
+    def resources(self, table: dict[str, Any], *, outputs: bool) -> Resources:
         self.known(table, _RESOURCE_KEYS, "resources")
         if "cpus" in table and "cpu_millis" in table:
             raise self.fail("resources.cpus", "give either cpus or cpu_millis, not both")
@@ -152,11 +165,16 @@ class _Loader:
         else:
             cpu_millis = self.get(table, "cpu_millis", int, "resources", 1000)
         gpu_table = self.get(table, "gpu", dict, "resources", None)
+        # Outputs are written to the job's scratch disk: without room none come back.
+        disk_mib = self.get(table, "disk_mib", int, "resources", DEFAULT_OUTPUT_DISK_MIB if outputs else 0)
+        if outputs and disk_mib == 0:
+            raise self.fail("resources.disk_mib", "is 0, but the job declares outputs: none could come back; "
+                            f"give them room (e.g. disk_mib = {DEFAULT_OUTPUT_DISK_MIB}) or drop outputs")
         fields = {
             "gpu": None if gpu_table is None else self.gpu(gpu_table),
             "cpu_millis": cpu_millis,
             "memory_mib": self.get(table, "memory_mib", int, "resources"),
-            "disk_mib": self.get(table, "disk_mib", int, "resources", 0),
+            "disk_mib": disk_mib,
         }
         return self.build(Resources, fields, "resources")  # type: ignore[no-any-return]
 
@@ -206,7 +224,7 @@ class _Loader:
 
     def blob_of(self, path: Path, media_type: str, key: str, expect: tuple[str, int] | None = None) -> BlobRef:
         try:
-            digest, size, root = hash_file(path)
+            digest, size, root = self.hash(path)
         except OSError as exc:
             raise self.fail(key, f"cannot read {path}: {exc.strerror or exc}") from None
         if expect is not None and (digest, size) != expect:
@@ -277,9 +295,13 @@ def _toml_type(python_name: str) -> str:
             "dict": "a table", "bool": "a boolean"}.get(python_name, python_name)  # fmt: skip
 
 
-def load_job(path: str | os.PathLike[str], *, now: int | None = None, nonce: bytes | None = None) -> LoadedJob:
-    """Read a job file: the unsigned spec plus the local path of every blob."""
-    loader = _Loader(Path(path))
+def load_job(
+    path: str | os.PathLike[str], *, now: int | None = None, nonce: bytes | None = None,
+    hashes: HashCache | None = None,
+) -> LoadedJob:
+    """Read a job file: the unsigned spec plus the local path of every blob
+    (hashed through ``hashes`` when given, so unchanged files are not read again)."""
+    loader = _Loader(Path(path), hashes)
     spec = loader.load(
         now=int(time.time()) if now is None else now,
         nonce=os.urandom(16) if nonce is None else nonce,

@@ -1,4 +1,12 @@
-"""Writing a verified result's outputs where the submitter asked for them."""
+"""A result's outputs on the submitter's side: checked, fetched, written where asked.
+
+:func:`check_output_sizes` refuses a result whose outputs are larger than the
+job's ``disk_mib`` (or whose log is larger than a provider keeps) *before*
+anything is fetched: a malicious provider must not be able to fill the
+submitter's disk by naming huge outputs (issue 12).  :func:`fetch_outputs`
+does that check and then fetches every output and the log from the provider;
+:func:`save_outputs` writes the verified ones under the results directory.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +14,59 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
+import trio
+
+from node.execute.container import MAX_LINE_BYTES
 from node.execute.oci import ImageError
 from node.execute.oci_verify import verify_blob_file
 from node.transfer.blobstore import BlobStoreError
+from node.transfer.blobtypes import BlobLike, BlobMeta
+from node.transfer.fetch import TransferFailed
 from protocol.result import Result
 
-__all__ = ["save_outputs"]
+__all__ = ["save_outputs", "place_outputs", "check_output_sizes", "fetch_outputs", "MAX_LOG_BYTES"]
+
+#: The largest log a provider returns: its LogStream keeps 16 MiB, a line cut
+#: at the limit may add a newline, then the truncation marker.
+MAX_LOG_BYTES = (16 << 20) + MAX_LINE_BYTES + 64
+
+
+class _Fetcher(Protocol):
+    async def fetch(self, blob: BlobLike, sources: list[str]) -> BlobMeta: ...
+
+
+def check_output_sizes(result: Result, *, disk_mib: int) -> list[str]:
+    """Why a result's claimed sizes cannot be accepted (empty: they can): its
+    outputs together larger than the job's ``disk_mib``, or a log larger than
+    MAX_LOG_BYTES.  Pure: it reads only the signed result."""
+    problems = []
+    total, limit = sum(o.size for o in result.outputs), disk_mib << 20
+    if total > limit:
+        problems.append(f"outputs: {total} bytes claimed, more than the job's disk_mib ({limit} bytes);"
+                        " nothing fetched")
+    if result.log.size > MAX_LOG_BYTES:
+        problems.append(f"log: {result.log.size} bytes claimed, more than a log can hold ({MAX_LOG_BYTES});"
+                        " nothing fetched")
+    return problems
+
+
+async def fetch_outputs(transfer: _Fetcher, result: Result, *, provider: str, disk_mib: int,
+                        timeout_s: float) -> list[str]:
+    """Check the sizes (:func:`check_output_sizes`), then fetch every output and
+    the log from ``provider`` (each within ``timeout_s``).  Returns the problems;
+    with a size problem nothing is fetched at all."""
+    problems = check_output_sizes(result, disk_mib=disk_mib)
+    if problems:
+        return problems
+    for blob in (*result.outputs, result.log):
+        try:
+            with trio.fail_after(timeout_s):
+                await transfer.fetch(blob, [provider])
+        except (TransferFailed, BlobStoreError, trio.TooSlowError) as exc:
+            problems.append(f"{blob.path or 'log'}: not delivered as {blob.digest}: {exc}")
+    return problems
 
 
 def save_outputs(result: Result, blob_path: Callable[[str], Path], dest: Path) -> list[str]:
@@ -45,3 +99,18 @@ def save_outputs(result: Result, blob_path: Callable[[str], Path], dest: Path) -
         with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
             shutil.copyfileobj(inp, out)
     return problems
+
+
+def place_outputs(results_dir: Path, run_id: str, accepted: bool, result: bytes, receipt: bytes) -> Path | None:
+    """Move the verified outputs from ``.<run id>.partial`` to ``<run id>/`` with the
+    signed result and receipt beside them (or drop them when not accepted)."""
+    dest = results_dir / run_id
+    partial = results_dir / f".{run_id}.partial"
+    if not accepted:
+        shutil.rmtree(partial, ignore_errors=True)
+        return None
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    (dest / "receipt.cbor").write_bytes(receipt)
+    (dest / "result.cbor").write_bytes(result)
+    return dest

@@ -6,8 +6,11 @@ An agreement (negotiation's ``on_agreement`` hook) starts one
 1. *transferring*: every blob of the job (image manifest, config, layers,
    inputs) is fetched from the submitter through the transfer service.  The
    submitter authorises the fetch once it has recorded the agreement, which
-   may be a moment after we sent it, so an ``unauthorized`` answer is retried
-   until the job's ``transfer_s`` runs out;
+   may be a moment after we sent it, so a failed fetch (``unauthorized``,
+   unreachable) is retried with back-off, but only ``max_fetch_failures``
+   times in a row and never past ``agreed_at + transfer_s``: a submitter that
+   agrees and vanishes holds the capacity for seconds, not for the
+   ``transfer_s`` it chose;
 2. *running*: :class:`node.execute.executor.Executor` runs the container with the
    agreement's GPUs; its log lines are kept for watchers;
 3. *finished* / *failed*: the signed Result is kept (the executor also writes
@@ -16,7 +19,14 @@ An agreement (negotiation's ``on_agreement`` hook) starts one
 4. *settled*: the submitter's receipt arrived and is in the ledger.
 
 The submitter pulls (``JobWatch`` on ``/cpn/job/0.1.0``); nothing here dials
-it except for the input transfer.  Persistence is the negotiation store's
+it except for the input transfer, and the cancel of an agreement the
+operator ends (:meth:`ProviderJobs.cancel_by_operator`).
+
+Deadlines are measured from the agreement (``agreed_at``, persisted with it):
+the transfer ends by ``agreed_at + transfer_s`` and the whole job by
+``agreed_at + transfer_s + queue_s + run_s +`` :data:`DEADLINE_GRACE_S`, also
+after a restart (a deadline that passed while the node was down fails the
+job at once, so the capacity is not locked again).  Persistence is the negotiation store's
 provider row (state column) plus the executor's run directory, so a restarted
 provider reports the FAILED result the executor settled for an interrupted
 run, or resumes a transfer that had not reached the run.
@@ -39,7 +49,9 @@ from node.execute.executor import Executor, file_blob
 from node.execute.service import ExecutionService
 from node.ledger import Ledger, LedgerError
 from node.negotiate.agreements import AgreementStore
+from node.negotiate.guard import PeerLog, guarded
 from node.negotiate.scheduler import Allocation, Scheduler
+from node.negotiate.status import push_cancel
 from node.p2p import FramedStream, P2PHost, StreamClosed
 from node.transfer.service import TransferFailed, TransferService
 from protocol.envelope import Signed, open_envelope, seal
@@ -59,6 +71,7 @@ from protocol.negotiation_state import Negotiation
 from protocol.result import Metering, Outcome, Receipt, Result, verify_receipt
 from protocol.streams import JOB_FRAME_LIMIT, JOB_FRAME_LIMITS, JOB_PROTOCOL
 from protocol.transfer import Direction
+from protocol.wire import build
 
 __all__ = ["ProviderJob", "ProviderJobs"]
 
@@ -66,6 +79,10 @@ log = logging.getLogger("cpn.jobflow")
 
 STEP_TIMEOUT = 10.0  #: seconds for one frame write, or a request frame read
 MAX_KEPT_LINES = 20_000  #: live log lines kept per job (the whole log is the log blob)
+#: the job's hard end: agreed_at + transfer_s + queue_s + run_s + this (image
+#: load, output collection); a submitter waits longer ([jobs] run_grace_s)
+DEADLINE_GRACE_S = 120
+OPERATOR_CANCEL = "cancelled by the provider's operator"
 
 
 @dataclass(eq=False)
@@ -77,6 +94,7 @@ class ProviderJob:
     job: JobSpec
     job_digest: bytes
     gpus: tuple[str, ...]
+    agreed_at: int = 0  #: unix seconds of the agreement: the phase deadlines count from it
     phase: JobPhase = JobPhase.AGREED
     detail: str = ""
     transfer_done: int = 0  #: bytes of the job's blobs complete here
@@ -86,7 +104,22 @@ class ProviderJob:
     result: Signed[Result] | None = None
     scope: trio.CancelScope | None = None
     cancelled: bool = False
+    cancel_detail: str = "cancelled by the submitter"
     changed: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def published(self) -> bool:
+        """Its signed result exists (the capacity is released)."""
+        return self.result is not None
+
+    @property
+    def transfer_by(self) -> int:
+        return self.agreed_at + self.job.timeouts.transfer_s
+
+    @property
+    def end_by(self) -> int:
+        t = self.job.timeouts
+        return self.agreed_at + t.transfer_s + t.queue_s + t.run_s + DEADLINE_GRACE_S
 
     @property
     def transfer_total(self) -> int:
@@ -106,8 +139,8 @@ class ProviderJob:
 
 
 def _update(pj: ProviderJob, now: int, log_from: int, lines: list[str]) -> JobUpdate:
-    return JobUpdate(
-        agreement_id=bytes.fromhex(pj.aid), phase=pj.phase, at=now, detail=pj.detail[:1024],
+    return build(
+        JobUpdate, agreement_id=bytes.fromhex(pj.aid), phase=pj.phase, at=now, detail=pj.detail[:1024],
         transfer_done=pj.transfer_now, transfer_total=pj.transfer_total,
         log_from=log_from, lines=tuple(line[:MAX_LINE] for line in lines),
     )
@@ -131,8 +164,12 @@ class ProviderJobs:
         execution: ExecutionService,
         data_dir: Path,
         clock: UnixClock,
+        max_fetch_failures: int = 8,
+        peer_log: PeerLog | None = None,
     ) -> None:
         self.p2p = p2p
+        self.max_fetch_failures = max_fetch_failures
+        self.peer_log = peer_log if peer_log is not None else PeerLog(log)
         self.key = key
         self.peer_id = p2p.peer_id
         self.store = agreements
@@ -158,7 +195,7 @@ class ProviderJobs:
             self._nursery = nursery
             try:
                 self._resume()
-                self.p2p.set_stream_handler(JOB_PROTOCOL, self._handle)
+                self.p2p.set_stream_handler(JOB_PROTOCOL, guarded(JOB_PROTOCOL, self._handle, self.peer_log))
                 task_status.started()
                 await trio.sleep_forever()
             finally:
@@ -178,11 +215,16 @@ class ProviderJobs:
                 continue
             alloc = row.extra.get("allocation") or {}
             pj = ProviderJob(aid=row.id, submitter=row.peer, job=conn.job.message,
-                             job_digest=conn.offer.message.job_digest, gpus=tuple(alloc.get("gpu_uuids", ())))
+                             job_digest=conn.offer.message.job_digest, gpus=tuple(alloc.get("gpu_uuids", ())),
+                             agreed_at=int(row.extra.get("agreed_at", row.created_at)))
             self.jobs[pj.aid] = pj
             result_file = self.data_dir / "runs" / pj.aid / "result.cbor"
             if result_file.is_file():
                 self._publish(pj, open_envelope(result_file.read_bytes(), expected=Result))
+            elif row.state in ("agreed", "transferring") and self.clock() >= pj.transfer_by:
+                # decided here, before negotiation serves again: the lock must not come back
+                self._publish(pj, self._failed_result(pj, "the transfer deadline passed while the provider was "
+                                                      "down", Outcome.FAILED))
             elif row.state in ("agreed", "transferring"):
                 self._nursery.start_soon(self._run, pj)
             else:  # running but the executor left no result: nothing can be proven
@@ -211,7 +253,8 @@ class ProviderJobs:
             raise LocalProtocolError("provider jobs are not running")
         aid = conn.negotiation_id.hex()
         pj = ProviderJob(aid=aid, submitter=conn.submitter, job=conn.job.message,
-                         job_digest=conn.offer.message.job_digest, gpus=tuple(alloc.gpu_uuids))
+                         job_digest=conn.offer.message.job_digest, gpus=tuple(alloc.gpu_uuids),
+                         agreed_at=int(self.clock()))
         self.jobs[aid] = pj
         self._nursery.start_soon(self._run, pj)
 
@@ -224,23 +267,38 @@ class ProviderJobs:
 
     # ---- the job's life
 
+    def _trio_at(self, unix: int) -> float:
+        """trio clock time of the unix time ``unix`` (deadlines are persisted as unix time)."""
+        return trio.current_time() + (unix - self.clock())
+
     async def _run(self, pj: ProviderJob) -> None:
-        with trio.CancelScope() as scope:
+        result: Signed[Result] | None = None
+        failure: tuple[str, Outcome] | None = None
+        with trio.CancelScope(deadline=self._trio_at(pj.end_by)) as scope:
             pj.scope = scope
+            if pj.cancelled:  # cancelled before this task ran
+                scope.cancel()
             try:
                 result = await self._transfer_and_execute(pj)
             except _JobFailed as exc:
-                result = self._failed_result(pj, str(exc), Outcome.FAILED)
+                failure = str(exc), Outcome.FAILED
             except Exception as exc:  # noqa: BLE001 - a task in the root nursery: fail this job, not the node
                 log.exception("job %s failed unexpectedly", pj.aid)
-                result = self._failed_result(pj, f"provider error: {type(exc).__name__}: {exc}", Outcome.FAILED)
+                failure = f"provider error: {type(exc).__name__}: {exc}", Outcome.FAILED
         pj.scope = None
         if pj.result is not None:  # settled meanwhile (cancel answered first)
             return
         if scope.cancelled_caught:
-            if not pj.cancelled:  # node shutdown: the next start settles or resumes the run
+            if pj.cancelled:
+                failure = pj.cancel_detail, Outcome.CANCELLED
+            elif self.clock() >= pj.end_by:
+                failure = (f"deadline passed: transfer_s + queue_s + run_s + {DEADLINE_GRACE_S} s from the "
+                           "agreement", Outcome.FAILED)
+            else:  # node shutdown: the next start settles or resumes the run
                 return
-            result = self._failed_result(pj, "cancelled by the submitter", Outcome.CANCELLED)
+        if failure is not None:  # signing and storing the log are file work: off the event loop
+            result = await trio.to_thread.run_sync(self._failed_result, pj, *failure)
+        assert result is not None
         if self.result_filter is not None:
             result = self.result_filter(pj, result)
         self._publish(pj, result)
@@ -271,32 +329,40 @@ class ProviderJobs:
         return done.result
 
     async def _fetch_all(self, pj: ProviderJob) -> None:
-        t = self.transfer
-        deadline = trio.current_time() + pj.job.timeouts.transfer_s
+        deadline = self._trio_at(pj.transfer_by)  # from the agreement: a restart does not extend it
         pj.transfer_done = 0
         for blob in pj.job.blobs():
-            t.store.pin(blob.digest, f"job:{pj.aid}")  # kept from garbage collection until published
-            delay = 0.1
-            while True:
-                left = deadline - trio.current_time()
-                try:
-                    if left <= 0:
-                        raise TransferFailed("the job's transfer_s ran out")
-                    pj.progress, pj.fetching = t.progress, blob.digest
-                    with trio.fail_after(left):
-                        # the submitter may name other providers that hold the blob
-                        # (its earlier jobs): they become extra sources
-                        await t.fetch(blob, [pj.submitter], discover=True)
-                    break
-                except (TransferFailed, trio.TooSlowError) as exc:
-                    if trio.current_time() + delay >= deadline:
-                        raise _JobFailed(f"transfer of {blob.digest} failed: {exc}") from None
-                    log.debug("job %s: fetch of %s failed (%s); retrying", pj.aid, blob.digest, exc)
-                    await trio.sleep(delay)  # the submitter may not have recorded the agreement yet
-                    delay = min(delay * 2, 2.0)
+            self.transfer.store.pin(blob.digest, f"job:{pj.aid}")  # kept from garbage collection until published
+            await self._fetch_one(pj, blob, deadline)
             pj.fetching = None
             pj.transfer_done += blob.size
             pj.touch()
+
+    async def _fetch_one(self, pj: ProviderJob, blob: Any, deadline: float) -> None:
+        """Fetch one blob, retrying a failure (the submitter may not have recorded the
+        agreement yet) at most ``max_fetch_failures`` times in a row without progress."""
+        t = self.transfer
+        delay, failures = 0.1, 0
+        while True:
+            left = deadline - trio.current_time()
+            before = _done(t.progress.get(blob.digest))
+            try:
+                if left <= 0:
+                    raise TransferFailed("the job's transfer_s ran out")
+                pj.progress, pj.fetching = t.progress, blob.digest
+                with trio.fail_after(left):
+                    # the submitter may name other providers that hold the blob
+                    # (its earlier jobs): they become extra sources
+                    await t.fetch(blob, [pj.submitter], discover=True, on_behalf_of=pj.submitter)
+                return
+            except (TransferFailed, trio.TooSlowError) as exc:
+                failures = 1 if _done(t.progress.get(blob.digest)) > before else failures + 1
+                if failures >= self.max_fetch_failures or trio.current_time() + delay >= deadline:
+                    raise _JobFailed(f"transfer of {blob.digest} given up after {failures} failed "
+                                     f"attempt(s) in a row: {exc}") from None
+                log.debug("job %s: fetch of %s failed (%s); retrying", pj.aid, blob.digest, exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _follow_log(self, pj: ProviderJob, stream: Any) -> None:
         async for line in stream.follow():
@@ -340,11 +406,48 @@ class ProviderJobs:
         pj.touch()
         log.info("job %s %s: %s", pj.aid, pj.phase.value, pj.detail)
 
-    def owned_by(self, owner: str, digest: str) -> bool:
-        """``owner`` submitted a job here that used ``digest``: it may let another
-        peer fetch that blob from us (a FetchGrant it signed, spec/transfer.md)."""
-        return any(pj.submitter == owner and any(b.digest == digest for b in pj.job.blobs())
-                   for pj in self.jobs.values())
+    # ---- the operator
+
+    async def cancel_by_operator(self, aid: str, *, wait_s: float = 30.0) -> bool:
+        """End agreement ``aid`` on this provider (``POST /v1/agreements/{id}/cancel``).
+
+        A running job is stopped like a submitter's cancel: its CANCELLED result
+        reaches the submitter's watch, and the capacity is released once it is
+        published (waited for up to ``wait_s``).  The submitter is also sent a
+        signed ``cancel`` on the status stream, best effort.  A quote that only
+        reserves capacity is released at once.  False if ``aid`` is not open here.
+        """
+        pj = self.jobs.get(aid)
+        if pj is None:
+            rows = [r for r in self.store.get(aid, "provider") if r.id == aid]
+            if not rows or rows[0].state not in ("offered", "quoted", "accepted", "agreed", "transferring",
+                                                 "queued", "running"):
+                return False
+            self.scheduler.release(aid)
+            self.store.save(aid, "provider", peer=rows[0].peer, state="cancelled", now=self.clock(),
+                            detail=OPERATOR_CANCEL)
+            return True
+        if pj.result is not None:
+            return False
+        pj.cancelled, pj.cancel_detail = True, OPERATOR_CANCEL
+        ex = self.executor
+        if not (ex is not None and ex.cancel(pj.aid)) and pj.scope is not None:
+            pj.scope.cancel()
+        log.info("job %s: %s", pj.aid, OPERATOR_CANCEL)
+        with trio.move_on_after(wait_s):
+            while not pj.published:
+                await pj.changed.wait()
+        if self._nursery is not None:
+            self._nursery.start_soon(self._tell_cancel, pj)
+        return True
+
+    async def _tell_cancel(self, pj: ProviderJob) -> None:
+        try:
+            with trio.fail_after(STEP_TIMEOUT * 3):
+                await push_cancel(self.p2p, self.key, self.store, pj.aid, clock=self.clock, detail=OPERATOR_CANCEL)
+        except (StreamClosed, trio.TooSlowError, ProtocolError, LocalProtocolError) as exc:
+            log.info("job %s: the submitter was not told of the cancel: %s", pj.aid, exc)
+        pj.touch()
 
     # ---- the watch protocol (requests from the submitter)
 
@@ -430,6 +533,10 @@ class ProviderJobs:
         pj.touch()
         update = _update(pj, int(self.clock()), len(pj.lines), [])
         await self._send(stream, seal(update, self.key).raw)
+
+
+def _done(progress: Any) -> int:
+    return int(progress.done_bytes) if progress is not None else 0
 
 
 class _JobFailed(Exception):

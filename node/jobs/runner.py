@@ -12,7 +12,10 @@ then drives it (spec/jobflow.md) and survives its own restart:
    progress and log lines, and finally the provider's signed Result; a broken
    stream is re-opened until ``grace_s`` passes without contact, after which
    the attempt (and its agreement) is recorded as failed and the job is
-   offered again elsewhere if ``retries`` allow;
+   offered again elsewhere if ``retries`` allow.  However alive the provider
+   keeps the stream, an attempt without a Result by ``agreed_at + transfer_s
+   + queue_s + run_s + [jobs] run_grace_s`` fails too (the provider is told
+   to cancel).  Log lines are kept bounded (:mod:`node.jobs.live`);
 4. *collecting*: the outputs and the log are fetched from the provider
    through the transfer service, verified against the Result's digests and
    written to ``<results_dir>/<run id>/``; the Receipt (accepted, or disputed
@@ -32,7 +35,8 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,22 +47,36 @@ from trio_typing import TaskStatus
 
 from node.addrs import peer_and_addrs
 from node.clock import UnixClock
+from node.config import JobsSection
 from node.find.finder import Finder
-from node.jobs.outputs import save_outputs
-from node.jobs.runs import FINAL_STATES, Attempt, AttemptState, Run, RunState, RunStore
+from node.jobs.live import Live, LogSpool, Pace, saved_log
+from node.jobs.outputs import fetch_outputs, place_outputs, save_outputs
+from node.jobs.runs import (
+    FINAL_STATES,
+    Attempt,
+    AttemptState,
+    Phase,
+    Run,
+    RunState,
+    RunStore,
+    SubmitError,
+    SubmitRequest,
+)
 from node.ledger import Ledger, LedgerEntry
 from node.negotiate.agreements import AgreementStore
-from node.negotiate.client import negotiate_best
+from node.negotiate.client import QuoteSession, negotiate_best
 from node.p2p import FramedStream, P2PHost, StreamClosed
 from node.transfer.blobstore import BlobStoreError
-from node.transfer.service import TransferFailed, TransferService
+from node.transfer.service import TransferService
 from protocol.envelope import Signed, open_envelope, seal
 from protocol.errors import ProtocolError
 from protocol.jobflow import HEARTBEAT_S, JobCancel, JobPhase, JobUpdate, JobWatch, WatchView
 from protocol.jobspec import JobSpec
+from protocol.negotiation import Agreement, RefusalReason
 from protocol.result import Outcome, Result, countersign, verify_result
 from protocol.streams import JOB_FRAME_LIMIT, JOB_FRAME_LIMITS, JOB_PROTOCOL
 from protocol.transfer import Direction
+from protocol.wire import build
 
 __all__ = ["JobRunner", "SubmitRequest", "SubmitError"]
 
@@ -67,44 +85,11 @@ log = logging.getLogger("cpn.jobflow")
 STEP_TIMEOUT = 10.0  #: seconds for one frame write, or a request frame read
 WATCH_READ_TIMEOUT = 3 * HEARTBEAT_S + 5  #: seconds of silence that break a watch stream
 RECONNECT_DELAY = 0.5  #: seconds between watch reconnects
-MAX_EVENTS = 50_000
-
-
-class SubmitError(Exception):
-    """A submission was refused before it became a run; ``reason`` is machine-readable."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
-
-
-@dataclass(frozen=True)
-class SubmitRequest:
-    """A job to run end to end, as the local API received it (already type-checked)."""
-
-    job: JobSpec  #: unsigned: this node signs it
-    blob_paths: dict[str, str]  #: digest -> local file, for blobs not yet in the store
-    results_dir: str  #: where ``<run id>/`` goes
-    providers: int = 3  #: quotes asked for in parallel
-    peers: tuple[str, ...] = ()  #: ask these (peer IDs or /p2p/ multiaddrs) instead of finding
-    timeout: float = 5.0  #: seconds to find providers
-    retries: int = 1  #: further providers after a failed attempt
-    grace_s: float = 20.0  #: silence after which a provider is given up
+BUSY_RETRIES = (0.5, 1.0)  #: seconds before asking again when every provider answered busy
 
 
 class _AttemptFailed(Exception):
     pass
-
-
-@dataclass(eq=False)
-class _Live:
-    """In-memory companions of a run: its event log (for --follow) and live log lines."""
-
-    events: list[dict[str, Any]] = field(default_factory=list)
-    lines: list[str] = field(default_factory=list)
-    changed: trio.Event = field(default_factory=trio.Event)
-    done: trio.Event = field(default_factory=trio.Event)
-    scope: trio.CancelScope | None = None
 
 
 class JobRunner:
@@ -120,17 +105,21 @@ class JobRunner:
         finder: Finder,
         data_dir: Path,
         clock: UnixClock,
+        precise_now: Callable[[], float] = time.time,
+        config: JobsSection | None = None,
     ) -> None:
         self.p2p = p2p
         self.key = key
+        self.config = config or JobsSection()
         self.peer_id = p2p.peer_id
         self.transfer = transfer
         self.agreements = agreements
         self.finder = finder
         self.data_dir = data_dir
         self.clock = clock
+        self.precise_now = precise_now  #: unix seconds with fractions, for the phase timeline
         self.runs: dict[str, Run] = {}
-        self.live: dict[str, _Live] = {}
+        self.live: dict[str, Live] = {}
         self.store = RunStore(data_dir / "runs.sqlite")
         self._nursery: trio.Nursery | None = None
 
@@ -150,7 +139,9 @@ class JobRunner:
         assert self._nursery is not None
         for r in reversed(self.store.all()):  # oldest first: self.runs keeps submission order
             self.runs[r.id] = r
-            self.live[r.id] = live = _Live()
+            self.live[r.id] = live = self._new_live(r.id)
+            if r.state in FINAL_STATES and r.output_dir and live.log.path is not None:
+                live.log.path.unlink(missing_ok=True)  # the verified log is in the output dir
             if r.receipt_hex:  # the receipt was persisted; make sure the ledger has it
                 self._record(bytes.fromhex(r.receipt_hex))
             if r.state in FINAL_STATES:
@@ -189,22 +180,30 @@ class JobRunner:
 
     # ---- events
 
+    def _new_live(self, rid: str) -> Live:
+        spool = LogSpool(self.data_dir / "logs" / f"{rid}.log", memory_lines=self.config.log_memory_lines,
+                         max_bytes=self.config.max_log_mib << 20)
+        return Live(log=spool)
+
     def _event(self, run: Run, kind: str, **data: Any) -> None:
-        live = self.live.setdefault(run.id, _Live())
-        if len(live.events) < MAX_EVENTS:
-            live.events.append({"event": kind, "run": run.id, "at": int(self.clock()), **data})
-        live.changed.set()
-        live.changed = trio.Event()
+        live = self.live.get(run.id)
+        if live is None:
+            live = self.live[run.id] = self._new_live(run.id)
+        live.add({"event": kind, "run": run.id, "at": int(self.clock()), **data})
 
     def _set(self, run: Run, state: RunState, detail: str | None = None) -> None:
         run.state = state
         if detail is not None:
             run.detail = detail
+        run.follow_state(self.precise_now())  # the phase timeline
         self.store.save(run)
         self._event(run, "state", state=state.value, detail=run.detail)
         if state in FINAL_STATES:
             self.transfer.store.unpin(f"run:{run.id}")  # the blobs may be collected now
-            self.live[run.id].done.set()
+            live = self.live[run.id]
+            live.log.close()
+            live.done.set()
+            live.touch()
 
     # ---- submit
 
@@ -245,7 +244,7 @@ class JobRunner:
             self.transfer.store.pin(blob.digest, f"run:{run.id}")
         self.store.save(run)
         self.runs[run.id] = run
-        self.live[run.id] = _Live()
+        self.live[run.id] = self._new_live(run.id)
         self._event(run, "submitted", job=spec.name, job_digest=signed.digest.hex())
         self._nursery.start_soon(self._drive, run)
         return run
@@ -278,7 +277,7 @@ class JobRunner:
                 cur = run.current
                 assert cur is not None
                 try:
-                    result = await self._watch(run, cur)
+                    result = await self._watch_until_deadline(run, cur)
                     await self._collect(run, cur, result)
                 except _AttemptFailed as exc:
                     self._attempt_failed(run, cur, str(exc))
@@ -303,6 +302,7 @@ class JobRunner:
             found = await self.finder.find(job.resources, limit=run.providers + len(failed),
                                            within_s=run.find_timeout)
             run.find_summary = found.explanation.summary()
+            run.enter(Phase.NEGOTIATE, self.precise_now())
             self._event(run, "find", summary=run.find_summary, offers=len(found.offers))
             out = [(o.advert.peer_id, list(o.advert.addrs), o.fit.fit_pct) for o in found.offers]
         return [c for c in out if c[0] != self.peer_id and c[0] not in failed][: run.providers]
@@ -315,8 +315,25 @@ class JobRunner:
             why = [x for x in (run.find_summary, run.detail if run.attempts else "") if x]
             self._set(run, RunState.FAILED, "no provider found" + (f" ({'; '.join(why)})" if why else ""))
             return False
-        outcome = await negotiate_best(self.p2p, self.key, signed, candidates, clock=self.clock,
-                                       store=self.agreements)
+
+        def agreed(s: QuoteSession, agreement: Agreement) -> None:
+            """Record the attempt at once: the provider starts fetching (we authorise it)
+            while the other quotes are still being cancelled."""
+            t = agreement.terms
+            addrs = next((c[1] for c in candidates if c[0] == t.provider), None)
+            run.attempts.append(Attempt(agreement_id=t.negotiation_id.hex(), provider=t.provider,
+                                        addrs=list(addrs or []), price=t.price, agreed_at=int(self.clock())))
+            if addrs:
+                self.transfer.addrs[t.provider] = list(addrs)
+            self.store.save(run)
+
+        for delay in (*BUSY_RETRIES, None):  # busy is transient: every provider busy, ask again soon
+            outcome = await negotiate_best(self.p2p, self.key, signed, candidates, clock=self.clock,
+                                           store=self.agreements, on_agreement=agreed)
+            if outcome.agreement is not None or delay is None or not all(
+                    s.refusal is not None and s.refusal.reason is RefusalReason.BUSY for s in outcome.sessions):
+                break
+            await trio.sleep(delay)
         info = outcome.to_json()
         run.quotes = info["providers"]
         run.refusals = [p for p in info["providers"] if p["status"] != "quoted"]
@@ -328,12 +345,7 @@ class JobRunner:
                       + (f" ({run.detail})" if run.attempts else ""))
             return False
         t = outcome.agreement.terms
-        addrs = next((c[1] for c in candidates if c[0] == t.provider), None)
-        attempt = Attempt(agreement_id=t.negotiation_id.hex(), provider=t.provider, addrs=list(addrs or []),
-                          price=t.price)
-        run.attempts.append(attempt)
-        if addrs:
-            self.transfer.addrs[t.provider] = list(addrs)
+        attempt = run.attempts[-1]
         self._set(run, RunState.AGREED)
         self._event(run, "agreement", agreement_id=attempt.agreement_id, provider=t.provider, price=t.price,
                     max_run_s=t.max_run_s)
@@ -352,6 +364,20 @@ class JobRunner:
     async def _open(self, cur: Attempt) -> FramedStream:
         with trio.fail_after(STEP_TIMEOUT):
             return await self.p2p.open_stream(cur.provider, JOB_PROTOCOL, cur.addrs or None)
+
+    async def _watch_until_deadline(self, run: Run, cur: Attempt) -> Signed[Result]:
+        """:meth:`_watch`, but only until the job's phases plus ``run_grace_s`` have
+        passed since the agreement (persisted: a restart does not extend it)."""
+        t = self._signed_job(run).message.timeouts
+        grace = self.config.run_grace_s
+        end = (cur.agreed_at or run.created_at) + t.transfer_s + t.queue_s + t.run_s + grace
+        with trio.move_on_at(trio.current_time() + end - self.clock()) as scope:
+            result = await self._watch(run, cur)
+        if not scope.cancelled_caught:
+            return result
+        await self._send_cancel(run, cur, "no result within transfer_s + queue_s + run_s + grace")
+        raise _AttemptFailed(f"no result within transfer_s + queue_s + run_s + {grace} s of the agreement "
+                             f"(the provider still reported {run.state.value}); told it to cancel")
 
     async def _watch(self, run: Run, cur: Attempt) -> Signed[Result]:
         """Follow the provider until it hands over its signed Result."""
@@ -375,12 +401,14 @@ class JobRunner:
 
     async def _watch_stream(self, run: Run, cur: Attempt, stream: FramedStream, seen: _WatchState) -> Signed[Result]:
         """One watch stream: updates until the Result (raises when the stream breaks)."""
-        req = JobWatch(agreement_id=bytes.fromhex(cur.agreement_id), log_lines=seen.view.lines)
+        req = build(JobWatch, agreement_id=bytes.fromhex(cur.agreement_id), log_lines=seen.view.lines)
         with trio.fail_after(STEP_TIMEOUT):
             await stream.send_frame(seal(req, self.key).raw)
+        pace = Pace(self.config.live_log_kib_per_s << 10)  # a flooding provider waits, not our CPU
         while True:
             with trio.fail_after(WATCH_READ_TIMEOUT):
                 raw = await stream.receive_frame(JOB_FRAME_LIMIT)
+            await pace.take(len(raw))
             got = open_envelope(raw, expected=(JobUpdate, Result), signer=cur.provider, limits=JOB_FRAME_LIMITS)
             seen.last_contact = trio.current_time()  # only a valid frame counts as contact
             if isinstance(got.message, Result):
@@ -397,26 +425,22 @@ class JobRunner:
             if exc.reason == "unknown_agreement":
                 raise _AttemptFailed(f"provider does not know the agreement: {u.detail}") from None
             raise
-        live.lines.extend(new)
-        for line in new:
-            self._event(run, "log", line=line)
+        live.add_lines(run.id, int(self.clock()), new)
         if u.phase is not last_phase:
             if u.phase in (JobPhase.TRANSFERRING, JobPhase.RUNNING):
                 self._set(run, RunState(u.phase.value))
             self._event(run, "phase", phase=u.phase.value, detail=u.detail)
         if u.transfer_total and u.transfer_done != seen.done:
             seen.done = u.transfer_done
+            if u.transfer_done == u.transfer_total and run.phases and run.phases[-1].phase is Phase.TRANSFER_IN:
+                run.enter(Phase.QUEUE, self.precise_now())  # inputs complete: waiting for the container
             self._event(run, "progress", done=u.transfer_done, total=u.transfer_total)
 
-    async def _fetch_outputs(self, run: Run, cur: Attempt, r: Result, deadline: float) -> list[str]:
-        """Fetch the outputs and the log; write the verified ones under a partial dir."""
-        problems: list[str] = []
-        for blob in (*r.outputs, r.log):
-            try:
-                with trio.fail_after(deadline):
-                    await self.transfer.fetch(blob, [cur.provider])
-            except (TransferFailed, trio.TooSlowError) as exc:
-                problems.append(f"{blob.path or 'log'}: not delivered as {blob.digest}: {exc}")
+    async def _fetch_outputs(self, run: Run, cur: Attempt, r: Result, job: JobSpec) -> list[str]:
+        """Fetch the outputs and the log (nothing when the result claims more than the
+        job's disk_mib); write the verified ones under a partial dir."""
+        problems = await fetch_outputs(self.transfer, r, provider=cur.provider, disk_mib=job.resources.disk_mib,
+                                       timeout_s=job.timeouts.transfer_s)
         partial = Path(run.results_dir) / f".{run.id}.partial"
         await trio.to_thread.run_sync(lambda: shutil.rmtree(partial, ignore_errors=True))
         problems += await trio.to_thread.run_sync(save_outputs, r, self.transfer.store.path_of, partial)
@@ -433,7 +457,7 @@ class JobRunner:
         self._set(run, RunState.COLLECTING)
         r = result.message
         self._event(run, "result", outcome=r.outcome.value, exit_code=r.exit_code, detail=r.detail)
-        problems = await self._fetch_outputs(run, cur, r, signed_job.message.timeouts.transfer_s)
+        problems = await self._fetch_outputs(run, cur, r, signed_job.message)
         ran = r.outcome not in (Outcome.FAILED, Outcome.CANCELLED)
         accepted = ran and not problems
         if not ran:
@@ -446,6 +470,7 @@ class JobRunner:
         cur.state = AttemptState.DONE if accepted else AttemptState.FAILED
         cur.detail = detail
         await self._place_outputs(run, accepted, result.raw, receipt.raw)
+        run.enter(Phase.RECEIPT, self.precise_now())
         if accepted:
             final = RunState.FINISHED
         elif run.retries + 1 > len(run.attempts):
@@ -468,20 +493,8 @@ class JobRunner:
 
     async def _place_outputs(self, run: Run, accepted: bool, result: bytes, receipt: bytes) -> None:
         """Move verified outputs to ``<results_dir>/<run id>/`` (or drop them)."""
-        dest = Path(run.results_dir) / run.id
-        partial = dest.with_name(f".{run.id}.partial")
-
-        def place() -> None:
-            if not accepted:
-                shutil.rmtree(partial, ignore_errors=True)
-                return
-            shutil.rmtree(dest, ignore_errors=True)
-            partial.rename(dest)
-            (dest / "receipt.cbor").write_bytes(receipt)
-            (dest / "result.cbor").write_bytes(result)
-
-        await trio.to_thread.run_sync(place)
-        if accepted:
+        dest = await trio.to_thread.run_sync(place_outputs, Path(run.results_dir), run.id, accepted, result, receipt)
+        if dest is not None:
             run.output_dir = str(dest)
 
     def _record(self, raw: bytes) -> LedgerEntry:
@@ -520,21 +533,25 @@ class JobRunner:
         if live.scope is not None:
             live.scope.cancel()
         if cur is not None:
-            try:
-                with trio.fail_after(STEP_TIMEOUT):
-                    stream = await self._open(cur)
-                    try:
-                        msg = JobCancel(agreement_id=bytes.fromhex(cur.agreement_id), detail="cancelled by the user")
-                        await stream.send_frame(seal(msg, self.key).raw)
-                        await stream.receive_frame(JOB_FRAME_LIMIT)
-                    finally:
-                        await stream.close()
-            except (StreamClosed, trio.TooSlowError) as exc:
-                log.info("run %s: cancel not delivered: %s", run.id, exc)
+            await self._send_cancel(run, cur, "cancelled by the user")
             cur.state, cur.detail = AttemptState.CANCELLED, "cancelled by the user"
             self.agreements.save(cur.agreement_id, "submitter", peer=cur.provider, state="cancelled",
                                  now=self.clock(), detail="cancelled by the user")
         self._set(run, RunState.CANCELLED, "cancelled by the user")
+
+    async def _send_cancel(self, run: Run, cur: Attempt, detail: str) -> None:
+        """Ask the provider to stop the job (best effort)."""
+        try:
+            with trio.fail_after(STEP_TIMEOUT):
+                stream = await self._open(cur)
+                try:
+                    msg = build(JobCancel, agreement_id=bytes.fromhex(cur.agreement_id), detail=detail)
+                    await stream.send_frame(seal(msg, self.key).raw)
+                    await stream.receive_frame(JOB_FRAME_LIMIT)
+                finally:
+                    await stream.close()
+        except (StreamClosed, trio.TooSlowError, ProtocolError) as exc:
+            log.info("run %s: cancel not delivered: %s", run.id, exc)
 
     # ---- queries (the local API)
 
@@ -547,26 +564,14 @@ class JobRunner:
     async def events(self, run: Run, follow: bool, only: str | None) -> AsyncIterator[dict[str, Any]]:
         """The run's events from the start; with ``follow``, until it ends."""
         live = self.live[run.id]
-        i = 0
-        if only == "log" and run.output_dir and not live.lines:  # after a restart: the verified log file
-            path = Path(run.output_dir) / "log.txt"
-            text = await trio.Path(path).read_text(errors="replace") if path.is_file() else None
-            if text is not None:
-                for line in text.splitlines():
-                    yield {"event": "log", "run": run.id, "line": line}
-                return
-        while True:
-            changed = live.changed
-            while i < len(live.events):
-                ev = live.events[i]
-                i += 1
-                if only is None or ev["event"] == only:
-                    yield ev
-            if not follow or live.done.is_set():
-                if only is None:
-                    yield {"event": "end", "run": run.id, **run.summary()}
-                return
-            await changed.wait()
+        if only == "log" and not live.log.count and live.done.is_set():  # after a restart
+            async for ev in saved_log(run.id, run.output_dir, live):
+                yield ev
+            return
+        async for ev in live.stream(run.id, follow, only):
+            yield ev
+        if only is None:
+            yield {"event": "end", "run": run.id, **run.summary()}
 
 
 @dataclass

@@ -17,9 +17,43 @@ from pathlib import Path
 from typing import Any
 
 from protocol.envelope import open_envelope
+from protocol.jobspec import JobSpec
 from protocol.result import Receipt, Result
 
-__all__ = ["Run", "RunState", "Attempt", "AttemptState", "RunStore", "FINAL_STATES"]
+__all__ = [
+    "Run",
+    "RunState",
+    "Attempt",
+    "AttemptState",
+    "Phase",
+    "PhaseSpan",
+    "RunStore",
+    "FINAL_STATES",
+    "SubmitError",
+    "SubmitRequest",
+]
+
+
+class SubmitError(Exception):
+    """A submission was refused before it became a run; ``reason`` is machine-readable."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """A job to run end to end, as the local API received it (already type-checked)."""
+
+    job: JobSpec  #: unsigned: this node signs it
+    blob_paths: dict[str, str]  #: digest -> local file, for blobs not yet in the store
+    results_dir: str  #: where ``<run id>/`` goes
+    providers: int = 3  #: quotes asked for in parallel
+    peers: tuple[str, ...] = ()  #: ask these (peer IDs or /p2p/ multiaddrs) instead of finding
+    timeout: float = 5.0  #: seconds to find providers
+    retries: int = 1  #: further providers after a failed attempt
+    grace_s: float = 20.0  #: silence after which a provider is given up
 
 
 class RunState(StrEnum):
@@ -57,6 +91,41 @@ class Attempt:
     price: int
     state: AttemptState = AttemptState.ACTIVE
     detail: str = ""
+    agreed_at: int = 0  #: unix seconds of the agreement: the attempt's deadline counts from it
+
+
+class Phase(StrEnum):
+    """The stages of a run as the submitter sees them (its timeline)."""
+
+    FIND = "find"  #: looking providers up and verifying their adverts
+    NEGOTIATE = "negotiate"  #: quotes, then the co-signed agreement
+    TRANSFER_IN = "transfer_in"  #: the provider pulls the image and inputs
+    QUEUE = "queue"  #: inputs complete on the provider, the container not started yet
+    RUN = "run"  #: the container runs
+    TRANSFER_OUT = "transfer_out"  #: fetching and verifying the outputs
+    RECEIPT = "receipt"  #: countersigning, recording and delivering the receipt
+
+
+#: The timeline phase a run state starts.
+_PHASE_OF = {
+    RunState.NEGOTIATING: Phase.NEGOTIATE,
+    RunState.AGREED: Phase.TRANSFER_IN,
+    RunState.TRANSFERRING: Phase.TRANSFER_IN,
+    RunState.RUNNING: Phase.RUN,
+    RunState.COLLECTING: Phase.TRANSFER_OUT,
+}
+#: A phase that continues another one rather than starting anew.
+_SAME = {Phase.TRANSFER_IN: Phase.QUEUE, Phase.NEGOTIATE: Phase.FIND}
+
+
+@dataclass
+class PhaseSpan:
+    """When one phase of one attempt started and ended (unix seconds, ms precision)."""
+
+    phase: Phase
+    started_at: float
+    ended_at: float | None = None  #: None while it goes on
+    attempt: int = 0  #: which attempt (0: the first; find and negotiate precede theirs)
 
 
 @dataclass
@@ -84,6 +153,29 @@ class Run:
     problems: list[str] = field(default_factory=list)
     find_summary: str = ""  #: what the last find said (why nobody matched)
     settled: bool = False  #: the provider confirmed it recorded our last receipt
+    phases: list[PhaseSpan] = field(default_factory=list)  #: the timeline, oldest first
+
+    def enter(self, phase: Phase, at: float) -> None:
+        """``phase`` starts now; the phase before it (if still open) ends now."""
+        self.close_phase(at)
+        self.phases.append(PhaseSpan(phase, round(at, 3), attempt=len(self.attempts)))
+
+    def close_phase(self, at: float) -> None:
+        if self.phases and self.phases[-1].ended_at is None:
+            self.phases[-1].ended_at = round(at, 3)
+
+    def follow_state(self, at: float) -> None:
+        """Keep the timeline in step with :attr:`state` (called on every state change)."""
+        phase = _PHASE_OF.get(self.state)
+        if self.state is RunState.NEGOTIATING and not self.peers:
+            phase = Phase.FIND  # the negotiation proper starts once candidates are known
+        last = self.phases[-1] if self.phases else None
+        if phase is not None and not (
+            last is not None and last.ended_at is None and last.phase in (phase, _SAME.get(phase))
+        ):
+            self.enter(phase, at)
+        if self.state in FINAL_STATES:
+            self.close_phase(at)
 
     @property
     def current(self) -> Attempt | None:
@@ -99,6 +191,7 @@ class Run:
         fields["attempts"] = [
             Attempt(**{**a, "state": AttemptState(a["state"])}) for a in fields.get("attempts", [])
         ]
+        fields["phases"] = [PhaseSpan(**{**s, "phase": Phase(s["phase"])}) for s in fields.get("phases", [])]
         return cls(**fields)
 
     def summary(self) -> dict[str, Any]:

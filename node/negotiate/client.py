@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,10 +82,13 @@ async def request_quote(
         await send_frame(session.stream, conn.send_offer(job.raw, expires_at=now + OFFER_TTL, now=now))
         conn.receive_data(await recv_frame(session.stream))
         event = conn.next_event(now=clock())
-    except (StreamClosed, trio.TooSlowError, ProtocolError) as exc:
+    except (StreamClosed, trio.TooSlowError, ProtocolError) as exc:  # the provider's doing
         session.error = str(exc) or type(exc).__name__
         await _close(session)
         return session
+    except LocalProtocolError:  # our bug (e.g. an offer we cannot build): fail here, blame nobody
+        await _close(session)
+        raise
     assert event is not NEED_DATA
     if isinstance(event.message, Quote):
         session.quote = event.message
@@ -101,7 +104,11 @@ async def request_quote(
 def _detail(s: QuoteSession) -> str:
     if s.refusal is not None:
         return f"{s.refusal.reason.value}: {s.refusal.detail}"
-    return s.error or ""
+    if s.error:
+        return s.error
+    if s.quote is not None and s.conn.state is State.CANCELLED:
+        return "not chosen: another provider's quote won"
+    return ""
 
 
 async def _close(session: QuoteSession) -> None:
@@ -129,8 +136,13 @@ async def accept_quote(session: QuoteSession, *, clock: UnixClock) -> Agreement 
         await send_frame(session.stream, conn.send_accept(now=clock()))
         conn.receive_data(await recv_frame(session.stream))
         event = conn.next_event(now=clock())
-    except (StreamClosed, trio.TooSlowError, ProtocolError, LocalProtocolError) as exc:
+    except (StreamClosed, trio.TooSlowError, ProtocolError) as exc:
         session.error = str(exc) or type(exc).__name__
+        await _close(session)
+        return None
+    except LocalProtocolError as exc:  # e.g. the quote lapsed before we got to it: not the provider's fault
+        log.info("could not accept the quote of %s: %s", session.provider, exc)
+        session.error = f"not accepted here: {exc}"
         await _close(session)
         return None
     await _close(session)
@@ -158,6 +170,12 @@ class Outcome:
         return out
 
 
+def _save(store: AgreementStore | None, s: QuoteSession, clock: UnixClock) -> None:
+    if store is not None:
+        store.save(s.conn.negotiation_id.hex(), "submitter", peer=s.provider,  # type: ignore[union-attr]
+                   state=s.conn.state.value, now=clock(), record=s.conn.to_record(), detail=_detail(s))
+
+
 def _rank(s: QuoteSession) -> tuple[int, int, int]:
     assert s.quote is not None
     return (s.quote.price, s.quote.estimated_start, -s.fit_pct)
@@ -171,10 +189,15 @@ async def negotiate_best(
     *,
     clock: UnixClock,
     store: AgreementStore | None = None,
+    on_agreement: Callable[[QuoteSession, Agreement], None] | None = None,
 ) -> Outcome:
     """Ask every candidate ``(peer, addrs, fit_pct)`` for a quote in parallel, accept the
     best (price, then estimated start, then tightest fit), cancel the rest.  If the best
-    refuses at accept time (e.g. its reservation lapsed), try the next."""
+    refuses at accept time (e.g. its reservation lapsed), try the next.
+
+    ``on_agreement`` runs as soon as the agreement is in, before the other quotes
+    are cancelled (in parallel): the provider starts fetching at once, and a quote
+    left waiting counts against us (it lapses: spec/negotiation.md section 8)."""
     sessions: list[QuoteSession] = []
 
     async def ask(peer: str, addrs: Sequence[str] | None, fit: int) -> None:
@@ -188,13 +211,20 @@ async def negotiate_best(
     quoted = sorted((s for s in sessions if s.quote is not None), key=_rank)
     agreement: Agreement | None = None
     chosen: QuoteSession | None = None
-    for s in quoted:
-        if agreement is None:
-            agreement = await accept_quote(s, clock=clock)
-            chosen = s if agreement is not None else None
-        else:
-            await cancel_quote(s, CancelReason.CHOSE_OTHER, clock=clock)
-        if store is not None:
-            store.save(s.conn.negotiation_id.hex(), "submitter", peer=s.provider,  # type: ignore[union-attr]
-                       state=s.conn.state.value, now=clock(), record=s.conn.to_record(), detail=_detail(s))
+    rest = list(quoted)
+    while rest and agreement is None:
+        s = rest.pop(0)
+        agreement = await accept_quote(s, clock=clock)
+        chosen = s if agreement is not None else None
+        _save(store, s, clock)
+        if agreement is not None and on_agreement is not None:
+            on_agreement(s, agreement)
+
+    async def decline(s: QuoteSession) -> None:
+        await cancel_quote(s, CancelReason.CHOSE_OTHER, clock=clock)
+        _save(store, s, clock)
+
+    async with trio.open_nursery() as nursery:
+        for s in rest:
+            nursery.start_soon(decline, s)
     return Outcome(agreement=agreement, chosen=chosen, sessions=sorted(sessions, key=lambda s: s.provider))

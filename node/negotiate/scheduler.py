@@ -92,6 +92,11 @@ class Scheduler:
         self.expire()
         return self._allocs.get(key)
 
+    def allocations(self) -> list[Allocation]:
+        """Every live allocation, reserved (a quote) or committed (an agreement)."""
+        self.expire()
+        return list(self._allocs.values())
+
     def free(self) -> Free:
         self.expire()
         used_gpus = {u for a in self._allocs.values() for u in a.gpu_uuids}

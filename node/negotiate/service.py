@@ -20,6 +20,8 @@ from trio_typing import TaskStatus
 
 from node.clock import UnixClock
 from node.negotiate.agreements import AgreementStore
+from node.negotiate.guard import PeerLog, guarded
+from node.negotiate.limits import PeerGate, PeerLimits
 from node.negotiate.policy import Policy
 from node.negotiate.provider import Provider
 from node.negotiate.scheduler import Scheduler
@@ -61,15 +63,20 @@ class NegotiationService:
         policy: Policy,
         clock: UnixClock,
         capability: Callable[[], ContainerCapability],
+        limits: PeerLimits | None = None,
+        peer_log: PeerLog | None = None,
     ) -> None:
         self.p2p = p2p
         self.agreements = agreements
         self.key = key
         self.clock = clock
+        self.peer_log = peer_log if peer_log is not None else PeerLog(log)
+        self.gate = PeerGate(scheduler, limits or PeerLimits())
         self.provider = Provider(
             key=key, peer_id=p2p.peer_id, store=agreements, scheduler=scheduler, policy=policy,
             clock=clock,
             runtime_check=lambda job: runtime_check(capability(), job, scheduler.resources),
+            gate=self.gate, peer_log=self.peer_log,
         )
 
     def resume(self) -> None:
@@ -81,6 +88,9 @@ class NegotiationService:
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve offers and status events (call :meth:`resume` first)."""
-        self.p2p.set_stream_handler(NEGOTIATE_PROTOCOL, self.provider.handle)
-        self.p2p.set_stream_handler(STATUS_PROTOCOL, status_handler(self.key, self.agreements, self.clock))
+        # Guarded: nothing a request raises leaves the handler (it would end the daemon).
+        self.p2p.set_stream_handler(NEGOTIATE_PROTOCOL, guarded(NEGOTIATE_PROTOCOL, self.provider.handle,
+                                                                self.peer_log))
+        status = status_handler(self.key, self.agreements, self.clock)
+        self.p2p.set_stream_handler(STATUS_PROTOCOL, guarded(STATUS_PROTOCOL, status, self.peer_log))
         task_status.started()

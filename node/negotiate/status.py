@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from node.clock import UnixClock
-from node.negotiate.agreements import AgreementStore
+from node.negotiate.agreements import AgreementStore, JobRow
 from node.negotiate.framing import STEP_TIMEOUT, recv_frame, send_frame
 from node.p2p import FramedStream, P2PHost
 from protocol.envelope import open_envelope
 from protocol.errors import LocalProtocolError, ProtocolError
 from protocol.negotiation import (
     Cancel,
+    CancelReason,
     JobStatus,
     Phase,
 )
 from protocol.negotiation_state import FRAME_LIMITS, Negotiation
 from protocol.streams import STATUS_PROTOCOL
 
-__all__ = ["push_status", "status_handler", "STATUS_ACK"]
+__all__ = ["push_status", "push_cancel", "status_handler", "STATUS_ACK"]
 
 log = logging.getLogger("cpn.negotiation")
 
@@ -51,27 +51,58 @@ async def push_status(
     so a failed push (raises StreamClosed / TooSlowError) can simply be
     retried with the same sequence number.
     """
+    conn, row = _restore(key, store, negotiation_id)
+    frame = conn.send_status(phase, at=at, detail=detail, exit_code=exit_code, now=clock())
+    await _push(p2p, store, conn, row.peer, frame, kind=phase.value, at=at, clock=clock, addrs=addrs)
+
+
+async def push_cancel(
+    p2p: P2PHost,
+    key: Ed25519PrivateKey,
+    store: AgreementStore,
+    negotiation_id: str,
+    *,
+    clock: UnixClock,
+    detail: str,
+    addrs: Sequence[str] | None = None,
+) -> None:
+    """Provider side: tell the submitter this provider cancelled the agreed job (its
+    operator did): a signed ``cancel`` on the status stream, like :func:`push_status`.
+    The job row keeps its state (the job's own outcome); the cancel is an event."""
+    conn, row = _restore(key, store, negotiation_id)
+    frame = conn.send_cancel(CancelReason.FAILURE, detail, now=clock())
+    await _push(p2p, store, conn, row.peer, frame, kind="cancel", at=clock(), clock=clock, addrs=addrs,
+                state=row.state)
+
+
+def _restore(key: Ed25519PrivateKey, store: AgreementStore, negotiation_id: str) -> tuple[Negotiation, JobRow]:
     rows = store.get(negotiation_id, "provider")
     if len(rows) != 1 or rows[0].record is None:
         raise LocalProtocolError(f"no agreement {negotiation_id} on this provider")
     row = rows[0]
     assert row.record is not None
-    conn = Negotiation.from_record(row.record, key=key, replay_cache=store)
-    frame = conn.send_status(phase, at=at, detail=detail, exit_code=exit_code, now=clock())
+    return Negotiation.from_record(row.record, key=key, replay_cache=store), row
+
+
+async def _push(p2p: P2PHost, store: AgreementStore, conn: Negotiation, peer: str, frame: bytes, *,
+                kind: str, at: int, clock: UnixClock, addrs: Sequence[str] | None,
+                state: str | None = None) -> None:
     with trio.fail_after(STEP_TIMEOUT):
-        stream = await p2p.open_stream(row.peer, STATUS_PROTOCOL, addrs)
+        stream = await p2p.open_stream(peer, STATUS_PROTOCOL, addrs)
     try:
         await send_frame(stream, frame)
         if await recv_frame(stream) != STATUS_ACK:
             raise ProtocolError("malformed", "status not acknowledged")
     finally:
         await stream.close()
-    store.save(negotiation_id, "provider", peer=row.peer, state=conn.state.value, now=clock(),
-               record=conn.to_record())
-    store.add_event(negotiation_id, "provider", kind=phase.value, at=at, data=frame)
+    nid = conn.negotiation_id.hex()  # type: ignore[union-attr]
+    store.save(nid, "provider", peer=peer, state=state or conn.state.value, now=clock(), record=conn.to_record())
+    store.add_event(nid, "provider", kind=kind, at=at, data=frame)
 
 
-def status_handler(key: Ed25519PrivateKey, store: AgreementStore, clock: UnixClock) -> Callable[[FramedStream], Any]:
+def status_handler(
+    key: Ed25519PrivateKey, store: AgreementStore, clock: UnixClock
+) -> Callable[[FramedStream], Awaitable[None]]:
     """Submitter side: accept status events (and cancels) for our agreements."""
 
     async def handle(stream: FramedStream) -> None:

@@ -5,7 +5,12 @@ the node makes), :mod:`~node.p2p.streams` (:class:`FramedStream`),
 :mod:`~node.p2p.dht` (our record validators, the kad server's provider
 store and stream cap, our own kad RPCs), :mod:`~node.p2p.routing` (the
 sans-IO lookup and provide of :mod:`protocol.kademlia` driven over those
-RPCs), :mod:`~node.p2p.keys` (the identity key as a libp2p key pair).
+RPCs), :mod:`~node.p2p.keys` (the identity key as a libp2p key pair), and
+NAT traversal: :mod:`~node.p2p.nat` (reachability, announced addresses),
+:mod:`~node.p2p.autonat` (AutoNAT with a real dial-back),
+:mod:`~node.p2p.relay` (circuit relay v2 service and client calls),
+:mod:`~node.p2p.keeper` (a private node's relay slots), :mod:`~node.p2p.paths`
+(DCUtR hole punching, the path of each connection).
 The rest of the node imports from ``node.p2p`` only.
 
 Everything py-libp2p-specific is handled here once, so the rest of the node
@@ -21,6 +26,10 @@ multiaddrs, streams are :class:`FramedStream`):
   ``strict_validation=True`` and our own namespace validators, so a stock
   libp2p (e.g. js-libp2p) can find our providers while nobody can store
   arbitrary values through us.
+* **Reachability.**  AutoNAT (fixed dial-back), identify's observed
+  addresses, circuit relay v2 and DCUtR (:mod:`~node.p2p.nat`): peers only
+  ever learn addresses they can use; a private node is reached through
+  relays and, where the NATs allow, hole punching.
 * **Framing.**  A remote ``reset()`` reads as ``StreamEOF`` in py-libp2p, the
   same as a clean close, so every message is length-prefixed
   (:class:`FramedStream`) and a truncated frame is an error, not a message.

@@ -318,6 +318,7 @@ class KadClient:
         self._me = host.get_id()
         self._self_at = -math.inf
         self._envelope = b""
+        self._local: Any = None  #: the peerstore's local record ``_envelope`` was made from
         self._my_addrs: list[bytes] = []
         #: (expected peer, signed record bytes) -> when verified and consumed
         self._seen: dict[tuple[bytes, bytes], float] = {}
@@ -365,8 +366,14 @@ class KadClient:
         msg.type = kind
         msg.key = key
         now = trio.current_time()
-        if now >= self._self_at + SELF_RECORD_S:  # both cost a walk over the host's addresses
+        # Both cost a walk over the host's addresses, hence the cache; but once a
+        # newer record of ours was issued (our announced addresses changed: NAT
+        # traversal, a relay slot; identify push carries it), peers reject an
+        # older one (a lower seq) and drop the request: send the newest at once.
+        local = self._host.get_peerstore().get_local_record()
+        if now >= self._self_at + SELF_RECORD_S or local is not self._local:
             self._envelope, _ = env_to_send_in_RPC(self._host)
+            self._local = self._host.get_peerstore().get_local_record()
             self._my_addrs = [a.to_bytes() for a in self._host.get_addrs()]
             self._self_at = now
         msg.senderRecord = self._envelope

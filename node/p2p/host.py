@@ -43,8 +43,11 @@ from node.p2p.dht import (
     dht_key,
 )
 from node.p2p.keys import to_libp2p_keypair
+from node.p2p.nat import NatService
+from node.p2p.relay import RelayRefused, dial_circuit
 from node.p2p.routing import EarlyStop, KadRouting
 from node.p2p.streams import FramedStream, PeerUnreachable, StreamClosed, StreamHandler
+from node.reach import Path, Reachability, RelayPolicy, split_circuit
 from protocol.errors import ProtocolError
 from protocol.kademlia import ALPHA, K
 
@@ -53,6 +56,9 @@ log = logging.getLogger("cpn.p2p")
 __all__ = ["P2PHost", "open_host", "DIAL_TIMEOUT", "PING_TIMEOUT"]
 
 DIAL_TIMEOUT = 5.0  #: seconds for one dial (TCP + Noise + yamux)
+DIRECT_FIRST_S = 2.0  #: a direct dial's share when a relay circuit can be tried next
+MAX_REMEMBERED = 4096  #: peers whose circuit addresses we keep for later dials
+SETTLE_TIMEOUT = 15.0  #: longest start-up wait for the reachability verdict and a relay slot
 PING_TIMEOUT = 0.5  #: one muxer-level ping (a miss falls back to a full request)
 
 # py-libp2p's yamux sends a WINDOW_UPDATE frame after *every* read by default
@@ -98,12 +104,15 @@ class P2PHost:
     """A running libp2p host with a kad-dht; create with :func:`open_host`."""
 
     def __init__(
-        self, host: Any, dht: CpnKadDHT, nursery: trio.Nursery, stats: HostStats | None = None
+        self, host: Any, dht: CpnKadDHT, nat: NatService, nursery: trio.Nursery,
+        stats: HostStats | None = None,
     ) -> None:
         self._host = host
         self._dht = dht
+        self.nat = nat
         self.peer_id: str = str(host.get_id())
         self.stats = stats if stats is not None else HostStats()
+        self._circuits: dict[str, list[str]] = {}  #: peer -> circuit addrs we were given
         #: lookups and provides (spec/dht.md §6); their requests run in ``nursery``,
         #: which lives as long as the host, so no lookup cancels a query mid-stream
         self._routing = KadRouting(host, dht, nursery, self.stats)
@@ -113,12 +122,40 @@ class P2PHost:
 
     @property
     def listen_addrs(self) -> list[str]:
-        """Our dialable multiaddrs, each ending in ``/p2p/<peer id>``."""
-        return [with_peer(str(a), self.peer_id) for a in self._host.get_addrs()]
+        """The multiaddrs we listen on, each ending in ``/p2p/<peer id>``."""
+        return [with_peer(str(a), self.peer_id) for a in self._host.get_transport_addrs()]
 
     def advertised_addrs(self) -> list[str]:
-        """The addresses other peers should dial us at (no ``/p2p/`` suffix), for adverts."""
-        return list(dict.fromkeys(split_peer(a)[0] for a in self.listen_addrs))
+        """The addresses other peers can dial us at (no ``/p2p/`` suffix), for adverts:
+        what :class:`~node.reach.Reachability` announces (never a loopback or private
+        address to peers outside that network; relay circuits when private)."""
+        return self.nat.announced()
+
+    @property
+    def reachability(self) -> Reachability:
+        """Public / private / unknown, public IP, NAT type, announced addresses."""
+        return self.nat.reach
+
+    def on_addrs_changed(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` whenever the addresses we announce change (reachability
+        verdict, relays gained or lost): whoever publishes them re-publishes."""
+        last = [self.nat.reach.addrs]
+
+        def changed(reach: Reachability) -> None:
+            if reach.addrs != last[0]:
+                last[0] = reach.addrs
+                fn()
+
+        self.nat.on_change.append(changed)
+
+    def connection_paths(self) -> dict[str, Path]:
+        """:meth:`connection_path` of every connected peer."""
+        return self.nat.tracker.paths()
+
+    def connection_path(self, peer_id: str) -> Path | None:
+        """How we are connected to ``peer_id`` now: ``direct``, ``hole-punched``,
+        ``reversed``, ``relayed``; None when not connected."""
+        return self.nat.path(peer_id)
 
     def connected_peers(self) -> list[str]:
         return [str(p) for p in self._host.get_connected_peers()]
@@ -153,15 +190,46 @@ class P2PHost:
         self._host.set_stream_handler(TProtocol(protocol_id), wrapped)
 
     async def connect(self, peer_id: str, addrs: Sequence[str]) -> None:
-        """Dial ``peer_id`` at ``addrs`` (no-op if already connected)."""
-        info = PeerInfo(
-            ID.from_base58(peer_id), [multiaddr.Multiaddr(split_peer(a)[0]) for a in addrs]
-        )
+        """Dial ``peer_id`` at ``addrs`` (no-op if already connected); circuit
+        addresses (``.../p2p/<relay>/p2p-circuit``) are dialled through the relay
+        when no direct address works."""
+        await self._dial(ID.from_base58(peer_id), addrs)
+
+    async def _dial(self, pid: ID, addrs: Sequence[str]) -> None:
+        """Connect unless connected: direct addresses first (given or known),
+        then the relays of the circuit addresses given (or given before)."""
+        if self._host.get_network().get_connections(pid):
+            return
+        peer = str(pid)
+        direct = [split_peer(a)[0] for a in addrs if split_circuit(a) is None]
+        circuits = [a for a in addrs if split_circuit(a) is not None]
+        if circuits:
+            self._circuits.pop(peer, None)
+            self._circuits[peer] = circuits[:8]
+            while len(self._circuits) > MAX_REMEMBERED:
+                self._circuits.pop(next(iter(self._circuits)))
+        circuits = circuits or self._circuits.get(peer, [])
         try:
-            with trio.fail_after(DIAL_TIMEOUT):
-                await self._host.connect(info)
-        except (BaseLibp2pError, OSError, trio.TooSlowError) as exc:
-            raise PeerUnreachable(f"cannot connect to {peer_id}: {exc}") from None
+            known = [a for a in self._host.get_peerstore().addrs(pid) if "/p2p-circuit" not in str(a)]
+        except (BaseLibp2pError, KeyError):  # a peer the peerstore has never heard of
+            known = []
+        problems: list[str] = []
+        if direct or known:
+            try:
+                # With a relay to fall back on, a direct address gets a short try.
+                with trio.fail_after(DIRECT_FIRST_S if circuits else DIAL_TIMEOUT):
+                    await self._host.connect(PeerInfo(pid, [multiaddr.Multiaddr(a) for a in direct]))
+                return
+            except (BaseLibp2pError, OSError, ValueError, trio.TooSlowError) as exc:
+                problems.append(f"direct: {exc or 'timed out'}")
+        for addr in circuits:
+            relay_transport, relay, _target = split_circuit(addr) or ("", "", None)
+            try:
+                await dial_circuit(self._host, relay_transport, relay, peer)
+                return
+            except (RelayRefused, BaseLibp2pError, OSError, ValueError, trio.TooSlowError) as exc:
+                problems.append(f"via {relay}: {exc or 'timed out'}")
+        raise PeerUnreachable(f"cannot connect to {peer}: {'; '.join(problems) or 'no address'}")
 
     async def connect_multiaddr(self, addr: str) -> str:
         """Dial a full ``.../p2p/<id>`` multiaddr; add it to the DHT; return the peer ID."""
@@ -183,10 +251,12 @@ class P2PHost:
         from an advert rather than from the DHT.
         """
         pid = ID.from_base58(peer_id)
-        if addrs:
+        direct = [a for a in addrs or () if split_circuit(a) is None]
+        if direct:
             self._host.get_peerstore().add_addrs(
-                pid, [multiaddr.Multiaddr(split_peer(a)[0]) for a in addrs], 3600
+                pid, [multiaddr.Multiaddr(split_peer(a)[0]) for a in direct], 3600
             )
+        await self._dial(pid, addrs or ())
         try:
             with trio.fail_after(DIAL_TIMEOUT):
                 raw = await self._host.new_stream(pid, [TProtocol(protocol_id)])
@@ -336,13 +406,16 @@ async def open_host(
     *,
     validators: Mapping[str, RecordValidator] | None = None,
     bootstrap: Sequence[str] = (),
+    relay: RelayPolicy | None = None,
 ) -> AsyncIterator[P2PHost]:
     """Run a Noise-only, yamux, kad-dht (server mode) host until the block exits.
 
     ``validators`` maps DHT namespaces (``"cpn-advert"`` for ``/cpn-advert/...``)
     to :class:`RecordValidator`; with ``strict_validation`` every other
     namespace is refused.  ``bootstrap`` multiaddrs are dialled best-effort:
-    an unreachable bootstrap peer is logged, not fatal.
+    an unreachable bootstrap peer is logged, not fatal.  ``relay``: the
+    ``[relay]`` settings (:class:`~node.p2p.nat.NatService` runs reachability,
+    relays and hole punching beside the host).
     """
     route_library_logs()
     keypair = to_libp2p_keypair(key)
@@ -375,9 +448,12 @@ async def open_host(
     dht.provider_store = PagedProviderStore(host, dht.peer_routing)  # pages, 2048/key, 3 h
     stats = HostStats()
     host.set_stream_handler(TProtocol(KAD_PROTOCOL), capped_kad_handler(dht, stats))
+    nat = NatService(host, dht, policy=relay or RelayPolicy(), bootstrap=bootstrap,
+                     register_kad=lambda: host.set_stream_handler(
+                         TProtocol(KAD_PROTOCOL), capped_kad_handler(dht, stats)))
     async with host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]):
-        async with background_trio_service(dht), trio.open_nursery() as kad_requests:
-            p2p = P2PHost(host, dht, kad_requests, stats)
+        async with background_trio_service(dht), nat.running(), trio.open_nursery() as kad_requests:
+            p2p = P2PHost(host, dht, nat, kad_requests, stats)
             stats_holder.append(p2p)
             for addr in bootstrap:
                 try:
@@ -386,5 +462,7 @@ async def open_host(
                     log.warning("bootstrap peer unreachable: %s", exc)
             if bootstrap:
                 await p2p.bootstrap()
+            with trio.move_on_after(SETTLE_TIMEOUT):
+                await nat.settle()  # how peers reach us, before anything is advertised
             yield p2p
             kad_requests.cancel_scope.cancel()  # the host closes: requests still out end now

@@ -24,7 +24,14 @@ errors) live in node/transfer/blobtypes.py and are exported here too.
 
 Sizes count against an optional quota; a partial blob reserves its full size
 when it starts, so a transfer cannot run out of quota half way.  Blobs that
-nobody pins (``pin(digest, owner)``) are collected by :meth:`BlobStore.gc`.
+nobody pins (``pin(digest, owner)``) are collected by :meth:`BlobStore.gc`
+(under quota pressure) and :meth:`BlobStore.sweep` (when idle too long).
+
+Who may use a stored blob (spec/transfer.md section 1.1): the store remembers
+the peers that *delivered* each blob here (:meth:`BlobStore.add_supplier`;
+a fetch on a peer's behalf that completed) and whether it is *public*
+(marked by the local party that imported it).  :meth:`BlobStore.usable_by`
+answers for a party: knowing a digest never opens a blob.
 
 Methods are synchronous and cheap except the ones named as blocking
 (``import_file``, ``begin``, ``PartialBlob.write_chunk``, ``verify_chunk``,
@@ -38,7 +45,8 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -51,7 +59,7 @@ from node.transfer.blobtypes import (
     CorruptChunk,
     QuotaExceeded,
 )
-from node.transfer.partial import PartialBlob
+from node.transfer.partial import PartialBlob, ProofBlob
 from protocol.chunks import (
     DEFAULT_CHUNK_SIZE,
     ChunkListBuilder,
@@ -77,7 +85,7 @@ __all__ = [
 log = logging.getLogger("cpn.blobstore")
 
 #: On-disk format of store.sqlite (PRAGMA user_version); see BlobStore._upgrade.
-STORE_VERSION = 2
+STORE_VERSION = 3
 
 
 _SCHEMA = """
@@ -88,20 +96,38 @@ CREATE TABLE IF NOT EXISTS blobs (
     chunk_root TEXT NOT NULL,
     hashes BLOB NOT NULL,
     complete INTEGER NOT NULL,
-    bitmap BLOB NOT NULL
+    bitmap BLOB NOT NULL,
+    public INTEGER NOT NULL DEFAULT 0,   -- version 3: any party may use it (section 1.1)
+    used_at REAL NOT NULL DEFAULT 0,     -- version 3: last fetched, served or reused (sweep)
+    party TEXT                           -- version 3: a partial blob: whom it is received for
 );
 CREATE TABLE IF NOT EXISTS pins (
     digest TEXT NOT NULL,
     owner TEXT NOT NULL,
+    since REAL NOT NULL DEFAULT 0,       -- version 3
     PRIMARY KEY (digest, owner)
 );
+CREATE TABLE IF NOT EXISTS suppliers (  -- version 3: peers that delivered the blob here
+    digest TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    PRIMARY KEY (digest, peer)
+);
 """
+#: columns version 3 added to tables of older stores: (table, column, declaration)
+_V3_COLUMNS = (
+    ("blobs", "public", "INTEGER NOT NULL DEFAULT 0"),
+    ("blobs", "used_at", "REAL NOT NULL DEFAULT 0"),
+    ("blobs", "party", "TEXT"),
+    ("pins", "since", "REAL NOT NULL DEFAULT 0"),
+)
 
 
 class BlobStore:
-    def __init__(self, data_dir: Path, *, quota_bytes: int | None = None) -> None:
+    def __init__(self, data_dir: Path, *, quota_bytes: int | None = None,
+                 now: Callable[[], float] = time.time) -> None:
         self.root = Path(data_dir) / "blobs"
         self.quota = quota_bytes
+        self.now = now  #: unix seconds (pins, last use)
         for sub in ("sha256", "partial", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -137,10 +163,12 @@ class BlobStore:
         """Bring a store written by an older CPN to :data:`STORE_VERSION`.
 
         Version 1 (v0.1 before 2026-11-24) kept per-chunk SHA-256 lists; version
-        2 keeps chained lists (protocol/chunks.py).  Complete blobs are read once
-        and their lists recomputed (a file whose digest no longer matches is
-        dropped); partial blobs are dropped, since their kept chunks cannot be
-        checked against the new list without the rest of the blob."""
+        2 keeps chained lists (protocol/chunks.py): see :meth:`_upgrade_to_2`.
+        Version 3 remembers who delivered each blob, which are public, when each
+        was last used and since when each pin holds: the columns are added;
+        nobody is recorded as a supplier of an existing blob (who delivered it
+        was never kept), so a party must deliver a blob once more before its
+        jobs reuse it here: safe, and a one-time transfer."""
         version = int(self._q("PRAGMA user_version")[0][0])
         if version > STORE_VERSION:
             raise BlobStoreError(
@@ -148,10 +176,25 @@ class BlobStore:
                 f"up to {STORE_VERSION}); upgrade CPN or point it at another data dir")
         if version == STORE_VERSION:
             return
+        if version < 2:
+            self._upgrade_to_2()
+        for table, column, decl in _V3_COLUMNS:
+            if column not in {str(r[1]) for r in self._q(f"PRAGMA table_info({table})")}:
+                self._x(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        now = self.now()
+        self._x("UPDATE blobs SET used_at=? WHERE used_at=0", now)
+        self._x("UPDATE pins SET since=? WHERE since=0", now)
+        self._x(f"PRAGMA user_version={STORE_VERSION}")
+
+    def _upgrade_to_2(self) -> None:
+        """Complete blobs are read once and their chained lists computed (a file
+        whose digest no longer matches is dropped); partial blobs are dropped,
+        since their kept chunks cannot be checked against the new list without
+        the rest of the blob."""
         rows = self._q("SELECT digest, chunk_size, complete FROM blobs")
         if rows:
-            log.warning("blob store %s: upgrading %d blobs to store version %d (chained chunk lists)",
-                        self.root, len(rows), STORE_VERSION)
+            log.warning("blob store %s: upgrading %d blobs to store version 2 (chained chunk lists)",
+                        self.root, len(rows))
         for digest, chunk_size, complete in rows:
             d = str(digest)
             if not complete:
@@ -170,7 +213,6 @@ class BlobStore:
                 continue
             self._x("UPDATE blobs SET chunk_root=?, hashes=? WHERE digest=?",
                     chunk_root(hashes), b"".join(hashes), d)
-        self._x(f"PRAGMA user_version={STORE_VERSION}")
 
     # ---- sqlite helpers (one connection, serialised: callers may be worker threads)
 
@@ -242,6 +284,42 @@ class BlobStore:
         rows = self._q("SELECT bitmap FROM blobs WHERE digest=?", digest)
         return m, indexes_from_bitmap(bytes(rows[0][0]), chunk_count(m.size, m.chunk_size))
 
+    # ---- who may use a blob (spec/transfer.md section 1.1)
+
+    def usable_by(self, digest: str, party: str | None) -> bool:
+        """Is ``digest`` stored complete and may ``party`` use it here without
+        delivering it?  Yes if it is public or ``party`` delivered it here
+        before; ``party=None`` is this node itself (always)."""
+        if not self.has(digest):
+            return False
+        if party is None:
+            return True
+        rows = self._q("SELECT public FROM blobs WHERE digest=?", digest)
+        if rows and rows[0][0]:
+            return True
+        return bool(self._q("SELECT 1 FROM suppliers WHERE digest=? AND peer=?", digest, party))
+
+    def add_supplier(self, digest: str, peer: str) -> None:
+        """``peer`` delivered ``digest`` here (a fetch on its behalf completed:
+        every chunk verified against its chunk list, which ends in the digest)."""
+        self._x("INSERT OR IGNORE INTO suppliers (digest, peer) VALUES (?, ?)", check_digest(digest), peer)
+
+    def suppliers(self, digest: str) -> list[str]:
+        return [str(r[0]) for r in self._q("SELECT peer FROM suppliers WHERE digest=? ORDER BY peer", digest)]
+
+    def is_public(self, digest: str) -> bool:
+        rows = self._q("SELECT public FROM blobs WHERE digest=?", check_digest(digest))
+        return bool(rows and rows[0][0])
+
+    def mark_public(self, digest: str) -> None:
+        """Any party may use ``digest`` here (for the local party that supplied
+        it: an operator's image, say).  Never for a blob a peer delivered."""
+        self._x("UPDATE blobs SET public=1 WHERE digest=?", check_digest(digest))
+
+    def touch(self, digest: str) -> None:
+        """``digest`` was used now (served, fetched, reused): the sweep keeps it longer."""
+        self._x("UPDATE blobs SET used_at=? WHERE digest=?", self.now(), digest)
+
     def digests(self) -> list[str]:
         return [str(r[0]) for r in self._q("SELECT digest FROM blobs WHERE complete=1")]
 
@@ -269,7 +347,16 @@ class BlobStore:
 
     def pin(self, digest: str, owner: str) -> None:
         """Keep ``digest`` (present or future) from garbage collection on behalf of ``owner``."""
-        self._x("INSERT OR IGNORE INTO pins (digest, owner) VALUES (?, ?)", check_digest(digest), owner)
+        self._x("INSERT OR IGNORE INTO pins (digest, owner, since) VALUES (?, ?, ?)",
+                check_digest(digest), owner, self.now())
+
+    def expire_pins(self, prefix: str, before: float) -> int:
+        """Drop the pins of owners named ``prefix...`` made before ``before``
+        (e.g. results nobody sent a receipt for).  Returns how many."""
+        cond = "substr(owner, 1, ?) = ? AND since < ?"
+        rows = self._q(f"SELECT COUNT(*) FROM pins WHERE {cond}", len(prefix), prefix, before)
+        self._x(f"DELETE FROM pins WHERE {cond}", len(prefix), prefix, before)
+        return int(rows[0][0])
 
     def unpin(self, owner: str, digest: str | None = None) -> None:
         if digest is None:
@@ -291,9 +378,29 @@ class BlobStore:
             d = str(digest)
             if d in self._open:
                 continue
-            self._x("DELETE FROM blobs WHERE digest=?", d)
-            self._final(d).unlink(missing_ok=True)
-            self._partial_path(d).unlink(missing_ok=True)
+            self.delete(d)
+            freed += int(size)
+        return freed
+
+    def sweep(self, *, idle_s: float, local_idle_s: float) -> int:
+        """Blocking: delete unpinned blobs nobody used for a while; returns the bytes freed.
+
+        A blob some peer delivered, or a public one, is a cache worth keeping
+        for ``idle_s``; a blob only this node produced (a job's outputs and log
+        once their receipt arrived, a submitter's own imports after its run)
+        goes after ``local_idle_s`` (a grace, so a fresh import is not swept
+        before it is pinned)."""
+        now = self.now()
+        rows = self._q(
+            "SELECT digest, size, used_at, public OR EXISTS (SELECT 1 FROM suppliers s WHERE s.digest = b.digest)"
+            " FROM blobs b WHERE digest NOT IN (SELECT digest FROM pins)"
+        )
+        freed = 0
+        for digest, size, used_at, cached in rows:
+            d = str(digest)
+            if d in self._open or float(used_at) > now - (idle_s if cached else local_idle_s):
+                continue
+            self.delete(d)
             freed += int(size)
         return freed
 
@@ -301,14 +408,18 @@ class BlobStore:
         if digest in self._open:
             raise BlobStoreError(f"{digest} is being written")
         self._x("DELETE FROM blobs WHERE digest=?", check_digest(digest))
+        self._x("DELETE FROM suppliers WHERE digest=?", digest)
         self._final(digest).unlink(missing_ok=True)
         self._partial_path(digest).unlink(missing_ok=True)
 
     # ---- writing
 
-    def import_file(self, path: Path, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> BlobMeta:
+    def import_file(self, path: Path, *, chunk_size: int = DEFAULT_CHUNK_SIZE, public: bool = False,
+                    supplier: str | None = None) -> BlobMeta:
         """Blocking: copy ``path`` into the store, hashing as it streams (memory: one chunk).
-        Dedup: an already stored blob is not copied again."""
+        Dedup: an already stored blob is not copied again.  The local party
+        supplies it: ``public`` lets any peer's jobs use it here; ``supplier``
+        records a peer it belongs to as well (a job's outputs, for its submitter)."""
         src = Path(path)
         size = src.stat().st_size
         builder = ChunkListBuilder(chunk_size)  # validates chunk_size; one SHA-256 pass
@@ -326,18 +437,25 @@ class BlobStore:
             digest, hashes = builder.finish()
             meta = BlobMeta(digest=digest, size=size, chunk_size=chunk_size, chunk_root=chunk_root(hashes))
             if self.has(digest):
-                return self.meta(digest) or meta
-            self._reserve(digest, size)
-            self._commit(meta, hashes, tmp)
+                meta = self.meta(digest) or meta
+            else:
+                self._reserve(digest, size)
+                self._commit(meta, hashes, tmp)
+            self.touch(digest)
+            if public:
+                self.mark_public(digest)
+            if supplier is not None:
+                self.add_supplier(digest, supplier)
             return meta
         finally:
             tmp.unlink(missing_ok=True)
 
-    def import_bytes(self, data: bytes, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> BlobMeta:
+    def import_bytes(self, data: bytes, *, chunk_size: int = DEFAULT_CHUNK_SIZE, public: bool = False,
+                     supplier: str | None = None) -> BlobMeta:
         tmp = self.root / "tmp" / f"bytes-{os.getpid()}-{threading.get_ident()}"
         tmp.write_bytes(data)
         try:
-            return self.import_file(tmp, chunk_size=chunk_size)
+            return self.import_file(tmp, chunk_size=chunk_size, public=public, supplier=supplier)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -347,21 +465,13 @@ class BlobStore:
         os.replace(src, final)
         _fsync_dir(final.parent)
         self._x(
-            "INSERT OR REPLACE INTO blobs (digest, size, chunk_size, chunk_root, hashes, complete, bitmap)"
-            " VALUES (?, ?, ?, ?, ?, 1, x'')",
-            meta.digest, meta.size, meta.chunk_size, meta.chunk_root, b"".join(hashes),
+            "INSERT OR REPLACE INTO blobs (digest, size, chunk_size, chunk_root, hashes, complete, bitmap,"
+            " used_at) VALUES (?, ?, ?, ?, ?, 1, x'', ?)",
+            meta.digest, meta.size, meta.chunk_size, meta.chunk_root, b"".join(hashes), self.now(),
         )
 
-    def begin(self, blob: BlobLike, hashes: Sequence[bytes]) -> PartialBlob:
-        """Start (or resume) receiving ``blob`` whose chunk list was verified against its root.
-
-        Raises QuotaExceeded before any byte is written if the blob does not fit.
-        """
+    def _checked_list(self, blob: BlobLike, hashes: Sequence[bytes]) -> BlobMeta:
         digest = check_digest(blob.digest)
-        if digest in self._open:
-            raise BlobStoreError(f"{digest} is already being received")
-        if self.has(digest):
-            raise BlobStoreError(f"{digest} is already stored")
         meta = BlobMeta(digest=digest, size=blob.size, chunk_size=blob.chunk_size, chunk_root=blob.chunk_root)
         n = chunk_count(meta.size, meta.chunk_size)
         if len(hashes) != n or chunk_root(hashes) != meta.chunk_root:
@@ -369,21 +479,49 @@ class BlobStore:
         if n and hashes[-1].hex() != digest[7:]:
             raise CorruptBlob(f"{digest}: the chunk list's last entry is not the blob digest"
                               " (the blob reference's root and digest disagree)")
-        rows = self._q("SELECT chunk_size, chunk_root, bitmap FROM blobs WHERE digest=?", digest)
+        return meta
+
+    def begin_proof(self, blob: BlobLike, hashes: Sequence[bytes]) -> ProofBlob:
+        """Receive a blob we hold already, for a party that has not delivered it
+        here: every chunk is verified against that party's chunk list and
+        nothing is written; finishing it proves the party holds the blob."""
+        meta = self._checked_list(blob, hashes)
+        if not self.has(meta.digest):
+            raise BlobStoreError(f"{meta.digest} is not stored: fetch it instead")
+        return ProofBlob(meta, list(hashes), lambda: self.meta(meta.digest) or meta)
+
+    def begin(self, blob: BlobLike, hashes: Sequence[bytes], *, party: str | None = None) -> PartialBlob:
+        """Start (or resume) receiving ``blob`` whose chunk list was verified against its root.
+
+        Chunks kept from an interrupted transfer are resumed only for the same
+        ``party`` (the peer the blob is received for): another party's chunks
+        would let it complete a blob it does not hold.  Raises QuotaExceeded
+        before any byte is written if the blob does not fit.
+        """
+        digest = check_digest(blob.digest)
+        if digest in self._open:
+            raise BlobStoreError(f"{digest} is already being received")
+        if self.has(digest):
+            raise BlobStoreError(f"{digest} is already stored")
+        meta = self._checked_list(blob, hashes)
+        n = chunk_count(meta.size, meta.chunk_size)
+        rows = self._q("SELECT chunk_size, chunk_root, bitmap, party FROM blobs WHERE digest=?", digest)
         durable: set[int] = set()
         path = self._partial_path(digest)
-        if rows and (rows[0][0], rows[0][1]) == (meta.chunk_size, meta.chunk_root) and path.exists():
+        same = rows and (rows[0][0], rows[0][1], rows[0][3]) == (meta.chunk_size, meta.chunk_root, party)
+        if same and path.exists():
             durable = indexes_from_bitmap(bytes(rows[0][2]), n)
+            self.touch(digest)
         else:
             if rows:
                 self._x("DELETE FROM blobs WHERE digest=?", digest)
             self._reserve(digest, meta.size)
             path.unlink(missing_ok=True)
             self._x(
-                "INSERT INTO blobs (digest, size, chunk_size, chunk_root, hashes, complete, bitmap)"
-                " VALUES (?, ?, ?, ?, ?, 0, ?)",
+                "INSERT INTO blobs (digest, size, chunk_size, chunk_root, hashes, complete, bitmap, used_at, party)"
+                " VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)",
                 digest, meta.size, meta.chunk_size, meta.chunk_root, b"".join(hashes),
-                bitmap_from_indexes((), n),
+                bitmap_from_indexes((), n), self.now(), party,
             )
         partial = PartialBlob(self, meta, list(hashes), path, durable)
         if durable:
@@ -406,7 +544,8 @@ class BlobStore:
         os.chmod(p.path, 0o444)
         os.replace(p.path, final)
         _fsync_dir(final.parent)
-        self._x("UPDATE blobs SET complete=1, bitmap=x'' WHERE digest=?", p.meta.digest)
+        self._x("UPDATE blobs SET complete=1, bitmap=x'', party=NULL, used_at=? WHERE digest=?",
+                self.now(), p.meta.digest)
         self._open.pop(p.meta.digest, None)
 
     def release(self, p: PartialBlob) -> None:

@@ -37,19 +37,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from protocol import cbor
 from protocol.transfer import HEADER_SIZE, MAX_BODY, FrameType, decode_header
 
 __all__ = [
     "ThreadSocket",
+    "LoopSocket",
+    "DataLimits",
     "shutdown_on_cancel",
     "leaf_error",
     "HANDSHAKE_TIMEOUT",
@@ -58,18 +62,37 @@ __all__ = [
     "WINDOW",
     "SLOTS",
     "OPENERS",
-    "DATA_CONTROL_LIMITS",
 ]
 
-HANDSHAKE_TIMEOUT = 10.0  #: seconds for the preamble and first request
+HANDSHAKE_TIMEOUT = 10.0  #: seconds a client waits for the TCP connection
 IDLE_TIMEOUT = 60.0  #: seconds without a frame before a connection is dropped
 BATCH = 16  #: chunks per Request frame
 WINDOW = 3  #: Request frames outstanding per source (keeps the pipe full)
 SLOTS = 12  #: chunk buffers per connection and side, in a ring (received/sealed, in work, being written)
 #: threads decrypting + verifying chunks per connection (the receiver's heaviest stage)
 OPENERS = max(1, min(4, os.cpu_count() or 1))
-#: bounds on the sealed Request, Error and DataError bodies of the data plane
-DATA_CONTROL_LIMITS = cbor.Limits(max_size=64 << 10, max_depth=8, max_items=2048)
+
+
+@dataclass(frozen=True)
+class DataLimits:
+    """What one data plane lets connections and peers hold ([transfer] data_* keys).
+
+    Every resource a connection can make the server hold is bounded here: a
+    socket and a task per connection (``conns``, ``conns_per_addr``), before
+    admission for at most ``handshake_s``; worker threads only while a
+    request's frames are being sent (``threads`` in all, at most
+    ``conns_per_peer`` per peer), each frame leaving within ``stall_s``;
+    unused tickets (``tickets_per_peer``, the oldest dropped first).
+    """
+
+    handshake_s: float = 5.0  #: seconds for the preamble and the first (authenticating) frame
+    idle_s: float = IDLE_TIMEOUT  #: seconds without a frame from an admitted client
+    stall_s: float = 20.0  #: seconds one frame may take to leave (a reader slower than that is dropped)
+    conns: int = 512  #: open data connections in all
+    conns_per_addr: int = 32  #: open data connections per source IP address
+    conns_per_peer: int = 8  #: admitted data connections per peer ID (below ``threads``)
+    tickets_per_peer: int = 64  #: unused tickets per peer ID
+    threads: int = 32  #: worker threads serving chunks (the fetching side has as many of its own)
 
 
 def leaf_error(eg: BaseException) -> BaseException:
@@ -126,6 +149,74 @@ class ThreadSocket:
         body = target[:length]
         self.recv_exactly(body)
         return kind, header, body
+
+
+class LoopSocket:
+    """A non-blocking socket read on the event loop and written from worker threads.
+
+    The server reads small frames (the preamble, REQUEST, STOP) here, so a
+    connection that sends nothing holds no thread; it sends chunk frames from
+    a worker thread with :meth:`send_all`, which waits for room with ``poll``
+    and gives up when a frame has not left within ``stall_s``.
+    """
+
+    def __init__(self, sock: socket.socket, stall_s: float) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.stall_s = stall_s
+
+    async def receive_exactly(self, n: int) -> bytes:
+        """Event loop: exactly ``n`` bytes (ConnectionError if the peer closes first)."""
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            try:
+                k = self.sock.recv_into(view[got:])
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.sock.fileno())
+                continue
+            if k == 0:
+                raise ConnectionError("connection closed" + (" mid-frame" if got else ""))
+            got += k
+        return bytes(buf)
+
+    async def read_frame(self, from_server: bool) -> tuple[FrameType, bytes, bytes]:
+        """Event loop: a header (checked before the body is read), then its body;
+        only non-CHUNK frames (at most MAX_CONTROL_BODY) come this way."""
+        header = await self.receive_exactly(HEADER_SIZE)
+        kind, _, length = decode_header(header, from_server=from_server, max_body=MAX_BODY)
+        return kind, header, await self.receive_exactly(length)
+
+    def send_all(self, data: bytes | memoryview) -> None:
+        """Worker thread: send ``data`` (one frame); TimeoutError if it has not
+        left within ``stall_s`` (the peer stopped reading)."""
+        view = memoryview(data).cast("B")
+        deadline = time.monotonic() + self.stall_s
+        poller: select.poll | None = None
+        while view:
+            try:
+                view = view[self.sock.send(view):]
+                continue
+            except BlockingIOError:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the peer read nothing for {self.stall_s:g} s")
+            if poller is None:
+                poller = select.poll()
+                poller.register(self.sock.fileno(), select.POLLOUT)
+            poller.poll(max(1, int(left * 1000)))
+
+    def send_nowait(self, data: bytes) -> None:
+        """Event loop: a small frame into an empty send buffer, or nothing if there is no room."""
+        with contextlib.suppress(OSError):
+            self.sock.send(data)
+
+    def close(self) -> None:
+        """Event loop: close the socket (no thread may still use it)."""
+        trio.lowlevel.notify_closing(self.sock.fileno())
+        self.sock.close()
 
 
 @asynccontextmanager

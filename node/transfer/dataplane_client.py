@@ -10,6 +10,7 @@ source of a blob.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -24,7 +25,6 @@ import trio
 from node.transfer.blobtypes import CorruptChunk
 from node.transfer.dataplane import (
     BATCH,
-    DATA_CONTROL_LIMITS,
     HANDSHAKE_TIMEOUT,
     IDLE_TIMEOUT,
     OPENERS,
@@ -33,9 +33,10 @@ from node.transfer.dataplane import (
     ThreadSocket,
     shutdown_on_cancel,
 )
-from node.transfer.partial import PartialBlob
+from node.transfer.partial import Receiving
 from protocol.errors import ProtocolError
 from protocol.transfer import (
+    DATA_BODY_LIMITS,
     TAG_SIZE,
     ChunkScheduler,
     DataError,
@@ -44,6 +45,7 @@ from protocol.transfer import (
     FrameType,
     Request,
     Ticket,
+    check_empty_body,
     derive_keys,
     encode_preamble,
     ranges_of,
@@ -60,11 +62,13 @@ class SourceBanned(Exception):
 class FetchState:
     """Shared by the per-source fetchers of one blob (event-loop side only)."""
 
-    partial: PartialBlob
+    partial: Receiving
     scheduler: ChunkScheduler
     changed: trio.Event
     on_chunk: Callable[[str, int, int], None]  #: (source, index, nbytes) after a verified write
     on_corrupt: Callable[[str, int], None]
+    #: worker threads of the fetching side (its own, not trio's default limiter)
+    limiter: trio.CapacityLimiter | None = None
 
     def notify(self) -> None:
         self.changed.set()
@@ -79,7 +83,8 @@ async def fetch_from_source(state: FetchState, source: str, ticket: Ticket) -> N
     this source's chunks to the pool).
     """
     raw = await trio.to_thread.run_sync(
-        functools.partial(socket.create_connection, (ticket.host, ticket.port), timeout=HANDSHAKE_TIMEOUT)
+        functools.partial(socket.create_connection, (ticket.host, ticket.port), timeout=HANDSHAKE_TIMEOUT),
+        limiter=state.limiter,
     )
     with raw:
         conn = ThreadSocket(raw, IDLE_TIMEOUT)
@@ -105,7 +110,7 @@ class ReceivePipeline:
     the page cache.  Only one thread at a time calls :meth:`run_batch`.
     """
 
-    def __init__(self, conn: ThreadSocket, partial: PartialBlob, opener: FrameOpener, s2c: bytes) -> None:
+    def __init__(self, conn: ThreadSocket, partial: Receiving, opener: FrameOpener, s2c: bytes) -> None:
         self.conn = conn
         self.partial = partial
         self.opener = opener  #: control frames, and the nonce of every frame in arrival order
@@ -116,6 +121,7 @@ class ReceivePipeline:
         self.jobs: list[_Job | None] = [None] * SLOTS  #: the chunk in each slot's buffers
         self.carry: list[tuple[int, int, _Job]] = []  #: received chunks still being opened/written
         self.ring = 0  #: next slot; persists across batches so the pipeline never drains between them
+        self.arrived: set[int] = set()  #: CHUNK indexes received since the last END
         self.openers = concurrent.futures.ThreadPoolExecutor(OPENERS, thread_name_prefix="cpn-chunk-opener")
         self.writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cpn-chunk-writer")
         self._local = threading.local()  #: each opener thread's own FrameOpener
@@ -164,16 +170,18 @@ class ReceivePipeline:
             return True
         return write.done()
 
-    def run_batch(self, sends: list[bytes], drain: bool) -> list[tuple[int, int, bool]]:
+    def run_batch(self, sends: list[bytes], drain: bool) -> tuple[list[tuple[int, int, bool]], set[int]]:
         """Worker thread: send queued requests, then read frames up to the next
         END, passing every chunk down the pipeline.  Returns (index, bytes,
         verified) for every chunk whose pipeline is over (a failed open or write
         raises here), so nothing is reported written that is not; chunks still
         in the pipeline are reported by a later call.  With ``drain`` (no
-        further request outstanding) it first waits for all of them."""
+        further request outstanding) it first waits for all of them.  Also
+        returns the indexes of the CHUNK frames that arrived before the END."""
         conn = self.conn
         for frame in sends:
             conn.send_all(frame)
+        self.arrived = set()
         ok = False
         try:
             self._receive_until_end()
@@ -181,16 +189,20 @@ class ReceivePipeline:
         finally:
             if drain or not ok:
                 self.settle_all()
-        return self._landed_chunks()
+        return self._landed_chunks(), self.arrived
 
     def _receive_until_end(self) -> None:
         conn, opener, cipher, max_body = self.conn, self.opener, self.cipher, self.chunk_size + TAG_SIZE
-        while True:
+        n = self.partial.n
+        while True:  # ends at END or ERROR; every read is bounded by the socket timeout
             ring = self.ring
             self.settle(ring)  # the ring wrapped: this slot's previous chunk must be done
             kind, header, body = conn.read_frame(True, max_body, into=cipher[ring])
             if kind is FrameType.CHUNK:
                 index = int.from_bytes(header[4:8], "big")
+                if index >= n:
+                    raise ProtocolError("bad_chunk_index", f"CHUNK {index} of a blob with {n} chunks")
+                self.arrived.add(index)
                 # nonces are taken here, in arrival order; opening may lag behind
                 job = self.openers.submit(self.open_chunk, ring, index, opener.next_nonce(), header, body)
                 self.jobs[ring] = job
@@ -199,8 +211,9 @@ class ReceivePipeline:
                 continue
             text = opener.open(header, body)
             if kind is FrameType.ERROR:
-                err = DataError.decode(text, DATA_CONTROL_LIMITS)
+                err = DataError.decode(text, DATA_BODY_LIMITS)
                 raise ProtocolError(err.reason, f"sender refused: {err.detail}")
+            check_empty_body(kind, text)
             return  # END
 
     def _landed_chunks(self) -> list[tuple[int, int, bool]]:
@@ -237,29 +250,47 @@ class SourceFetch:
         self.sealer = FrameSealer(c2s)
         self.pipeline = ReceivePipeline(conn, state.partial, FrameOpener(s2c), s2c)
         self.to_send: list[bytes] = [encode_preamble(ticket.ticket_id)]  #: frames for the next batch
-        self.outstanding = 0  #: requests sent (or queued) whose END has not arrived
+        #: the chunks of each request sent (or queued) whose END has not arrived, oldest first
+        self.requests: collections.deque[list[int]] = collections.deque()
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.requests)
 
     def queue_requests(self) -> None:
         sched = self.state.scheduler
         while self.outstanding < WINDOW and (batch := sched.assign(self.source, BATCH)):
             header, ct = self.sealer.seal(FrameType.REQUEST, 0, Request(ranges=ranges_of(batch)).encode())
             self.to_send.append(header + ct)
-            self.outstanding += 1
+            self.requests.append(batch)
 
     async def run(self) -> None:
         self.queue_requests()
+        limiter = self.state.limiter
         try:
             while await self._wait_for_work():
                 sends, self.to_send = self.to_send, []
-                results = await trio.to_thread.run_sync(self.pipeline.run_batch, sends, self.outstanding == 1)
-                self.outstanding -= 1
+                results, arrived = await trio.to_thread.run_sync(
+                    self.pipeline.run_batch, sends, self.outstanding == 1, limiter=limiter)
+                batch = self.requests.popleft()  # END completes the oldest request
                 self._report(results)
+                self._check_complete(batch, arrived)
                 self.queue_requests()
         finally:
             self.pipeline.shutdown()
         header, ct = self.sealer.seal(FrameType.STOP, 0, b"")
         with contextlib.suppress(OSError):
-            await trio.to_thread.run_sync(self.conn.send_all, header + ct)
+            await trio.to_thread.run_sync(self.conn.send_all, header + ct, limiter=limiter)
+
+    def _check_complete(self, batch: list[int], arrived: set[int]) -> None:
+        """An END came before some chunks of its request: they return to the pool
+        and this source has failed (a conforming server never does this)."""
+        missing = [i for i in batch if i not in arrived]
+        if missing:
+            self.state.scheduler.release(self.source, missing)
+            self.state.notify()
+            raise ProtocolError("missing_chunks", f"END without chunk {missing[0]} "
+                                f"({len(missing)} of {len(batch)} requested)")
 
     async def _wait_for_work(self) -> bool:
         """True when a request is outstanding.  Idle, wait for chunks to return

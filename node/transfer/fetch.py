@@ -25,6 +25,7 @@ the :class:`FetchHost` protocol, so this module does not import the service.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -36,16 +37,16 @@ from node.transfer.blobstore import BlobStore
 from node.transfer.blobtypes import BlobLike, BlobMeta, BlobStoreError, CorruptBlob
 from node.transfer.dataplane import leaf_error
 from node.transfer.dataplane_client import FetchState, SourceBanned, fetch_from_source
-from node.transfer.partial import PartialBlob
-from protocol.chunks import chunk_count, verify_chunk_list
+from node.transfer.partial import Receiving
+from protocol.chunks import chunk_count
 from protocol.envelope import open_envelope
 from protocol.errors import ProtocolError
 from protocol.transfer import (
     CONTROL_LIMITS,
     ChunkList,
+    ChunkListAssembler,
     ChunkScheduler,
     FetchGrant,
-    GetChunkList,
     Have,
     HolderEntry,
     Holders,
@@ -131,6 +132,7 @@ class FetchHost(Protocol):
     addrs: dict[str, list[str]]  #: known multiaddrs of peers, used when dialling
     unreachable: dict[str, float]  #: holder -> when to try it again (unix seconds)
     on_progress: Callable[[Progress], None] | None
+    fetch_limiter: trio.CapacityLimiter  #: worker threads of data connections we open
 
     @property
     def peer_id(self) -> str:
@@ -153,13 +155,16 @@ class BlobFetch:
     """One fetch of one blob from ``sources`` (see the module docstring)."""
 
     def __init__(self, host: FetchHost, blob: BlobLike, sources: Sequence[str], prog: Progress, *,
-                 discover: bool = False) -> None:
+                 discover: bool = False, party: str | None = None, proof: bool = False) -> None:
         self.host = host
         self.blob = blob
         self.digest = blob.digest
         self.sources = sources
         self.prog = prog
         self.discover = discover
+        self.party = party  #: the peer the blob is fetched for (resumes only its own chunks)
+        #: the store holds the blob already: verify every chunk from the sources, write nothing
+        self.proof = proof
         #: sources (and discovered holders), least penalised first
         self.ordered = sorted(dict.fromkeys(sources), key=lambda p: host.penalties.get(p, 0))
         self.streams: dict[str, FramedStream] = {}  #: open control streams (closed after the tickets)
@@ -188,9 +193,9 @@ class BlobFetch:
         except (CorruptBlob, BlobStoreError) as exc:
             raise TransferFailed(str(exc)) from None
 
-    async def _prepare(self) -> tuple[PartialBlob, ChunkScheduler, dict[str, Ticket]]:
+    async def _prepare(self) -> tuple[Receiving, ChunkScheduler, dict[str, Ticket]]:
         """Steps 1-4 on the control streams, which are closed at the end."""
-        partial: PartialBlob | None = None
+        partial: Receiving | None = None
         try:
             async with trio.open_nursery() as nursery:
                 for peer in self.ordered:
@@ -231,15 +236,18 @@ class BlobFetch:
             self.errors.append(f"{peer}: {exc}")
 
     async def _chunk_list(self, usable: list[str]) -> list[bytes]:
-        """The first chunk list (in ``usable`` order) that matches the signed root;
-        peers that fail are removed from ``usable``, a wrong list is penalised."""
+        """The first chunk list (in ``usable`` order) that matches the signed root,
+        every page of it from that one peer (spec/transfer.md section 2.5); peers
+        that fail are removed from ``usable``, a wrong page or list is penalised."""
         blob = self.blob
         for peer in list(usable):
             try:
-                cl: ChunkList = await self.host.ask(self.streams[peer], GetChunkList(digest=self.digest), ChunkList)
-                hashes = cl.hash_list()
-                verify_chunk_list(hashes, size=blob.size, chunk_size=blob.chunk_size, root=blob.chunk_root)
-                return hashes
+                asm = ChunkListAssembler(digest=self.digest, size=blob.size, chunk_size=blob.chunk_size,
+                                         root=blob.chunk_root)
+                while (req := asm.request()) is not None:  # at most 32 pages: each adds entries or raises
+                    page: ChunkList = await self.host.ask(self.streams[peer], req, ChunkList)
+                    asm.add(page)
+                return asm.hashes
             except ProtocolError as exc:
                 self.host.penalise(peer, f"bad chunk list: {exc}")
                 self.prog.penalised.append(peer)
@@ -249,9 +257,14 @@ class BlobFetch:
                 usable.remove(peer)
         raise TransferFailed(f"no valid chunk list for {self.digest}: " + "; ".join(self.errors))
 
-    async def _begin(self, hashes: list[bytes]) -> PartialBlob:
+    async def _begin(self, hashes: list[bytes]) -> Receiving:
+        store = self.host.store
         try:  # begin also re-verifies chunks kept from an interrupted transfer
-            partial = await trio.to_thread.run_sync(self.host.store.begin, self.blob, hashes)
+            if self.proof:
+                partial: Receiving = await trio.to_thread.run_sync(store.begin_proof, self.blob, hashes)
+            else:
+                partial = await trio.to_thread.run_sync(
+                    functools.partial(store.begin, self.blob, hashes, party=self.party))
         except CorruptBlob as exc:  # the BlobRef itself is inconsistent: no peer is at fault
             raise TransferFailed(str(exc)) from None
         self.prog.done_bytes = sum(_chunk_len(self.blob, i) for i in partial.written)
@@ -322,9 +335,10 @@ class BlobFetch:
 
     # ---- the data connections
 
-    async def _run_sources(self, partial: PartialBlob, sched: ChunkScheduler, tickets: dict[str, Ticket]) -> None:
+    async def _run_sources(self, partial: Receiving, sched: ChunkScheduler, tickets: dict[str, Ticket]) -> None:
         state = FetchState(partial=partial, scheduler=sched, changed=trio.Event(),
-                           on_chunk=self._on_chunk, on_corrupt=self._on_corrupt)
+                           on_chunk=self._on_chunk, on_corrupt=self._on_corrupt,
+                           limiter=self.host.fetch_limiter)
         async with trio.open_nursery() as outer:
             outer.start_soon(self._checkpointer, state)
             async with trio.open_nursery() as inner:
@@ -350,15 +364,16 @@ class BlobFetch:
 
     async def _run_source(self, state: FetchState, peer: str, ticket: Ticket) -> None:
         try:
-            await fetch_from_source(state, peer, ticket)
-        except BaseExceptionGroup as eg:  # noqa: B036 - unwrapped below
-            exc = leaf_error(eg)
-            if not isinstance(exc, _SOURCE_ERRORS):
-                raise
-            self.errors.append(f"{peer}: {exc}")
+            try:
+                await fetch_from_source(state, peer, ticket)
+            except BaseExceptionGroup as eg:  # noqa: B036 - a source's failure is unwrapped, handled below
+                leaf = leaf_error(eg)
+                if not isinstance(leaf, _SOURCE_ERRORS):
+                    raise
+                raise leaf from None
         except _SOURCE_ERRORS as exc:
             self.errors.append(f"{peer}: {exc}")
-            if isinstance(exc, ProtocolError):
+            if isinstance(exc, ProtocolError):  # it broke the protocol (not a network failure)
                 self.host.penalise(peer, str(exc))
         finally:
             state.scheduler.source_failed(peer)

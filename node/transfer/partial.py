@@ -21,13 +21,14 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from node.transfer.blobtypes import BlobMeta, BlobStoreError, CorruptChunk
 from protocol.chunks import chunk_matches
 
-__all__ = ["PartialBlob", "PartialLedger"]
+__all__ = ["PartialBlob", "PartialLedger", "ProofBlob", "Receiving"]
 
 _DIO_ALIGN = 4096  #: offsets and lengths written with O_DIRECT are multiples of this
 
@@ -193,3 +194,57 @@ class PartialBlob:
             os.close(self._dfd)
             self._dfd = None
         os.close(self._fd)
+
+
+class Receiving(Protocol):
+    """What a fetch writes verified chunks into: a :class:`PartialBlob`, or a
+    :class:`ProofBlob` that only verifies."""
+
+    meta: BlobMeta
+    n: int
+    written: set[int]
+
+    def verify_chunk(self, index: int, data: bytes | memoryview) -> None: ...
+    def write_verified(self, index: int, data: bytes | memoryview) -> None: ...
+    def mark_written(self, index: int) -> None: ...
+    def checkpoint(self, snapshot: set[int] | None = None) -> None: ...
+    def finish(self) -> BlobMeta: ...
+    def close(self) -> None: ...
+
+
+class ProofBlob:
+    """A blob the store holds already, received again for a party that never
+    delivered it here (spec/transfer.md section 1.1).
+
+    Every chunk is verified against the party's chunk list, whose last entry
+    is the digest, so receiving all of them proves the party holds the whole
+    blob; nothing is written (the stored copy is the same bytes).
+    """
+
+    def __init__(self, meta: BlobMeta, hashes: list[bytes], stored: Callable[[], BlobMeta]) -> None:
+        self.meta = meta
+        self.hashes = hashes
+        self.n = len(hashes)
+        self.written: set[int] = set()  #: chunks verified (never written anywhere)
+        self._stored = stored
+
+    def verify_chunk(self, index: int, data: bytes | memoryview) -> None:
+        if not chunk_matches(index, data, self.hashes, size=self.meta.size, chunk_size=self.meta.chunk_size):
+            raise CorruptChunk(self.meta.digest, index)
+
+    def write_verified(self, index: int, data: bytes | memoryview) -> None:
+        """Nothing to write: the store holds these bytes already."""
+
+    def mark_written(self, index: int) -> None:
+        self.written.add(index)
+
+    def checkpoint(self, snapshot: set[int] | None = None) -> None:
+        """Nothing is kept: an interrupted proof starts again."""
+
+    def finish(self) -> BlobMeta:
+        if len(self.written) != self.n:
+            raise BlobStoreError(f"{self.meta.digest}: {self.n - len(self.written)} chunks missing")
+        return self._stored()
+
+    def close(self) -> None:
+        """Nothing to release."""

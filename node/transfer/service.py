@@ -20,6 +20,15 @@ fetch engine (node/transfer/fetch.py) and exported here too.
 * **Upload** is an invitation to pull (``Offer``): the receiver checks the
   agreement and size, then fetches from the uploader like any other blob, so
   there is exactly one verified receive path.
+* **Who may use a stored blob** (spec/transfer.md section 1.1): a fetch is
+  on behalf of a party (``on_behalf_of``, by default its first source); a
+  stored blob is reused only if that party delivered it here before or it
+  is public, otherwise the party must deliver it again (every chunk
+  verified, nothing written: a proof of possession).  A digest alone never
+  opens a blob.
+* Every request on ``/cpn/transfer`` ends in an answer or a ``TransferError``
+  whatever it raises (``internal_error`` for our own failures, logged at most
+  once a minute per peer); the data plane's accept loop does the same.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -39,6 +48,7 @@ from node.metrics import Metrics
 from node.p2p import FramedStream, P2PHost, StreamClosed
 from node.transfer.blobstore import BlobStore
 from node.transfer.blobtypes import BlobLike, BlobMeta, BlobStoreError, QuotaExceeded
+from node.transfer.dataplane import DataLimits
 from node.transfer.dataplane_server import DataPlaneServer
 from node.transfer.fetch import (
     CONTROL_TIMEOUT,
@@ -47,6 +57,7 @@ from node.transfer.fetch import (
     TransferFailed,
     TransferRefused,
 )
+from node.transfer.guard import PeerLog
 from protocol.chunks import chunk_count
 from protocol.envelope import open_envelope, seal
 from protocol.errors import ProtocolError
@@ -54,8 +65,8 @@ from protocol.transfer import (
     CONTROL_LIMITS,
     MAX_CONTROL_FRAME,
     MAX_GRANT_TTL,
+    MAX_PARTIAL,
     PROTOCOL_ID,
-    ChunkList,
     Direction,
     FetchGrant,
     GetChunkList,
@@ -71,6 +82,7 @@ from protocol.transfer import (
     Want,
     WhoHas,
     bitmap_from_indexes,
+    chunk_list_page,
 )
 from protocol.wire import Message
 
@@ -82,8 +94,27 @@ UPLOAD_TIMEOUT = 3600.0  #: seconds an uploader waits for the receiver to pull
 GRANT_TTL = 600  #: seconds a FetchGrant we sign stays valid
 MAX_GRANTS = 16  #: holders named in one answer to WhoHas
 PENALTY_SKIP = 3  #: penalties after which a peer is used only as a last resort
+SWEEP_EVERY_S = 600.0  #: seconds between sweeps of idle unpinned blobs
+LOCAL_GRACE_S = 600.0  #: an unpinned blob only this node produced is swept after this long unused
 
 Authorizer = Callable[[str, str, Direction], bool]
+T = TypeVar("T")
+
+
+def _fit_have(entries: list[HaveEntry]) -> tuple[HaveEntry, ...]:
+    """A Have within its rules (spec/transfer.md section 2.4): every complete
+    entry, and at most MAX_PARTIAL partial ones (the initiator may ask again)."""
+    partial = {id(e) for e in [e for e in entries if not e.complete][:MAX_PARTIAL]}
+    return tuple(e for e in entries if e.complete or id(e) in partial)
+
+
+def data_limits(config: TransferSection) -> DataLimits:
+    """The data plane's bounds from ``[transfer]`` (validated when it was loaded)."""
+    return DataLimits(
+        handshake_s=config.data_handshake_s, stall_s=config.data_stall_s, conns=config.data_conns,
+        conns_per_addr=config.data_conns_per_addr, conns_per_peer=config.data_conns_per_peer,
+        tickets_per_peer=config.tickets_per_peer, threads=config.data_threads,
+    )
 
 
 class TransferService:
@@ -117,15 +148,18 @@ class TransferService:
         #: known multiaddrs of peers (from adverts or agreements), used when dialling
         self.addrs: dict[str, list[str]] = {}
         self.stats = {"chunks_received": 0, "bytes_received": 0, "corrupt_chunks": 0,
-                      "dedup_hits": 0, "refused": 0, "fetches": 0}
-        self.dataplane = DataPlaneServer(store, host=self.host)
+                      "dedup_hits": 0, "refused": 0, "fetches": 0, "proofs": 0, "errors": 0}
+        limits = data_limits(config)
+        self.dataplane = DataPlaneServer(store, host=self.host, limits=limits)
+        #: worker threads of the data connections we open (not trio's default limiter)
+        self.fetch_limiter = trio.CapacityLimiter(limits.threads)
+        #: blob-store lookups for control requests and fetches (SQLite, files), off the event loop
+        self.store_limiter = trio.CapacityLimiter(4)
+        self.cache_idle_s = config.cache_idle_s  #: sweep: unpinned cached blobs unused this long go
+        self.log = PeerLog(log)
         #: owner side: other peers known to hold a blob, ``digest -> [(peer, addrs)]``
         #: (the job runner registers the providers of its finished jobs)
         self.holders_of: Callable[[str], list[tuple[str, list[str]]]] = lambda digest: []
-        #: holder side: may ``owner`` (a FetchGrant's signer) hand out ``digest``?
-        #: Default: if ``owner`` may fetch it from us itself; the provider side adds
-        #: "``owner`` submitted a job here that used it".
-        self.owners: list[Callable[[str, str], bool]] = []
         self._delegated: dict[tuple[str, str], float] = {}  #: (grantee, digest) -> expires_at
         self.unreachable: dict[str, float] = {}  #: holder -> when to try it again
         self._register_metrics(metrics or Metrics())
@@ -144,7 +178,22 @@ class TransferService:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.dataplane.run)
             self._p2p.set_stream_handler(PROTOCOL_ID, self._handle)
+            nursery.start_soon(self._sweeper)
             task_status.started(self)
+
+    async def _sweeper(self) -> None:
+        """Every SWEEP_EVERY_S: delete unpinned blobs unused for ``cache_idle_s``
+        (those only this node produced: LOCAL_GRACE_S)."""
+        while True:
+            await trio.sleep(SWEEP_EVERY_S)
+            try:
+                freed = await trio.to_thread.run_sync(
+                    functools.partial(self.store.sweep, idle_s=self.cache_idle_s, local_idle_s=LOCAL_GRACE_S))
+            except (OSError, BlobStoreError) as exc:
+                log.warning("blob store sweep failed: %s", exc)
+                continue
+            if freed:
+                log.info("blob store sweep freed %d bytes", freed)
 
     # ---- authorisation
 
@@ -167,33 +216,59 @@ class TransferService:
             return True
         return any(fn(peer, digest, direction) for fn in self._authorizers)
 
-    def _owns(self, owner: str, digest: str) -> bool:
-        """May ``owner`` delegate fetching ``digest`` from us (sign FetchGrants for it)?"""
-        return self.authorize(owner, digest, Direction.FETCH) or any(fn(owner, digest) for fn in self.owners)
-
     def _upload_limit(self, peer: str, digest: str) -> int | None:
         return self._grants.get((peer, digest, Direction.UPLOAD))
 
     # ---- serving (control plane)
 
     async def _handle(self, stream: FramedStream) -> None:
+        """The ``/cpn/transfer`` handler: requests in order, one answer each.
+        Whatever a request raises ends in a TransferError and the stream's close
+        (our own failures as ``internal_error``, logged at most once a minute per
+        peer); nothing escapes into the host."""
         peer = stream.remote_peer
-        while True:
+        while True:  # one request per turn; each read waits at most CONTROL_TIMEOUT
             try:
+                # a silent initiator: TooSlowError, and the host's wrapper resets the stream (section 2.1)
                 with trio.fail_after(CONTROL_TIMEOUT):
                     raw = await stream.receive_frame(MAX_CONTROL_FRAME)
                 signed = open_envelope(raw, expected=(Want, GetChunkList, TicketRequest, Offer, WhoHas, Present),
                                        signer=peer, limits=CONTROL_LIMITS)
+            except StreamClosed:
+                return
+            except ProtocolError as exc:
+                self.stats["refused"] += 1
+                log.info("transfer request from %s refused: %s", peer, exc)
+                await self._refuse(stream, TransferError(reason=exc.reason, detail=exc.detail[:1024]))
+                return
+            try:
                 reply = await self._answer(peer, signed.message)
             except StreamClosed:
                 return
             except ProtocolError as exc:
                 self.stats["refused"] += 1
                 log.info("transfer request from %s refused: %s", peer, exc)
-                await self._send(stream, TransferError(reason=exc.reason, detail=exc.detail[:1024]))
-                await stream.close()
+                await self._refuse(stream, TransferError(reason=exc.reason, detail=exc.detail[:1024]))
                 return
-            await self._send(stream, reply)
+            except Exception as exc:  # noqa: BLE001 - a request must never take the node down
+                self.stats["errors"] += 1
+                self.log.note(peer, "transfer request from %s failed here: %s: %s", peer, type(exc).__name__, exc)
+                await self._refuse(stream, TransferError(reason="internal_error", detail=type(exc).__name__))
+                return
+            try:
+                await self._send(stream, reply)
+            except (StreamClosed, trio.TooSlowError):
+                return
+
+    async def _refuse(self, stream: FramedStream, err: TransferError) -> None:
+        """Send ``err`` and close our side (spec/transfer.md section 2.1), as far
+        as the peer still listens."""
+        try:
+            await self._send(stream, err)
+        except (StreamClosed, trio.TooSlowError):
+            pass
+        with trio.move_on_after(CONTROL_TIMEOUT):
+            await stream.close()
 
     async def _send(self, stream: FramedStream, msg: Message) -> None:
         with trio.fail_after(CONTROL_TIMEOUT):
@@ -204,29 +279,35 @@ class TransferService:
             allowed = [d for d in msg.digests if self.authorize(peer, d, Direction.FETCH)]
             if not allowed:
                 raise ProtocolError("unauthorized", "no agreement lets you fetch these blobs")
-            entries = [e for d in allowed if (e := self._have_entry(d)) is not None]
-            return Have(blobs=tuple(entries))
+            entries = await self._blocking(lambda: [e for d in allowed if (e := self._have_entry(d)) is not None])
+            return Have(blobs=_fit_have(entries))
         if isinstance(msg, Offer):
             return await self._accept_offer(peer, msg)
         if isinstance(msg, WhoHas):
             return self._who_has(peer, msg)
         if isinstance(msg, Present):
-            return self._present(peer, msg)
+            return await self._present(peer, msg)
         assert isinstance(msg, GetChunkList | TicketRequest)
         digest = msg.digest
         if not self.authorize(peer, digest, Direction.FETCH):
             raise ProtocolError("unauthorized", f"no agreement lets you fetch {digest}")
-        held = self.store.held_chunks(digest)
+        held = await self._blocking(self.store.held_chunks, digest)
         if held is None or (held[1] is not None and not held[1]):
             raise ProtocolError("not_found", f"{digest} is not stored here")
         m, chunks = held
         if isinstance(msg, GetChunkList):
-            hashes = self.store.chunk_list(digest)
-            return ChunkList(digest=digest, size=m.size, chunk_size=m.chunk_size, hashes=b"".join(hashes))
+            hashes = await self._blocking(self.store.chunk_list, digest)
+            return chunk_list_page(msg, size=m.size, chunk_size=m.chunk_size, hashes=hashes)
+        await self._blocking(self.store.touch, digest)
         if chunks is None:
             return self.dataplane.issue(peer, m)
         # a partial blob: serve what it holds when each request arrives
         return self.dataplane.issue(peer, m, held=functools.partial(self._held_now, digest))
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Blob-store work (SQLite, files) in a worker thread of the store's limiter,
+        never on the event loop."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.store_limiter)
 
     def _held_now(self, digest: str) -> Collection[int]:
         held = self.store.held_chunks(digest)
@@ -252,7 +333,7 @@ class TransferService:
                 entries.append(HolderEntry(grant=grant.raw, addrs=tuple(a for a in addrs[:8] if 0 < len(a) <= 256)))
         return Holders(holders=tuple(entries))
 
-    def _present(self, peer: str, msg: Present) -> Have:
+    async def _present(self, peer: str, msg: Present) -> Have:
         """As a holder: accept a FetchGrant naming us and ``peer`` from an owner of the
         blob, then answer what we hold of it."""
         if not self.serve_granted:
@@ -266,12 +347,14 @@ class TransferService:
             raise ProtocolError("unauthorized", "the grant names another holder")
         if not now < g.expires_at <= now + MAX_GRANT_TTL:
             raise ProtocolError("expired", "the grant has expired (or expires too far ahead)")
-        if not self._owns(signed.signer, g.digest):
+        owns = self.authorize(signed.signer, g.digest, Direction.FETCH) or await self._blocking(
+            self.store.usable_by, g.digest, signed.signer)
+        if not owns:
             raise ProtocolError("unauthorized", f"{signed.signer} cannot grant {g.digest} here")
         self._delegated[(peer, g.digest)] = float(g.expires_at)
         for key in [k for k, t in self._delegated.items() if t <= now]:
             del self._delegated[key]
-        entry = self._have_entry(g.digest)
+        entry = await self._blocking(self._have_entry, g.digest)
         return Have(blobs=() if entry is None else (entry,))
 
     def _have_entry(self, digest: str) -> HaveEntry | None:
@@ -287,6 +370,8 @@ class TransferService:
                          bitmap=bitmap_from_indexes(chunks, chunk_count(m.size, m.chunk_size)))
 
     async def _accept_offer(self, peer: str, offer: Offer) -> Message:
+        """An upload: pull the blob from ``peer``, on its behalf (a blob we hold
+        already is verified from it again unless it delivered it before)."""
         if not self.authorize(peer, offer.digest, Direction.UPLOAD):
             raise ProtocolError("unauthorized", f"no agreed job takes an upload of {offer.digest}")
         limit = self._upload_limit(peer, offer.digest)
@@ -295,7 +380,7 @@ class TransferService:
         meta = BlobMeta(digest=offer.digest, size=offer.size, chunk_size=offer.chunk_size,
                         chunk_root=offer.chunk_root)
         try:
-            await self.fetch(meta, [peer])
+            await self.fetch(meta, [peer], on_behalf_of=peer)
         except QuotaExceeded as exc:
             raise ProtocolError("quota_exceeded", str(exc)) from None
         except TransferFailed as exc:
@@ -340,8 +425,19 @@ class TransferService:
         stream: FramedStream = await self._p2p.open_stream(peer, PROTOCOL_ID, self.addrs.get(peer))
         return stream
 
-    async def fetch(self, blob: BlobLike, sources: Sequence[str], *, discover: bool = False) -> BlobMeta:
+    async def fetch(self, blob: BlobLike, sources: Sequence[str], *, discover: bool = False,
+                    on_behalf_of: str | None = None) -> BlobMeta:
         """Fetch ``blob`` from ``sources`` (peer IDs) into the store; return it.
+
+        The fetch is for a party: ``on_behalf_of``, else the first source (the
+        blob's owner, e.g. a job's submitter), else this node (no sources).  A
+        stored blob is returned at once only if that party may use it here
+        (:meth:`BlobStore.usable_by`: it delivered the blob before, or the blob
+        is public); otherwise the party delivers it again, every chunk verified
+        against its chunk list and nothing written (a proof that it holds the
+        blob).  A completed fetch records the party as a supplier.  Every
+        source must be one the party vouches for (its own node, or holders its
+        grants name).
 
         With ``discover``, the first source is taken as the blob's owner and
         asked which other peers hold it (WhoHas); those it vouches for with a
@@ -353,18 +449,22 @@ class TransferService:
         if it cannot fit.
         """
         digest = blob.digest
-        while digest in self._fetching:  # one fetch per blob; others wait and share it
+        party = on_behalf_of if on_behalf_of is not None else (sources[0] if sources else None)
+        while digest in self._fetching:  # one fetch per blob at a time; others wait, then look again
             await self._fetching[digest].wait()
-        if self.store.has(digest):
+        proof, reusable = await self._blocking(self._reusable, digest, party)
+        if reusable is not None:
             self.stats["dedup_hits"] += 1
             self.progress.setdefault(digest, Progress(digest, blob.size, phase="deduplicated",
                                                       done_bytes=blob.size))
-            return self.store.meta(digest) or BlobMeta(digest, blob.size, blob.chunk_size, blob.chunk_root)
+            return reusable
         done = self._fetching[digest] = trio.Event()
         prog = self.progress[digest] = Progress(digest, blob.size)
-        self.stats["fetches"] += 1
+        self.stats["proofs" if proof else "fetches"] += 1
         try:
-            meta = await BlobFetch(self, blob, sources, prog, discover=discover).run()
+            meta = await BlobFetch(self, blob, sources, prog, discover=discover, party=party, proof=proof).run()
+            if party is not None:
+                await self._blocking(self.store.add_supplier, digest, party)
         except BaseException as exc:
             prog.phase, prog.error, prog.finished = "failed", str(exc) or type(exc).__name__, trio.current_time()
             raise
@@ -373,6 +473,15 @@ class TransferService:
             done.set()
         prog.phase, prog.finished = "done", trio.current_time()
         return meta
+
+    def _reusable(self, digest: str, party: str | None) -> tuple[bool, BlobMeta | None]:
+        """Blocking: (is ``digest`` stored, its meta if ``party`` may use it as it is)."""
+        if not self.store.has(digest):
+            return False, None
+        if not self.store.usable_by(digest, party):
+            return True, None
+        self.store.touch(digest)
+        return True, self.store.meta(digest)
 
     async def fetch_many(self, blobs: Sequence[BlobLike], sources: Sequence[str], *,
                          owner: str | None = None, parallel: int = 4) -> list[BlobMeta]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -72,9 +73,12 @@ async def test_node_starts_serves_api_and_stops_cleanly(tmp_path: Path) -> None:
 
 
 async def test_metrics_port_serves_prometheus_text(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a free port: metrics.port = 0 means "off"
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
     async with trio.open_nursery() as nursery:
-        node = await nursery.start(partial(run_node, config(tmp_path / "d")))
-        port = await nursery.start(node.metrics.serve, 0)
+        node = await nursery.start(partial(run_node, config(tmp_path / "d", **{"metrics.port": free})))
+        port = node.web.ports["metrics"]
         node.metrics.counter("cpn_test_total", "a test counter").inc(kind="x")
 
         def scrape() -> str:
@@ -187,17 +191,17 @@ def test_cpn_node_run_find_and_sigterm(tmp_path: Path) -> None:
 
 def test_cli_errors_are_clear(tmp_path: Path) -> None:
     no_daemon = cpn("id", "--data-dir", str(tmp_path / "none"))
-    assert no_daemon.returncode == 1
+    assert no_daemon.returncode == 7  # ExitCode.NO_DAEMON
     assert "daemon is not running" in no_daemon.stderr and "Traceback" not in no_daemon.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text("[discovery]\nadvert_lifetime_s = 5000\n")
     res = cpn("node", "run", "--config", str(bad), "--data-dir", str(tmp_path / "x"))
-    assert res.returncode == 1
+    assert res.returncode == 2  # ExitCode.BAD_INPUT
     assert "discovery.advert_lifetime_s" in res.stderr and "Traceback" not in res.stderr
     fake = cpn(
         "node", "run", "--data-dir", str(tmp_path / "y"), "--listen", LOOP, "--fake-gpus", "warp9:1"
     )
-    assert fake.returncode == 1 and "discovery.fake_gpus" in fake.stderr
+    assert fake.returncode == 2 and "discovery.fake_gpus" in fake.stderr
     assert not os.path.exists(tmp_path / "y" / KEY_FILE)  # refused before anything was made
     assert not (tmp_path / "y" / "api.sock").exists()
 

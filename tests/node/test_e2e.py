@@ -192,6 +192,15 @@ async def test_hello_end_to_end_through_three_daemons(tmp_path: Path, hello_job:
         assert ledger_receipts(sub) == [receipt]
         assert await settled_on(provider, run) == [receipt]
         assert run.settled
+        # the timeline: every phase in order, each ended before the next began, none left open
+        phases = [s.phase.value for s in run.phases]
+        assert phases[0] == "negotiate" and phases[-1] == "receipt", phases
+        assert [p for p in phases if p != "queue"] == ["negotiate", "transfer_in", "run", "transfer_out",
+                                                        "receipt"], phases
+        ends = [(s.started_at, s.ended_at) for s in run.phases]
+        assert all(e is not None and s <= e for s, e in ends)
+        assert all(ends[i][1] == ends[i + 1][0] for i in range(len(ends) - 1))  # type: ignore[index]
+        assert run.summary()["phases"][0]["phase"] == "negotiate"
 
 
 def big_input_job(d: Path, size: int) -> tuple[Path, Any]:

@@ -55,8 +55,10 @@ def test_submit_follow_jobs_show_logs_cancel(tmp_path: Path) -> None:
         assert shown["receipt"] == run["receipt"] and shown["result"]["exit_code"] == 0
         logs = cpn("job", "logs", run["id"], "--data-dir", str(sub_dir))
         assert logs.returncode == 0 and "hello from the container" in logs.stdout
+        text = cpn("job", "show", run["id"], "--data-dir", str(sub_dir)).stdout
+        assert "timeline:" in text and " run " in text and " receipt " in text  # phase by phase
 
-        # A long job, cancelled while it runs: the follower ends with exit status 3.
+        # A long job, cancelled while it runs: the follower ends with exit status 8 (cancelled).
         job.write_text(job.read_text().replace('NAP = "0"', 'NAP = "60"'))
         follower = subprocess.Popen([CPN, "submit", str(job), "--follow", "--data-dir", str(sub_dir), "--peer",
                                      peer, "--results", str(results)], cwd=ROOT, stdout=subprocess.PIPE,
@@ -72,7 +74,30 @@ def test_submit_follow_jobs_show_logs_cancel(tmp_path: Path) -> None:
             cancelled = json.loads(cpn("job", "cancel", rid, "--json", "--data-dir", str(sub_dir)).stdout)
             assert cancelled["state"] == "cancelled"
             rest = follower.communicate(timeout=60)[0]
-            assert follower.returncode == 3, "".join(seen) + rest
+            assert follower.returncode == 8, "".join(seen) + rest  # ExitCode.CANCELLED
+            assert "cancelled" in rest
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+                follower.wait()
+        # The provider's operator cancels an agreement it serves (`cpn job cancel` on the
+        # provider): the capacity is released and the submitter's job ends, told so.
+        follower = subprocess.Popen([CPN, "submit", str(job), "--follow", "--data-dir", str(sub_dir), "--peer",
+                                     peer, "--results", str(results), "--retries", "0"], cwd=ROOT,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert follower.stdout is not None
+            rid = follower.stdout.readline().split()[1]
+            for line in follower.stdout:
+                if "hello from the container" in line:
+                    break
+            shown = json.loads(cpn("job", "show", rid, "--json", "--data-dir", str(sub_dir)).stdout)
+            aid = shown["attempts"][-1]["agreement_id"]
+            by_operator = cpn("job", "cancel", aid[:12], "--data-dir", str(tmp_path / "prov"))
+            assert by_operator.returncode == 0, by_operator.stderr
+            assert "cancelled on this provider" in by_operator.stdout
+            rest = follower.communicate(timeout=60)[0]
+            assert follower.returncode in (5, 8), rest  # the job failed (cancelled by the provider)
             assert "cancelled" in rest
         finally:
             if follower.poll() is None:

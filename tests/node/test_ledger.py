@@ -106,3 +106,31 @@ def test_cli_export_and_verify(ledger: Ledger, tmp_path: Path, capsys: pytest.Ca
     assert cli_main(["ledger", "verify", "--data-dir", str(tmp_path)]) == 1
     assert "does NOT verify" in capsys.readouterr().err
 
+
+
+def test_edited_export_summary_detected(ledger: Ledger) -> None:
+    """The summary is outside the hash chain; an edit there used to verify as ok."""
+    doc = json.loads(json.dumps(ledger.export()))
+    doc["entries"][2]["summary"]["exit_code"] = 0 if doc["entries"][2]["summary"]["exit_code"] else 3
+    doc["entries"][2]["summary"]["wall_ms"] += 1000
+    report = verify_export(doc)
+    assert report.problems == ["entry 3: summary does not match its receipt (exit_code, wall_ms edited)"]
+    doc["entries"][2]["summary"] = "paid"
+    assert verify_export(doc).problems == ["entry 3: summary is not an object (edited)"]
+    del doc["entries"][2]["summary"]  # left out: the receipts are the truth, nothing to check
+    assert verify_export(doc).ok
+
+
+def test_cli_verify_json(ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "export.json"
+    assert cli_main(["ledger", "export", "--data-dir", str(tmp_path), "-o", str(out)]) == 0
+    assert cli_main(["--json", "ledger", "verify", "--data-dir", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["count"] == 4 and report["problems"] == []
+    assert report["source"] == str(tmp_path / "ledger.sqlite") and len(report["head_hex"]) == 64
+    doc = json.loads(out.read_text())
+    doc["entries"][0]["summary"]["accepted"] = False
+    out.write_text(json.dumps(doc))
+    assert cli_main(["ledger", "verify", str(out), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert not report["ok"] and report["problems"] == ["entry 1: summary does not match its receipt (accepted edited)"]

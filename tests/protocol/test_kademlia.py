@@ -181,7 +181,7 @@ def place(net: FakeNet, key: bytes, providers: list[bytes], holders: list[bytes]
 
 
 def test_distance_is_libp2p_kad_distance() -> None:
-    """Same points as py-libp2p (and node/p2p.py): sha256(peer ID bytes) XOR sha256(key)."""
+    """Same points as py-libp2p (and node/p2p/): sha256(peer ID bytes) XOR sha256(key)."""
     from libp2p.kad_dht.routing_table import peer_id_to_key
     from libp2p.kad_dht.utils import xor_distance
     from libp2p.peer.id import ID

@@ -140,7 +140,7 @@ def _run(v: dict[str, Any]) -> dict[str, Any]:
 
 def test_file_header() -> None:
     assert CONTENT["area"] == "transfer" and CONTENT["spec"] == "transfer.md"
-    assert CONTENT["revision"] == 3
+    assert CONTENT["revision"] == 4
 
 
 @pytest.mark.parametrize("v", VECTORS, ids=[v["name"] for v in VECTORS])

@@ -28,3 +28,36 @@ async def transfer_service(
             nursery.cancel_scope.cancel()
     finally:
         store.close()
+
+
+@asynccontextmanager
+async def transfer_services(tmp: Path, n: int, **kw: Any) -> AsyncIterator[list[TransferService]]:
+    """``n`` transfer services, each on its own libp2p host on 127.0.0.1, all
+    knowing each other's addresses; ``kw`` goes to every TransferService
+    (``config=TransferSection(...)``)."""
+    from node.p2p import open_host
+
+    out: list[TransferService] = []
+    async with trio.open_nursery() as nursery:
+        hosts = []
+        for i in range(n):
+            key = Ed25519PrivateKey.generate()
+            host = await _enter(nursery, open_host(key, ["/ip4/127.0.0.1/tcp/0"]))
+            hosts.append(host)
+            out.append(await _enter(nursery, transfer_service(host, key, tmp / f"n{i}", **kw)))
+        for svc in out:
+            for h in hosts:
+                svc.addrs[h.peer_id] = h.listen_addrs
+        yield out
+        nursery.cancel_scope.cancel()
+
+
+async def _enter(nursery: trio.Nursery, cm: Any) -> Any:
+    """Run an async context manager in a nursery task; return what it yields."""
+
+    async def hold(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with cm as value:
+            task_status.started(value)
+            await trio.sleep_forever()
+
+    return await nursery.start(hold)

@@ -166,7 +166,7 @@ def generate() -> dict[str, Any]:
         {"seq": 2, "prev_hex": h1.hex(), "recorded_at": NOW + 5, "receipt_hex": receipt_raw.hex()},
         accept(entry_hash_hex=_entry_hash(2, h1, NOW + 5, receipt_raw).hex()),
     ))
-    return vector_file("execution", "execution.md", 2, vectors)
+    return vector_file("execution", "execution.md", 3, vectors)
 
 
 def _signed_wire(key: Ed25519PrivateKey, wire: dict[str, Any]) -> bytes:

@@ -105,7 +105,7 @@ def generate() -> dict[str, Any]:
                accept(type="JobUpdate", **fields(unknown_agreement(AID, NOW)))),
     ]
     vectors += _watch_vectors(provider, submitter, mallory, pid, sid)
-    return vector_file("jobflow", "jobflow.md", 2, vectors)
+    return vector_file("jobflow", "jobflow.md", 3, vectors)
 
 
 def _result(pid: str, sid: str, outcome: Outcome, detail: str = "") -> Result:

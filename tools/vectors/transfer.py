@@ -370,7 +370,8 @@ def _data_plane_vectors(data: bytes, hashes: list[bytes], secret: bytes, ticket_
     adm("at-expiry", "now = expires_at: still valid", pre, issued, NOW + 60, accept(ticket_id_hex=ticket_id.hex()))
     adm("expired", "now = expires_at + 1", pre, issued, NOW + 61, reject("bad_ticket"))
     adm("unknown", "no ticket with that id was issued", pre, issued[:1], NOW, reject("bad_ticket"))
-    adm("used", "the ticket was used by an earlier connection", pre, [(ticket_id, NOW + 60, True)], NOW,
+    adm("used", "the ticket was consumed by an earlier connection whose first frame authenticated", pre,
+        [(ticket_id, NOW + 60, True)], NOW,
         reject("bad_ticket"))
     adm("bad-magic-first", "a bad preamble is refused before the ticket is looked up", b"GET " + pre[4:], issued, NOW,
         reject("bad_preamble"))
@@ -506,4 +507,4 @@ def generate() -> dict[str, Any]:
     v += _control_vectors(key, signer, other, data, hashes, secret, ticket_id)
     v += _chunk_list_vectors(data, hashes)
     v += _data_plane_vectors(data, hashes, secret, ticket_id)
-    return vector_file("transfer", "transfer.md", 3, v)
+    return vector_file("transfer", "transfer.md", 4, v)

@@ -94,7 +94,7 @@ def test_cli_pack_prints_ids(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out.split()
     assert out[0] == "image" and len(out[1]) == 64
     assert json.loads((tmp_path / "o" / "index.json").read_text())["manifests"][0]["digest"] == out[3]
-    assert cli_main(["image", "pack", str(tmp_path / "missing"), "-o", str(tmp_path / "p")]) == 1
+    assert cli_main(["image", "pack", str(tmp_path / "missing"), "-o", str(tmp_path / "p")]) == 2  # bad input
 
 
 # --------------------------------------------------------------------------- hostile images

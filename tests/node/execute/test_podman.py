@@ -130,13 +130,13 @@ async def test_job_runs_and_outputs_are_collected(
     )
     job = job_for(image, ("/bin/sh", "-c", script), inputs=((data, "/in/data"),), outputs=("/out",))
     store = _store(image.layout, data)
-    stored: list[Path] = []
+    stored: dict[str, bytes] = {}  # a stand-in blob store: what it was handed, by file name
     ex = await executor.execute(
         job, agreement_id=bytes(range(16)), job_digest=bytes(32), submitter=SUBMITTER_ID,
-        blob_path=store.__getitem__, store_output=stored.append,
+        blob_path=store.__getitem__, store_output=lambda p: stored.__setitem__(p.name, p.read_bytes()),
     )
     r = ex.result.message
-    log = ex.log_path.read_text()
+    log = stored["log"].decode()
     assert (r.outcome, r.exit_code, r.oom, r.timed_out) == (Outcome.EXITED, 0, False, False), log
     assert log.splitlines() == ["forty-one", "layer-two", "1", "in-ro"]
     assert [o.path for o in r.outputs] == ["out/result.txt", "out/sub/f"]  # the symlink is skipped
@@ -145,7 +145,7 @@ async def test_job_runs_and_outputs_are_collected(
     assert r.metering.bytes_in == sum(b.size for b in job.blobs())
     assert r.metering.bytes_out == 3 + 2 + len(log)
     assert r.metering.wall_ms > 0 and r.metering.peak_memory_bytes > 0
-    assert len(stored) == 3  # two outputs and the log went to the blob store
+    assert stored == {"result.txt": b"42\n", "f": b"s\n", "log": log.encode()}  # outputs and log went to the store
     assert verify_result(ex.result.raw, provider=PROVIDER_ID, submitter=SUBMITTER_ID)
     assert json.loads((ex.run_dir / "state.json").read_text())["phase"] == "done"
     assert podman_env.containers() == []
@@ -153,7 +153,7 @@ async def test_job_runs_and_outputs_are_collected(
     layers = json.loads((podman_env.settings.root / "overlay-layers" / "layers.json").read_text())
     assert image.diff_ids[0] == podman_env.image.diff_ids[0] or not podman_env.image.diff_ids
     assert sum(1 for layer in layers if layer.get("diff-digest") == image.diff_ids[0]) == 1
-    executor.cleanup(bytes(range(16)).hex())
+    # once stored, the run's output volume and log are gone: only its record stays
     assert sorted(p.name for p in ex.run_dir.iterdir()) == ["result.cbor", "state.json"]
 
 
@@ -343,7 +343,8 @@ async def test_execution_service_self_tests_and_advertises(podman_env: PodmanEnv
     routes_module.register(api, service)
     routes = {r.template: r.handler for r in api.routes}
     async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
+        await nursery.start(service.run)  # ready once the self-test is done; then it sweeps every 10 min
+        nursery.cancel_scope.cancel()
     cap = service.capability
     assert cap.runtime.startswith("podman/") and {"memory", "pids", "network-none"} <= set(cap.limits)
     status = await routes["/v1/execution"](None)  # type: ignore[arg-type]

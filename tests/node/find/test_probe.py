@@ -31,13 +31,14 @@ def test_compact_spec_several_models() -> None:
     nv = load_fake_nvml("h100:2,a100-40g:1,rtx4090:1,t4", seed="node-a")
     g = probe_gpus(nv)
     assert g.nvml_error is None and g.gpu_errors == ()
-    assert [x.name for x in g.gpus] == [
-        "NVIDIA H100 80GB HBM3",
-        "NVIDIA H100 80GB HBM3",
-        "NVIDIA A100-SXM4-40GB",
-        "NVIDIA GeForce RTX 4090",
-        "Tesla T4",
+    assert [x.name for x in g.gpus] == [  # the fake backend marks every name it reports
+        "NVIDIA H100 80GB HBM3 (fake)",
+        "NVIDIA H100 80GB HBM3 (fake)",
+        "NVIDIA A100-SXM4-40GB (fake)",
+        "NVIDIA GeForce RTX 4090 (fake)",
+        "Tesla T4 (fake)",
     ]
+    assert all(x.fake for x in g.gpus)
     infos = [x.gpu_info() for x in g.gpus]
     assert [(i.vendor, i.model) for i in infos] == [
         ("nvidia", "h100"),
@@ -175,7 +176,7 @@ def test_module_entry_point_prints_report(
 
     assert main(["--fake", "h100:1", "--data-dir", str(tmp_path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["gpus"][0]["name"] == "NVIDIA H100 80GB HBM3"
+    assert report["gpus"][0]["name"] == "NVIDIA H100 80GB HBM3 (fake)"
     assert report["container"]["runtime"] == "none"
     with pytest.raises(SystemExit):
         main(["--fake", "b300:1"])
@@ -234,7 +235,7 @@ def test_every_preset_normalises_to_its_key_family() -> None:
         info = probe_gpus(load_fake_nvml(f"{key}:1")).gpus[0].gpu_info()
         assert info.vendor == "nvidia", key
         assert info.model == key.split("-")[0], (key, info.model)
-        assert (info.name, info.memory_mib, info.compute_capability) == (name, mib, cc)
+        assert (info.name, info.memory_mib, info.compute_capability) == (name + " (fake)", mib, cc)
 
 
 # --------------------------------------------------------------------------- RealNvml
@@ -388,9 +389,9 @@ def test_probe_sync_full_report(tmp_path: Path) -> None:
     metrics = {m.type: m for m in rep.metrics()}
     assert metrics["gpu-count"].value == 2 and metrics["gpu-memory"].value == 2 * 23034
     assert metrics["storage-free"].source == "measured"
-    assert json.loads(json.dumps(rep.to_json()))["gpus"][0]["name"] == "NVIDIA L4"
-    text = "\n".join(describe(rep))
-    assert "NVIDIA L4" in text and "Container runtime: podman/runc" in text
+    assert json.loads(json.dumps(rep.to_json()))["gpus"][0]["name"] == "NVIDIA L4 (fake)"
+    text = "\n".join(describe(rep, container_checked=True))
+    assert "NVIDIA L4 (fake)" in text and "Container runtime: podman/runc" in text
 
 
 def test_container_defaults_to_none(tmp_path: Path) -> None:
@@ -444,3 +445,30 @@ def test_limits_follow_own_cgroup_path(tmp_path: Path) -> None:
     (cpu / "cpu.cfs_period_us").write_text("100000\n")
     assert probe_memory_mib(root) == (1024, "cgroup")
     assert probe_cpu_cores(root, affinity=16) == 1
+
+
+def test_standalone_probe_does_not_claim_no_container_runtime(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m node.find.probe` runs no containers: it used to say "Container runtime: none"
+    on hosts whose daemon self-test passes."""
+    from node.find.probe import main
+
+    assert main(["--fake", "h100:1", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Container runtime: none" not in out
+    assert "Container runtime: not checked here; the daemon runs a podman self-test" in out
+    assert "cpn status" in out
+    assert "NVIDIA H100 80GB HBM3 (fake)" in out and "(fake): a fake NVML inventory" in out
+    rep = probe_sync(tmp_path, backend=load_fake_nvml("none"))
+    assert "Container runtime: none (the self-test did not pass" in "\n".join(describe(rep, container_checked=True))
+
+
+def test_fake_names_keep_their_model() -> None:
+    """The mark is in the advertised name only: the model token, and so matching, is unchanged."""
+    (gpu,) = probe_gpus(load_fake_nvml("a100-40g:1")).gpus
+    info = gpu.gpu_info()
+    assert gpu.fake and info.name == "NVIDIA A100-SXM4-40GB (fake)" and (info.vendor, info.model) == ("nvidia", "a100")
+    spec = {"gpus": [{"name": "Custom Board (fake)", "memory_mib": 1024, "cc": "8.0"}]}
+    (named,) = probe_gpus(FakeNvml(spec)).gpus
+    assert named.name == "Custom Board (fake)"  # marked once, not twice

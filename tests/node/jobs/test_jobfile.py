@@ -10,8 +10,14 @@ from typing import Any
 import pytest
 
 from node.cli import CliError
-from node.jobs.jobfile import JobFileError, job_blob_paths, load_job, load_job_file
-from node.transfer.blobstore import hash_file
+from node.jobs.hashcache import CACHE_FILE, MAX_ENTRIES, HashCache, hash_file
+from node.jobs.jobfile import (
+    DEFAULT_OUTPUT_DISK_MIB,
+    JobFileError,
+    job_blob_paths,
+    load_job,
+    load_job_file,
+)
 from protocol.chunks import DEFAULT_CHUNK_SIZE, chunk_hashes, chunk_root
 from protocol.jobspec import JobSpec
 
@@ -200,3 +206,65 @@ def test_reads_in_chunks_not_whole_files(job_dir: Path, monkeypatch: pytest.Monk
     data_reads = [n for name, n in sizes if name != "job.toml"]
     assert len(data_reads) > 5
     assert all(0 < n <= max(DEFAULT_CHUNK_SIZE, (4 << 20) + 1) for n in data_reads)
+
+
+def test_outputs_get_room_by_default(job_dir: Path) -> None:
+    """A job with outputs and no disk_mib used to get 0 bytes of outputs back."""
+    assert "disk_mib" not in JOB
+    assert load_job_file(job_dir / "job.toml").resources.disk_mib == DEFAULT_OUTPUT_DISK_MIB == 64
+    (job_dir / "job.toml").write_text(JOB.replace('outputs = ["/out"]\n', ""))
+    assert load_job_file(job_dir / "job.toml").resources.disk_mib == 0  # no outputs: no room needed
+    (job_dir / "job.toml").write_text(JOB.replace("memory_mib = 256", "memory_mib = 256\ndisk_mib = 5"))
+    assert load_job_file(job_dir / "job.toml").resources.disk_mib == 5
+
+
+def test_outputs_without_room_are_refused(job_dir: Path) -> None:
+    message = _error(job_dir, JOB.replace("memory_mib = 256", "memory_mib = 256\ndisk_mib = 0"))
+    assert "resources.disk_mib: is 0, but the job declares outputs: none could come back" in message
+    assert "disk_mib = 64" in message
+
+
+def test_hash_cache_skips_unchanged_files(job_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache_file = tmp_path / "node" / CACHE_FILE
+    cache_file.parent.mkdir()
+    first = HashCache(cache_file)
+    plain = load_job(job_dir / "job.toml", now=1, nonce=bytes(16))
+    cached = load_job(job_dir / "job.toml", now=1, nonce=bytes(16), hashes=first)
+    assert cached == plain and first.hits == 0 and first.misses == len(plain.blob_paths)
+    first.save()
+    assert (cache_file.stat().st_mode & 0o777) == 0o600
+    second = HashCache(cache_file)
+    import node.jobs.hashcache as hc
+
+    reads: list[Path] = []
+    real = hc.hash_file
+    monkeypatch.setattr(hc, "hash_file", lambda p, c=DEFAULT_CHUNK_SIZE: reads.append(p) or real(p, c))
+    again = load_job(job_dir / "job.toml", now=1, nonce=bytes(16), hashes=second)
+    assert again == plain and second.misses == 0 and reads == []  # nothing read again
+    # a changed file (new content, same size) is hashed again
+    data = job_dir / "data" / "in.txt"
+    data.write_bytes(b"y" * data.stat().st_size)
+    third = HashCache(cache_file)
+    changed = load_job(job_dir / "job.toml", now=1, nonce=bytes(16), hashes=third)
+    assert reads == [data] and third.misses == 1
+    assert changed.spec.inputs[0].blob.digest != plain.spec.inputs[0].blob.digest
+
+
+def test_hash_cache_survives_garbage(tmp_path: Path) -> None:
+    path = tmp_path / CACHE_FILE
+    for text in ("not json", "[]", '{"version": 1, "files": {"x": [1]}}', '{"version": 99, "files": {}}'):
+        path.write_text(text)
+        cache = HashCache(path)
+        (tmp_path / "f").write_bytes(b"abc")
+        assert cache.hash_file(tmp_path / "f") == hash_file(tmp_path / "f")
+    assert HashCache(None).hash_file(tmp_path / "f") == hash_file(tmp_path / "f")
+
+
+def test_hash_cache_is_bounded(tmp_path: Path) -> None:
+    cache = HashCache(tmp_path / CACHE_FILE)
+    for i in range(MAX_ENTRIES + 5):
+        (tmp_path / f"f{i}").write_bytes(b"%d" % i)
+        cache.hash_file(tmp_path / f"f{i}")
+    cache.save()
+    files = json.loads((tmp_path / CACHE_FILE).read_text())["files"]
+    assert len(files) == MAX_ENTRIES and str((tmp_path / "f0").resolve()) not in files

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from node.transfer.blobstore import (
+    STORE_VERSION,
     BlobMeta,
     BlobStore,
     BlobStoreError,
@@ -276,8 +277,95 @@ def test_store_from_before_chained_chunk_lists_is_upgraded(tmp_path: Path) -> No
     store.close()
 
     db = sqlite3.connect(tmp_path / "blobs" / "store.sqlite")
-    db.execute("PRAGMA user_version=3")
+    db.execute(f"PRAGMA user_version={STORE_VERSION + 1}")
     db.commit()
     db.close()
     with pytest.raises(BlobStoreError, match="newer CPN"):
         BlobStore(tmp_path)
+
+
+_V2_SCHEMA = """
+CREATE TABLE blobs (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, chunk_size INTEGER NOT NULL,
+    chunk_root TEXT NOT NULL, hashes BLOB NOT NULL, complete INTEGER NOT NULL, bitmap BLOB NOT NULL);
+CREATE TABLE pins (digest TEXT NOT NULL, owner TEXT NOT NULL, PRIMARY KEY (digest, owner));
+PRAGMA user_version=2;
+"""
+
+
+def test_store_version_2_gains_suppliers_and_keeps_its_blobs(tmp_path: Path) -> None:
+    """A version-2 store (before suppliers were kept) opens as version 3: its
+    blobs and pins stay, nobody is recorded as their supplier (so no peer may
+    reuse them without delivering them once more), and the node itself may."""
+    import sqlite3
+
+    data = os.urandom(2 * CS + 1)
+    meta, hashes = _blob(data)
+    root = tmp_path / "blobs"
+    (root / "sha256").mkdir(parents=True)
+    (root / "sha256" / meta.digest[7:]).write_bytes(data)
+    db = sqlite3.connect(root / "store.sqlite")
+    db.executescript(_V2_SCHEMA)
+    db.execute("INSERT INTO blobs VALUES (?, ?, ?, ?, ?, 1, x'')",
+               (meta.digest, meta.size, meta.chunk_size, meta.chunk_root, b"".join(hashes)))
+    db.execute("INSERT INTO pins VALUES (?, 'job:x')", (meta.digest,))
+    db.commit()
+    db.close()
+
+    store = BlobStore(tmp_path, now=lambda: 1000.0)
+    assert store.meta(meta.digest) == meta and store.pinned(meta.digest) == ["job:x"]
+    assert store.usable_by(meta.digest, None)  # this node's own use
+    assert not store.usable_by(meta.digest, "peer-a") and store.suppliers(meta.digest) == []
+    store.add_supplier(meta.digest, "peer-a")
+    assert store.usable_by(meta.digest, "peer-a") and not store.usable_by(meta.digest, "peer-b")
+    assert store.expire_pins("job:", before=1000.5) == 1  # the old pin got the upgrade's time
+    store.close()
+    db = sqlite3.connect(root / "store.sqlite")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == STORE_VERSION == 3
+    db.close()
+
+
+def test_sweep_deletes_idle_unpinned_blobs_by_kind(tmp_path: Path) -> None:
+    """The sweep keeps pinned blobs, keeps a cache (a blob a peer delivered, or a
+    public one) for ``idle_s`` after its last use, and a blob only this node
+    produced (outputs after their receipt) for ``local_idle_s``."""
+    now = [1000.0]
+    store = BlobStore(tmp_path, now=lambda: now[0])
+    cached = store.import_bytes(os.urandom(CS + 1), chunk_size=CS)
+    store.add_supplier(cached.digest, "peer-a")
+    public = store.import_bytes(os.urandom(CS + 2), chunk_size=CS, public=True)
+    local = store.import_bytes(os.urandom(CS + 3), chunk_size=CS)
+    pinned = store.import_bytes(os.urandom(CS + 4), chunk_size=CS)
+    store.pin(pinned.digest, "result:x")
+    now[0] += 700  # past the local grace, not the cache's
+    assert store.sweep(idle_s=3600, local_idle_s=600) == local.size
+    assert not store.has(local.digest) and all(store.has(m.digest) for m in (cached, public, pinned))
+    now[0] += 3000
+    store.touch(public.digest)  # used again: kept longer
+    assert store.sweep(idle_s=3600, local_idle_s=600) == cached.size
+    assert store.suppliers(cached.digest) == []
+    assert store.expire_pins("result:", before=now[0]) == 1  # no receipt came: the pin expires
+    now[0] += 3601
+    assert store.sweep(idle_s=3600, local_idle_s=600) == public.size + pinned.size
+    assert store.digests() == []
+    store.close()
+
+
+def test_a_partial_blob_resumes_only_for_its_party(tmp_path: Path) -> None:
+    """Chunks kept from an interrupted transfer count only for the party the
+    blob was being received for: another party starts from nothing."""
+    data = os.urandom(4 * CS)
+    meta, hashes = _blob(data)
+    store = BlobStore(tmp_path)
+    p = store.begin(meta, hashes, party="peer-a")
+    _deliver(p, data, (0, 1))
+    p.close()
+    other = store.begin(meta, hashes, party="peer-b")
+    assert other.missing() == [0, 1, 2, 3]
+    other.close()
+    again = store.begin(meta, hashes, party="peer-b")
+    _deliver(again, data, (0,))
+    again.close()
+    mine = store.begin(meta, hashes, party="peer-b")
+    assert mine.missing() == [1, 2, 3]
+    mine.close()
+    store.close()

@@ -262,6 +262,7 @@ async def test_resume_after_sender_killed_moves_only_missing_chunks(tmp_path: Pa
     blob = tmp_path / "blob"
     data = os.urandom(256 * CS)  # 16 MiB, 256 chunks
     blob.write_bytes(data)
+    party = peer_id_of(Ed25519PrivateKey.generate())  # whom both fetches are for: a resume is per party
     async with services(tmp_path, 1) as (rx,):
         me = pid(rx)
         first = _spawn("serve", os.urandom(32).hex(), str(tmp_path / "s1"), str(blob), me)
@@ -277,7 +278,7 @@ async def test_resume_after_sender_killed_moves_only_missing_chunks(tmp_path: Pa
 
             rx.on_progress = kill_midway
             with pytest.raises(TransferFailed, match="kept"):
-                await rx.fetch(meta, [info["peer_id"]])
+                await rx.fetch(meta, [info["peer_id"]], on_behalf_of=party)
         finally:
             first.kill()
             first.wait()
@@ -293,7 +294,7 @@ async def test_resume_after_sender_killed_moves_only_missing_chunks(tmp_path: Pa
         try:
             info2 = await trio.to_thread.run_sync(_info, second)
             rx.addrs[info2["peer_id"]] = info2["addrs"]
-            await rx.fetch(meta, [info2["peer_id"]])
+            await rx.fetch(meta, [info2["peer_id"]], on_behalf_of=party)
         finally:
             assert second.stdin is not None
             second.stdin.close()
@@ -379,7 +380,9 @@ async def test_fetch_many_pins_dedups_and_fetches_in_parallel(tmp_path: Path) ->
     async with services(tmp_path, 2) as (a, b):
         base_data = os.urandom(6 * CS)
         base = await put(a, base_data)
-        await put(b, base_data)  # a shared base layer b already holds
+        await put(b, base_data)  # a shared base layer b already holds ...
+        assert b.store is not None
+        b.store.mark_public(base.digest)  # ... that its operator imported for everyone
         top = await put(a, os.urandom(9 * CS))
         cfg = await put(a, b'{"config": true}')
         assert b.store is not None
@@ -470,14 +473,15 @@ async def test_partial_holder_serves_only_the_chunks_it_holds(tmp_path: Path) ->
         held = set(held_b[1])
         assert 16 <= len(held) < 96
 
-        with pytest.raises(TransferFailed, match="missing"):
-            await c.fetch(meta, [pid(b)])  # b cannot provide the rest: a clear failure, no penalty
+        with pytest.raises(TransferFailed, match="missing"):  # for a's job: a vouches for b
+            await c.fetch(meta, [pid(b)], on_behalf_of=pid(a))  # b cannot provide the rest: a clear failure
+
         assert pid(b) not in c.penalties
         assert c.store is not None
         kept = c.store.held_chunks(meta.digest)
         assert kept is not None and kept[1] == held  # exactly what b holds, all verified
         assert c.progress[meta.digest].sources == {pid(b): len(held) * CS}
-        await c.fetch(meta, [pid(a)])
+        await c.fetch(meta, [pid(a)])  # the same party: the kept chunks count
         assert c.stats["chunks_received"] == 96  # b's chunks did not move again
         assert c.store.path_of(meta.digest).read_bytes() == data
 
@@ -507,8 +511,8 @@ async def test_owner_names_other_holders_and_grants_fetching_from_them(tmp_path:
         data = os.urandom(400 * CS)
         meta = await put(owner, data)
         owner.grant(pid(holder), meta.digest, Direction.FETCH)  # an earlier job ran on holder
-        await holder.fetch(meta, [pid(owner)])
-        holder.owners.append(lambda who, digest: who == pid(owner) and digest == meta.digest)
+        await holder.fetch(meta, [pid(owner)])  # for owner's job: owner delivered it there
+        assert holder.store is not None and holder.store.suppliers(meta.digest) == [pid(owner)]
         ghost = peer_id_of(Ed25519PrivateKey.generate())  # a former provider, now offline
         owner.holders_of = lambda digest: (
             [(pid(holder), []), (ghost, ["/ip4/127.0.0.1/tcp/1"])] if digest == meta.digest else [])
