@@ -430,6 +430,7 @@ class _Sweep:
         self.unknown = trio.CapacityLimiter(FETCH_CONCURRENCY)
         self.admitted = 0  #: unknown providers admitted for a check
         self.unknown_seen = 0  #: unknown providers recorded
+        self.remembered_seen = 0  #: providers recorded as failed lately (not checked)
         self.dropped = 0
         self.pending_known = 0
         self.nursery: trio.Nursery | None = None
@@ -453,12 +454,21 @@ class _Sweep:
             return
         now = f.clock()
         known = f.known_good(peer, now) or peer == f.p2p.peer_id
-        if not known and self.unknown_seen >= KEPT_PER_CHECKED * bound:
-            self.dropped += 1  # a flood of nominations: counted, not even recorded
-            return
-        self.unknown_seen += not known
+        remembered = None if known else f.failed_recently(peer, now)
+        # A flood of nominations is counted, not even recorded; failures this finder
+        # remembers are recorded apart (no check, and they take no unknown's place:
+        # lookups name providers in any order).
+        if remembered is not None:
+            if self.remembered_seen >= KEPT_PER_CHECKED * bound:
+                self.dropped += 1
+                return
+            self.remembered_seen += 1
+        elif not known:
+            if self.unknown_seen >= KEPT_PER_CHECKED * bound:
+                self.dropped += 1
+                return
+            self.unknown_seen += 1
         cand = self.candidates[peer] = Candidate(peer, addrs)
-        remembered = f.failed_recently(peer, now)
         if remembered is not None:
             cand.status = remembered[1]
             cand.reason = f"{remembered[2]} ({now - remembered[0]} s ago; not checked again yet)"
