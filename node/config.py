@@ -222,7 +222,9 @@ class DiscoverySection:
         300, "Validity of one signed advert; refreshed before it expires.", rule=between(30, 600, " seconds")
     )
     reprovide_interval_s: int = setting(
-        3600, "Re-announce DHT provider records at most this far apart.", rule=at_least(60, " seconds")
+        3600,
+        "Re-announce DHT provider records at most this far apart (records live 3 h on CPN nodes).",
+        rule=between(60, 3600, " seconds"),
     )
     fake_gpus: str = setting(
         "", "Testnets only: a fake NVML inventory (`h100:2,a100-40g:1` or a JSON file).",

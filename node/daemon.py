@@ -264,8 +264,16 @@ async def _watch_signals(node: Node) -> None:
             return
 
 
+async def _announced_line(node: Node) -> None:
+    """Ready comes before the identifiers are announced in the DHT (spec/dht.md
+    §6.4); this second line says when finders everywhere can see the node."""
+    await node.discovery.wait_announced()
+    print(json.dumps({"event": "announced", "peer_id": node.peer_id}), flush=True)
+
+
 def main(config: Config) -> int:
-    """Foreground entry point of ``cpn node run``: prints one JSON "ready" line on stdout."""
+    """Foreground entry point of ``cpn node run``: prints one JSON "ready" line on
+    stdout, then an "announced" line once its identifiers are announced in the DHT."""
 
     async def _main() -> None:
         async with trio.open_nursery() as nursery:
@@ -284,6 +292,11 @@ def main(config: Config) -> int:
                 ),
                 flush=True,
             )
+            if config.discovery.enabled:
+                async with trio.open_nursery() as waits:
+                    waits.start_soon(_announced_line, node)
+                    await node.stopped.wait()
+                    waits.cancel_scope.cancel()
 
     trio.run(_main)
     sys.stdout.flush()

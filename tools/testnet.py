@@ -100,12 +100,12 @@ def _fake_for(spec: str | None, i: int) -> str | None:
     return None if chosen in ("", "none") else chosen
 
 
-def _read_ready(out: Path) -> dict[str, Any] | None:
+def _read_ready(out: Path, event: str = "ready") -> dict[str, Any] | None:
     try:
         for line in out.read_text().splitlines():
             if line.startswith("{"):
                 obj = json.loads(line)
-                if obj.get("event") == "ready":
+                if obj.get("event") == event:
                     return obj
     except (FileNotFoundError, ValueError):
         pass
@@ -311,6 +311,24 @@ def _wait_ready(nodes: list[dict[str, Any]], timeout: float) -> None:
         time.sleep(0.1)
 
 
+def _wait_announced(nodes: list[dict[str, Any]], timeout: float) -> None:
+    """Until every node printed its "announced" line: its identifiers are in the
+    DHT, so a find from any node sees it (a node is ready before that)."""
+    deadline = time.monotonic() + timeout
+    pending = list(nodes)
+    while pending:
+        pending = [n for n in pending
+                   if _read_ready(Path(n["data_dir"]) / "stdout.log", "announced") is None]
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(n["name"] for n in pending)
+            raise SystemExit(
+                f"testnet: {names} not announced in the DHT after {timeout:g} s "
+                "(see .testnet/*/node.log)"
+            )
+        if pending:
+            time.sleep(0.1)
+
+
 def _alive(n: dict[str, Any]) -> bool:
     """True if ``n['pid']`` still runs *our* daemon for that data dir."""
     try:
@@ -372,8 +390,10 @@ def up(
     topology: list[dict[str, Any]] | None = None,
     rate: str | None = None,
     nodes_too: bool = True,
+    announced: bool = True,
 ) -> list[dict[str, Any]]:
-    """Start ``n`` nodes and wait until every one answers ``/v1/health``.
+    """Start ``n`` nodes and wait until every one answers ``/v1/health`` and
+    (``announced``) has announced its identifiers in the DHT.
 
     Nodes whose index is in ``execution`` run containers ([execution] enabled).
     ``netns``: each node in its own network namespace (see the module docstring).
@@ -442,6 +462,8 @@ def up(
                 nodes.append(_start(i, seeds, _fake_for(fake, i), log_level, i in execution))
                 _save(nodes)  # each PID on record at once: `down` after a killed `up` finds it
         _wait_ready(nodes, timeout)
+        if announced:
+            _wait_announced(nodes, timeout)
         _save(nodes)
         for node in nodes:
             _health(node)

@@ -38,7 +38,7 @@ from node.clock import UnixClock
 from node.config import DiscoverySection
 from node.find.records import Record, advert_key, fetch_advert
 from node.metrics import Metrics
-from node.p2p import P2PHost, PeerUnreachable, StreamClosed
+from node.p2p import EarlyStop, P2PHost, PeerUnreachable, StreamClosed
 from protocol.advert import Advert, Tombstone, open_record, select_raw
 from protocol.errors import ProtocolError
 from protocol.identifiers import dht_key, lookup_ids, memory_tier
@@ -216,10 +216,12 @@ class Finder:
         with trio.move_on_after(within_s):
             async with trio.open_nursery() as fetches:
                 sweep.nursery = fetches  # verification starts as each provider is found
+                # the lookups end once `want` candidates verified (spec/dht.md §6.5)
+                sweep.stop = stop = EarlyStop(lambda: sweep.verified() >= want)
 
                 async def lookup(i: str) -> None:
                     nonlocal hops, rounds
-                    res = await self.p2p.find_providers(dht_key(i), count=want, on_found=sweep.found)
+                    res = await self.p2p.find_providers(dht_key(i), on_found=sweep.found, early_stop=stop)
                     hops, rounds = max(hops, res.hops), max(rounds, res.rounds)
 
                 async with trio.open_nursery() as lookups:
@@ -428,11 +430,17 @@ class _Sweep:
         self.unknown = trio.CapacityLimiter(FETCH_CONCURRENCY)
         self.admitted = 0  #: unknown providers admitted for a check
         self.unknown_seen = 0  #: unknown providers recorded
+        self.remembered_seen = 0  #: providers recorded as failed lately (not checked)
         self.dropped = 0
         self.pending_known = 0
         self.nursery: trio.Nursery | None = None
         self.changed = trio.Event()
         self.dht_fallbacks = DHT_FALLBACKS
+        self.stop: EarlyStop | None = None  #: the lookups' early stop, told after each check
+
+    def verified(self) -> int:
+        """Candidates whose advert verified so far."""
+        return sum(c.status is CandidateStatus.OK for c in self.candidates.values())
 
     def _ask_dht(self) -> bool:
         """A network DHT lookup for one more silent provider?  (Bounded per find.)"""
@@ -446,12 +454,21 @@ class _Sweep:
             return
         now = f.clock()
         known = f.known_good(peer, now) or peer == f.p2p.peer_id
-        if not known and self.unknown_seen >= KEPT_PER_CHECKED * bound:
-            self.dropped += 1  # a flood of nominations: counted, not even recorded
-            return
-        self.unknown_seen += not known
+        remembered = None if known else f.failed_recently(peer, now)
+        # A flood of nominations is counted, not even recorded; failures this finder
+        # remembers are recorded apart (no check, and they take no unknown's place:
+        # lookups name providers in any order).
+        if remembered is not None:
+            if self.remembered_seen >= KEPT_PER_CHECKED * bound:
+                self.dropped += 1
+                return
+            self.remembered_seen += 1
+        elif not known:
+            if self.unknown_seen >= KEPT_PER_CHECKED * bound:
+                self.dropped += 1
+                return
+            self.unknown_seen += 1
         cand = self.candidates[peer] = Candidate(peer, addrs)
-        remembered = f.failed_recently(peer, now)
         if remembered is not None:
             cand.status = remembered[1]
             cand.reason = f"{remembered[2]} ({now - remembered[0]} s ago; not checked again yet)"
@@ -471,6 +488,8 @@ class _Sweep:
             self.pending_known -= known
             self.changed.set()
             self.changed = trio.Event()
+            if self.stop is not None:
+                self.stop.nudge()
 
         assert self.nursery is not None
         self.nursery.start_soon(check)

@@ -2,8 +2,10 @@
 
 Its modules: :mod:`~node.p2p.host` (the host, dialing, streams, the DHT calls
 the node makes), :mod:`~node.p2p.streams` (:class:`FramedStream`),
-:mod:`~node.p2p.dht` (our record validators, the capped kad handler, lookup
-helpers), :mod:`~node.p2p.keys` (the identity key as a libp2p key pair), and
+:mod:`~node.p2p.dht` (our record validators, the kad server's provider
+store and stream cap, our own kad RPCs), :mod:`~node.p2p.routing` (the
+sans-IO lookup and provide of :mod:`protocol.kademlia` driven over those
+RPCs), :mod:`~node.p2p.keys` (the identity key as a libp2p key pair), and
 NAT traversal: :mod:`~node.p2p.nat` (reachability, announced addresses),
 :mod:`~node.p2p.autonat` (AutoNAT with a real dial-back),
 :mod:`~node.p2p.relay` (circuit relay v2 service and client calls),
@@ -38,9 +40,10 @@ Callers put a ``trio.fail_after`` around every network call (no keepalive: a
 frozen peer otherwise hangs a stream for minutes).
 """
 
-from node.p2p.dht import LookupResult, RecordValidator
+from node.p2p.dht import LookupResult, ProvideReport, RecordValidator
 from node.p2p.host import DIAL_TIMEOUT, P2PHost, open_host
 from node.p2p.keys import from_libp2p_keypair, to_libp2p_keypair
+from node.p2p.routing import EarlyStop
 from node.p2p.streams import FramedStream, PeerUnreachable, StreamClosed, StreamHandler
 
 __all__ = [
@@ -51,6 +54,8 @@ __all__ = [
     "P2PHost",
     "RecordValidator",
     "LookupResult",
+    "ProvideReport",
+    "EarlyStop",
     "open_host",
     "DIAL_TIMEOUT",
     "to_libp2p_keypair",

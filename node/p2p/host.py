@@ -16,7 +16,7 @@ from libp2p import new_host
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
-from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht.kad_dht import DHTMode
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
@@ -31,26 +31,26 @@ from libp2p.tools.anyio_service import background_trio_service
 from node.addrs import split_peer, with_peer
 from node.logs import route_library_logs
 from node.p2p.dht import (
-    ALPHA,
     KAD_PROTOCOL,
-    QUERY_TIMEOUT,
+    CpnKadDHT,
     HostStats,
-    K,
     LookupResult,
+    PagedProviderStore,
+    ProvideReport,
     RecordValidator,
     ValidatorAdapter,
-    agreed,
     capped_kad_handler,
     dht_key,
-    xor_distance,
 )
 from node.p2p.keys import to_libp2p_keypair
 from node.p2p.nat import NatService
 from node.p2p.paths import remote_ip
 from node.p2p.relay import RelayRefused, dial_circuit
+from node.p2p.routing import EarlyStop, KadRouting
 from node.p2p.streams import FramedStream, PeerUnreachable, StreamClosed, StreamHandler
 from node.reach import Path, Reachability, RelayPolicy, split_circuit
 from protocol.errors import ProtocolError
+from protocol.kademlia import ALPHA, K
 
 log = logging.getLogger("cpn.p2p")
 
@@ -71,18 +71,53 @@ PING_TIMEOUT = 0.5  #: one muxer-level ping (a miss falls back to a full request
 # operator's explicit setting wins.
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
+# py-libp2p's yamux pings every connection every 30 s to measure its round trip
+# (used to tune receive windows; it is no keepalive).  A 60-node testnet is a
+# full mesh: 1,770 connections, each pinged by both ends every 30 s, cost about
+# a fifth of a core with nobody using the network.  Every 5 minutes is enough
+# to tune windows; the finder's liveness ping (:meth:`P2PHost.ping`) is separate.
+setattr(_yamux, "RTT_MEASURE_INTERVAL", 300.0)  # noqa: B010 - a module constant, read per loop
+
+_window_update = _yamux.YamuxStream._auto_tune_and_send_window_update
+
+
+async def _window_update_at_half(self: _yamux.YamuxStream, *, bytes_read: int = 0) -> None:
+    """go-yamux's rule: credit the receive window once half of it is consumed.
+
+    py-libp2p 0.8.1 also sends a ``WINDOW_UPDATE`` after every read that
+    leaves less than half the window consumed ("partial slack"), whatever
+    ``PY_YAMUX_RELEASE_ON_READ`` says: 13 of the 24 frames of one kad request
+    and answer were window updates, each one encrypted, sent, received and
+    decrypted.  Below half a window there is nothing to credit yet: the
+    sender still has at least half its window.
+    """
+    buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+    if self.target_recv_window - (self.recv_window + buffered) < self._grow_threshold():
+        return
+    await _window_update(self, bytes_read=bytes_read)
+
+
+setattr(_yamux.YamuxStream, "_auto_tune_and_send_window_update", _window_update_at_half)  # noqa: B010
+
 
 
 class P2PHost:
     """A running libp2p host with a kad-dht; create with :func:`open_host`."""
 
-    def __init__(self, host: Any, dht: KadDHT, nat: NatService) -> None:
+    def __init__(
+        self, host: Any, dht: CpnKadDHT, nat: NatService, nursery: trio.Nursery,
+        stats: HostStats | None = None,
+    ) -> None:
         self._host = host
         self._dht = dht
         self.nat = nat
         self.peer_id: str = str(host.get_id())
-        self.stats = HostStats()
+        self.stats = stats if stats is not None else HostStats()
         self._circuits: dict[str, list[str]] = {}  #: peer -> circuit addrs we were given
+        #: lookups and provides (spec/dht.md §6); their requests run in ``nursery``,
+        #: which lives as long as the host, so no lookup cancels a query mid-stream
+        self._routing = KadRouting(host, dht, nursery, self.stats)
+        dht.refresh = self._routing.bootstrap  # its periodic upkeep
 
     # ---- identity and addresses
 
@@ -263,103 +298,56 @@ class P2PHost:
 
     # ---- DHT
 
-    async def bootstrap(self) -> None:
-        """Refresh the routing table (a self-lookup through the known peers)."""
-        with trio.move_on_after(30):
-            await self._dht.refresh_routing_table()
+    async def bootstrap(self) -> int:
+        """Fill the routing table (a complete lookup of our own ID); returns the
+        number of closest peers that answered."""
+        return await self._routing.bootstrap()
 
-    async def provide(self, key: bytes) -> bool:
-        """Announce ourselves as a provider of ``key`` (a binary CID or multihash)."""
-        return bool(await self._dht.provider_store.provide(dht_key(key)))
+    def hold_own_record(self, key: bytes) -> None:
+        """Hold our own provider record for ``key`` (a binary CID or multihash)
+        locally, at once and without network traffic: whoever asks this node
+        for ``key`` is told about it before any announcement went out."""
+        self._routing.hold_own_record(key)
+
+    async def provide(self, key: bytes, *, k: int = K) -> ProvideReport:
+        """Announce ourselves as a provider of ``key`` (a binary CID or multihash)
+        at the k closest peers, with retries, and say how many hold it
+        (spec/dht.md §6.3).  Sends go through this host's one ``ADD_PROVIDER``
+        budget, shared by all provides.  ``k`` other than 20 is for tests."""
+        return await self._routing.provide(key, k=k)
+
+    def holders(self, key: bytes, last: ProvideReport, *, k: int = K) -> tuple[int, int]:
+        """``(held, closest)``: how many of the ``k`` peers closest to ``key`` that
+        this node knows of now took the record at ``last`` (an earlier
+        provide of ``key``), and how many such peers there are."""
+        return self._routing.holders(key, last, k=k)
+
+    def local_providers(self, key: bytes) -> list[str]:
+        """Peer IDs of the provider records for ``key`` this node holds (no network)."""
+        return [str(i.peer_id) for i in self._routing.store.local(dht_key(key))]
 
     async def find_providers(
         self,
         key: bytes,
         *,
-        count: int = 20,
+        count: int | None = None,
         alpha: int = ALPHA,
         on_found: Callable[[str, list[str]], None] | None = None,
+        early_stop: EarlyStop | None = None,
     ) -> LookupResult:
-        """Iterative GET_PROVIDERS lookup that always asks the network.
+        """Iterative ``GET_PROVIDERS`` lookup that always asks the network (spec/dht.md §6.2).
 
-        py-libp2p's own ``find_providers`` answers from the local provider cache
-        whenever it holds *any* provider for the key (records live 48 h), so a
-        node that looked once would never see new providers.  This lookup also
-        counts hops for the benchmark.  Providers are *candidates* only: the
-        caller must verify each one's advert.  ``on_found(peer, addrs)`` is
-        called for each new provider as soon as it is known, so the caller can
-        start verifying while the lookup goes on.
+        It runs until the k closest live peers to the key have answered (then
+        pages through popular keys), ``count`` providers are known, the
+        caller's ``early_stop`` says enough, or the caller cancels it.
+        Providers are *candidates* only: the caller must verify each one's
+        advert.  ``on_found(peer, addrs)`` is called for each new provider as
+        soon as it is known (those this node holds first), so the caller can
+        verify while the lookup goes on; ``early_stop.nudge()`` then makes the
+        lookup re-check ``early_stop.enough()`` at once.
         """
-        mh = dht_key(key)
-        store = self._dht.provider_store
-        self.stats.lookups += 1
-        found: dict[str, list[str]] = {}
-
-        def add(peer: str, addrs: list[str]) -> None:
-            if peer not in found:
-                found[peer] = addrs
-                if on_found is not None:
-                    on_found(peer, addrs)
-
-        for info in store.get_providers(mh):  # what we hold ourselves (incl. our own)
-            add(str(info.peer_id), [str(a) for a in info.addrs])
-        me = self._host.get_id()
-        known: set[ID] = set(self._dht.routing_table.find_local_closest_peers(mh, K)) - {me}
-        asked: set[ID] = set()
-        hops = 0
-
-        def dist(p: ID) -> int:
-            return xor_distance(mh, p.to_bytes())
-
-        async def ask(peer: ID, closer_out: list[ID], answers: list[frozenset[str]]) -> None:
-            try:
-                with trio.move_on_after(QUERY_TIMEOUT):
-                    provs, closer = await store._get_providers_from_peer_with_closers(peer, mh)
-                    for info in provs:
-                        add(str(info.peer_id), [str(a) for a in info.addrs])
-                    closer_out.extend(closer)
-                    answers.append(frozenset(str(i.peer_id) for i in provs))
-            except (BaseLibp2pError, OSError, ValueError) as exc:
-                self.stats.lookup_errors += 1
-                log.debug("GET_PROVIDERS to %s failed: %s", peer, exc)
-
-        # Kademlia with early termination.  Each round asks the ``alpha`` closest
-        # peers not yet asked, in parallel, and waits for all of them: a query
-        # cancelled mid-stream never closes it, and py-libp2p's server then
-        # holds one of its 12 inbound handler slots until the connection dies.  Stop when ``count`` providers are
-        # known; when QUORUM peers of a round returned the same non-empty
-        # provider set (the records are replicated on the closest peers: asking
-        # more would only repeat them); when a round after the first added no
-        # provider; or when the k closest known peers have all been asked.
-        # Provider records sit on the k closest peers *as each provider saw the
-        # network*, so while the network is still growing closest peers disagree
-        # and the lookup goes on.
-        found_at_hop: int | None = 0 if found else None
-        while len(found) < count:
-            closest_k = sorted(known, key=dist)[:K]
-            batch = [p for p in closest_k if p not in asked][:alpha]
-            if not batch:
-                break
-            hops += 1
-            before = len(found)
-            closer: list[ID] = []
-            answers: list[frozenset[str]] = []
-            asked.update(batch)
-            async with trio.open_nursery() as nursery:
-                for peer in batch:
-                    nursery.start_soon(ask, peer, closer, answers)
-            known.update(p for p in closer if p != me)
-            if found_at_hop is None and len(found) > before:
-                found_at_hop = hops
-            if agreed(answers):
-                break
-            if found_at_hop is not None and len(found) == before and hops > 1:
-                break  # providers known and a further round added none: settled
-        return LookupResult(
-            providers=list(found.items())[:count],
-            hops=found_at_hop or 0,
-            rounds=hops,
-            queried=len(asked),
+        return await self._routing.find_providers(
+            key, count=count, alpha=alpha, on_found=on_found, early_stop=early_stop
         )
 
     async def ping(self, peer_id: str) -> float | None:
@@ -400,9 +388,29 @@ class P2PHost:
             raise PeerUnreachable(f"ping to {peer_id} failed: {exc or 'timed out'}") from None
         return trio.current_time() - t0
 
-    async def put_value(self, key: str, value: bytes) -> None:
-        """Validate and store ``value`` under ``key`` locally and at the closest peers."""
-        await self._dht.put_value(key, value)
+    async def put_value(self, key: str, value: bytes) -> int:
+        """Validate and store ``value`` under ``key`` here and at the k closest peers
+        our routing table holds; returns how many of them acknowledged.
+
+        py-libp2p's ``put_value`` first runs a ``FIND_NODE`` lookup for the key,
+        which py-libp2p nodes refuse for keys over 50 bytes that are not
+        multihashes (``/cpn-advert/<peer id>`` is 64): some 20 requests wasted
+        on every advert refresh, before it stores at the peers it knew anyway
+        (spec/dht.md §5, "Known limitation").  This stores at those directly.
+        The local checks are py-libp2p's: the namespace's validator (raises
+        ``ValueError``, or py-libp2p's error for an unknown namespace) and no
+        replacing a newer value.
+        """
+        dht = self._dht
+        assert dht.validator is not None
+        dht.validator.validate(key, value)
+        raw_key = key.encode()
+        old = dht.value_store.get(raw_key)
+        if old is not None and old.value != value and dht.validator.select(key, [value, old.value]):
+            raise ValueError("refusing to replace a newer value with an older one")
+        dht.value_store.put(raw_key, value)
+        record, _ = dht.value_store.store[raw_key]  # signed with our key by py-libp2p
+        return await self._routing.put_value(raw_key, record)
 
     async def get_value(self, key: str) -> bytes | None:
         """Best value for ``key`` (validated by the namespace validator on receipt)."""
@@ -468,14 +476,16 @@ async def open_host(
         {name: ValidatorAdapter(v, on_reject) for name, v in (validators or {}).items()},
         strict_validation=True,
     )
-    dht = KadDHT(host, DHTMode.SERVER, validator=ns, validator_changed=True, strict_validation=True)
-    host.set_stream_handler(TProtocol(KAD_PROTOCOL), capped_kad_handler(dht))
+    dht = CpnKadDHT(host, DHTMode.SERVER, validator=ns, validator_changed=True, strict_validation=True)
+    dht.provider_store = PagedProviderStore(host, dht.peer_routing)  # pages, 2048/key, 3 h
+    stats = HostStats()
+    host.set_stream_handler(TProtocol(KAD_PROTOCOL), capped_kad_handler(dht, stats))
     nat = NatService(host, dht, policy=relay or RelayPolicy(), bootstrap=bootstrap,
                      register_kad=lambda: host.set_stream_handler(
-                         TProtocol(KAD_PROTOCOL), capped_kad_handler(dht)))
+                         TProtocol(KAD_PROTOCOL), capped_kad_handler(dht, stats)))
     async with host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in listen]):
-        async with background_trio_service(dht), nat.running():
-            p2p = P2PHost(host, dht, nat)
+        async with background_trio_service(dht), nat.running(), trio.open_nursery() as kad_requests:
+            p2p = P2PHost(host, dht, nat, kad_requests, stats)
             stats_holder.append(p2p)
             for addr in bootstrap:
                 try:
@@ -487,3 +497,4 @@ async def open_host(
             with trio.move_on_after(SETTLE_TIMEOUT):
                 await nat.settle()  # how peers reach us, before anything is advertised
             yield p2p
+            kad_requests.cancel_scope.cancel()  # the host closes: requests still out end now

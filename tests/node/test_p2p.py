@@ -159,8 +159,9 @@ async def test_provider_lookup_across_three_hosts() -> None:
     async with hosts(3) as (a, b, c):
         key = b"\x01\x55\x12\x20" + sha256(b"some identifier").digest()
         with trio.fail_after(20):
-            assert await b.provide(key)
+            report = await b.provide(key)
             found = await c.find_providers(key)
+        assert report.confirmed and report.stored == report.closest == 2
         assert b.peer_id in dict(found.providers)
         assert found.queried >= 1
         # a key nobody provides: empty, not an error

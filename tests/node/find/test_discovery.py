@@ -17,6 +17,7 @@ from node.api.routes.find import requirement_from_json
 from node.api.server import ApiError
 from node.config import load_config
 from node.daemon import Node, run_node
+from node.find import adverts
 from node.find.adverts import DiscoveryService
 from node.find.finder import Finder
 from node.find.records import AdvertValidator, advert_key, fetch_advert
@@ -35,6 +36,13 @@ LOOP = "/ip4/127.0.0.1/tcp/0"
 
 def wall() -> int:
     return int(time.time())
+
+
+@pytest.fixture(autouse=True)
+def announce_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """First announcements without the 0-10 s start spread (a network started at
+    once needs it; a test that waits for the announcements does not)."""
+    monkeypatch.setattr(adverts, "START_SPREAD_S", 0.0)
 
 
 @asynccontextmanager
@@ -58,6 +66,9 @@ async def running_nodes(
             clock = clocks[i] if clocks else wall
             with trio.fail_after(30):
                 nodes.append(await nursery.start(partial(run_node, cfg, clock=clock)))
+        with trio.fail_after(30):  # everyone's advert stored and identifiers announced once
+            for node in nodes:
+                await node.discovery.wait_announced()
         try:
             yield nodes
         finally:
