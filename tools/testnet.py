@@ -319,6 +319,9 @@ def _wait_announced(nodes: list[dict[str, Any]], timeout: float) -> None:
     while pending:
         pending = [n for n in pending
                    if _read_ready(Path(n["data_dir"]) / "stdout.log", "announced") is None]
+        for n in pending:
+            if _PROCS[n["pid"]].poll() is not None:
+                raise SystemExit(f"testnet: {n['name']} exited after start-up:\n{_log_tail(n)}")
         if pending and time.monotonic() > deadline:
             names = ", ".join(n["name"] for n in pending)
             raise SystemExit(
@@ -466,12 +469,22 @@ def up(
             _wait_announced(nodes, timeout)
         _save(nodes)
         for node in nodes:
-            _health(node)
+            try:
+                _health(node)
+            except Exception as exc:
+                raise SystemExit(f"testnet: {node['name']} does not answer ({exc}):\n{_log_tail(node)}") from None
     except BaseException:
         _save(nodes)
         down()
         raise
     return nodes
+
+
+def _log_tail(node: dict[str, Any]) -> str:
+    try:
+        return (Path(node["data_dir"]) / "node.log").read_text()[-2000:]
+    except OSError as exc:
+        return f"(no log: {exc})"
 
 
 def _health(node: dict[str, Any]) -> dict[str, Any]:

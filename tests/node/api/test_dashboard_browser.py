@@ -49,7 +49,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,900"]
 #: virtual time for a page's scripts to fetch and render (virtual: it does not wait for real)
-BUDGET_MS = 4000
+BUDGET_MS = 15000
 #: two H100s, one of them busy, as NVML would report them
 FAKE_GPUS = json.dumps({"gpus": [
     {"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559, "cc": "9.0", "free_mib": 40960, "utilisation": 63},
