@@ -30,6 +30,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from node.addrs import split_peer, with_peer
 from node.logs import route_library_logs
+from node.p2p import guards  # noqa: F401 - installs the stream guards before any host
 from node.p2p.dht import (
     KAD_PROTOCOL,
     CpnKadDHT,
