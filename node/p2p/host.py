@@ -30,7 +30,6 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from node.addrs import split_peer, with_peer
 from node.logs import route_library_logs
-from node.p2p import guards  # noqa: F401 - installs the stream guards before any host
 from node.p2p.dht import (
     KAD_PROTOCOL,
     CpnKadDHT,
@@ -43,6 +42,7 @@ from node.p2p.dht import (
     capped_kad_handler,
     dht_key,
 )
+from node.p2p.guards import install as install_stream_guards
 from node.p2p.keys import to_libp2p_keypair
 from node.p2p.nat import NatService
 from node.p2p.paths import remote_ip
@@ -71,6 +71,9 @@ PING_TIMEOUT = 0.5  #: one muxer-level ping (a miss falls back to a full request
 # read on every call, so setting it here (before any host runs) is enough; an
 # operator's explicit setting wins.
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+
+# A peer's stream must never end the node (node/p2p/guards.py).
+install_stream_guards()
 
 # py-libp2p's yamux pings every connection every 30 s to measure its round trip
 # (used to tune receive windows; it is no keepalive).  A 60-node testnet is a
