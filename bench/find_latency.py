@@ -67,6 +67,7 @@ QUERIES = [
 ]
 JOINER = "h100:2"
 FIND_TIMEOUT = 10.0
+PEER_ID = re.compile(r"12D3KooW\w+")  #: peer IDs in reasons, so that equal reasons count together
 
 
 def h100s(spec: str) -> int:
@@ -127,6 +128,10 @@ def curve(nodes: list[dict[str, Any]], seconds: float, every: float) -> dict[str
                 row[name + "_missing"] = dict(
                     Counter(status.get(p, "not_found") for p in expected - got),
                     timed_out=res["timed_out"],
+                )
+                reason = {c["peer_id"]: PEER_ID.sub("<peer>", c["reason"])[:90] for c in res["candidates"]}
+                row[name + "_why"] = dict(
+                    Counter(reason[p] for p in expected - got if p in reason).most_common(3)
                 )
         cpu1, at1 = cpu_seconds(pids), time.monotonic()
         row["cpu_pct"] = round(100 * (cpu1 - cpu0) / max(at1 - at0, 1e-9), 1)  # since the last check
