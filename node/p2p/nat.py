@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -71,12 +72,17 @@ from node.reach import (
     public_ip,
     verdict,
 )
+from protocol.kademlia_core import jittered
 
 log = logging.getLogger("cpn.p2p.nat")
 
 __all__ = ["NatService", "RECHECK_S"]
 
 RECHECK_S = 600.0  #: AutoNAT again after this long
+#: ... scaled by a random factor in [0.75, 1.25] per check: every re-check is
+#: a dial-back (a new connection and handshake) from up to four peers, and 60
+#: daemons started together would otherwise all re-check in the same minute
+RECHECK_JITTER = 0.25
 TICK_S = 5.0  #: look at connections, identify's observations and the routing table this often
 #: and redo the work (reachability, pruning kad clients, AutoNAT's due check)
 #: when one of them changed, or at least this often: with 60 peers the work
@@ -131,6 +137,7 @@ class NatService:
         self.status: Status = "unknown"
         self._verified: tuple[str, ...] = ()
         self._checked_at: float | None = None
+        self._recheck_s = RECHECK_S  #: this time (see RECHECK_JITTER)
         self._asked = 0
         self._checked_ip: str | None = None
         self.on_change: list[Callable[[Reachability], None]] = []
@@ -340,7 +347,7 @@ class NatService:
         if self._checked_at is None:
             return True
         since = time.monotonic() - self._checked_at
-        if since >= RECHECK_S:
+        if since >= self._recheck_s:
             return True
         if since < MIN_RECHECK_GAP_S:
             return False
@@ -373,6 +380,7 @@ class NatService:
             for s in servers:
                 nursery.start_soon(ask, s)
         self._checked_at = time.monotonic()
+        self._recheck_s = jittered(RECHECK_S, random.random, RECHECK_JITTER)
         self._checked_ip = self.reach.public_ip
         answered = [a for a in answers if a.ok is not None]
         self._asked = len(answered)
