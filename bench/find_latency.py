@@ -67,6 +67,7 @@ QUERIES = [
 ]
 JOINER = "h100:2"
 FIND_TIMEOUT = 10.0
+PEER_ID = re.compile(r"12D3KooW\w+")  #: peer IDs in reasons, so that equal reasons count together
 
 
 def h100s(spec: str) -> int:
@@ -127,6 +128,10 @@ def curve(nodes: list[dict[str, Any]], seconds: float, every: float) -> dict[str
                 row[name + "_missing"] = dict(
                     Counter(status.get(p, "not_found") for p in expected - got),
                     timed_out=res["timed_out"],
+                )
+                reason = {c["peer_id"]: PEER_ID.sub("<peer>", c["reason"])[:90] for c in res["candidates"]}
+                row[name + "_why"] = dict(
+                    Counter(reason[p] for p in expected - got if p in reason).most_common(3)
                 )
         cpu1, at1 = cpu_seconds(pids), time.monotonic()
         row["cpu_pct"] = round(100 * (cpu1 - cpu0) / max(at1 - at0, 1e-9), 1)  # since the last check
@@ -256,6 +261,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
             row["curve"] = curve(nodes, args.curve_s, args.every)
         load_curve = os.getloadavg()[0]
         if args.idle_s > 0:
+            time.sleep(args.idle_wait_s)
             row.update(idle_cpu(nodes, args.idle_s))
         if args.queries > 0:
             row.update(settled_finds(nodes, args.queries, rng))
@@ -298,6 +304,8 @@ def main() -> int:
     p.add_argument("--curve-s", type=float, default=600, help="findability curve length (0: skip)")
     p.add_argument("--every", type=float, default=5, help="seconds between curve checks")
     p.add_argument("--idle-s", type=float, default=60, help="idle CPU window (0: skip)")
+    p.add_argument("--idle-wait-s", type=float, default=0,
+                   help="wait this long before the idle window (with --curve-s 0: settle after up)")
     p.add_argument("--queries", type=int, default=60, help="settled finds (0: skip)")
     p.add_argument("--joins", type=int, default=10, help="joining nodes timed (0: skip)")
     p.add_argument("--seed", type=int, default=1)

@@ -238,7 +238,9 @@ class DiscoverySection:
         rule=between(1, 10_000),
     )
     find_failure_memory_s: int = setting(
-        300, "How long a finder skips a provider that failed a check (unreachable, invalid, gone).",
+        300,
+        "The longest a finder skips a provider that failed checks (unreachable, invalid, gone): "
+        "15 s after one failure, doubling with each failure in a row, at most this.",
         rule=between(0, 86_400, " seconds"),
     )
 

@@ -15,8 +15,11 @@ therefore:
   their own, so they never queue behind unknown ones;
 * checks at most ``find_max_candidates`` unknown providers (the rest are
   ``skipped``);
-* skips providers that failed a check within ``find_failure_memory_s`` (a
-  negative cache with expiry, bounded);
+* skips a provider that failed a check for a while (a negative cache with
+  expiry, bounded): :data:`FAILURE_FIRST_S` after one failure, doubling with
+  each failure in a row up to ``find_failure_memory_s``, so a live provider
+  that missed one check (it was busy, or we were) is checked again soon
+  while one that never answers costs a check only every few minutes;
 * returns what was verified when ``within_s`` runs out, and once enough
   matching offers are verified and the lookup is over, waits at most
   :data:`EARLY_GRACE_S` more for unknown providers.
@@ -65,6 +68,11 @@ MEMORY_MAX = 8192  #: providers remembered as verified, and as failed (each)
 EARLY_GRACE_S = FIND_FETCH_TIMEOUTS[0]  #: more time for unknown providers once enough offers verified
 DHT_FALLBACKS = 8  #: DHT lookups per find for providers that did not answer (the rest: our store)
 KEPT_PER_CHECKED = 4  #: nominations recorded per checkable one (the rest only counted)
+#: how long a provider that failed one check is skipped; each failure in a row
+#: doubles it, up to ``find_failure_memory_s``.  Short: a live provider that
+#: missed one check (it or this node was overloaded, a connection was being
+#: replaced) must not stay invisible to this finder for minutes
+FAILURE_FIRST_S = 15
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,7 @@ class FinderLimits:
     """How much of a find one flood of provider records can take (``[discovery]``)."""
 
     max_candidates: int = 64  #: unknown providers checked per find
-    failure_memory_s: int = 300  #: a provider that failed a check is skipped this long
+    failure_memory_s: int = 300  #: the longest a provider that failed checks is skipped
 
     @classmethod
     def from_config(cls, d: DiscoverySection) -> FinderLimits:
@@ -92,6 +100,20 @@ class CandidateStatus(StrEnum):
 
 #: outcomes remembered in the negative cache
 _FAILURES = frozenset({CandidateStatus.UNREACHABLE, CandidateStatus.INVALID, CandidateStatus.GONE})
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A provider's last failed check, remembered by a finder."""
+
+    at: int  #: clock time of the check
+    status: CandidateStatus
+    reason: str
+    streak: int = 1  #: failed checks in a row
+
+    def skip_s(self, longest: int) -> int:
+        """How long after :attr:`at` the provider is not checked again."""
+        return min(longest, FAILURE_FIRST_S << min(self.streak - 1, 16))
 
 
 @dataclass
@@ -185,8 +207,8 @@ class Finder:
         self.cache: dict[str, tuple[bytes, int]] = {}
         #: peer -> clock time its advert last verified (preferred in later finds)
         self.verified: OrderedDict[str, int] = OrderedDict()
-        #: peer -> (clock time, status, reason) of its last failed check (skipped meanwhile)
-        self.failed: OrderedDict[str, tuple[int, CandidateStatus, str]] = OrderedDict()
+        #: peer -> its last failed check (skipped for a while: :meth:`failed_recently`)
+        self.failed: OrderedDict[str, Failure] = OrderedDict()
         self.finds = metrics.counter("cpn_find_total", "Find requests served")
         self.candidates = metrics.counter(
             "cpn_find_candidates_total", "Providers checked by finds, by outcome"
@@ -320,9 +342,12 @@ class Finder:
         seen = self.verified.get(peer)
         return (seen is not None and now - seen <= VERIFIED_MEMORY_S) or self._cached(peer, now) is not None
 
-    def failed_recently(self, peer: str, now: int) -> tuple[int, CandidateStatus, str] | None:
+    def failed_recently(self, peer: str, now: int) -> Failure | None:
+        """``peer``'s last failure if it is still to be skipped: :data:`FAILURE_FIRST_S`
+        after one failure, twice that after two in a row, ... at most
+        ``find_failure_memory_s``."""
         hit = self.failed.get(peer)
-        if hit is not None and now - hit[0] < self.limits.failure_memory_s:
+        if hit is not None and now - hit.at < hit.skip_s(self.limits.failure_memory_s):
             return hit
         return None
 
@@ -333,7 +358,11 @@ class Finder:
             _put(self.verified, cand.peer_id, now)
         elif cand.status in _FAILURES and self.limits.failure_memory_s:
             self.verified.pop(cand.peer_id, None)
-            _put(self.failed, cand.peer_id, (now, cand.status, cand.reason))
+            last = self.failed.get(cand.peer_id)
+            # failures in a row: the last one is recent (older ones start over)
+            in_row = last is not None and now - last.at <= 2 * self.limits.failure_memory_s
+            streak = last.streak + 1 if in_row and last is not None else 1
+            _put(self.failed, cand.peer_id, Failure(now, cand.status, cand.reason, streak))
 
     async def _fetch(
         self, cand: Candidate, now: int
@@ -391,26 +420,39 @@ class Finder:
         Provider records outlive their providers by up to 48 h; the DHT copy of
         the advert says whether the peer withdrew (tombstone) or lapsed (no
         valid record: "gone"), neither of which is worth reporting as
-        unreachable.  Only a peer with a current advert counts as unreachable.
+        unreachable.  "Gone" needs evidence: a DHT lookup that *answered*
+        without a current advert.  A lookup that timed out (this node or the
+        network is busy) or was not made (over :data:`DHT_FALLBACKS`) proves
+        nothing, so the provider stays unreachable: a live provider that
+        missed one check is never reported as gone for it.
         """
-        raw = None
-        with trio.move_on_after(DHT_FALLBACK_TIMEOUT if network else 0):
-            try:
-                raw = await self.p2p.get_value(advert_key(cand.peer_id))
-            except ValueError as exc:
-                log.debug("DHT advert of %s: %s", cand.peer_id, exc)
+        raw, answered = None, False
+        if network:
+            with trio.move_on_after(DHT_FALLBACK_TIMEOUT) as scope:
+                try:
+                    raw = await self.p2p.get_value(advert_key(cand.peer_id))
+                except ValueError as exc:
+                    log.debug("DHT advert of %s: %s", cand.peer_id, exc)
+            answered = not scope.cancelled_caught
         if raw is None:  # the lookup timed out or found nothing: what do we hold?
             raw = self.p2p.local_value(advert_key(cand.peer_id))
         if raw is None:
-            cand.status, cand.reason = CandidateStatus.GONE, "no current advert in the DHT"
+            if answered:
+                cand.status, cand.reason = CandidateStatus.GONE, "no current advert in the DHT"
+            else:
+                why = "no DHT answer in time" if network else "DHT not asked (enough lookups this find)"
+                cand.reason = f"{cand.reason}; {why}"
+            log.debug("%s: %s: %s", cand.peer_id, cand.status.value, cand.reason)
             return
         try:
             signed = open_record(raw, self.clock(), peer_id=cand.peer_id)
         except ProtocolError as exc:
             cand.status, cand.reason = CandidateStatus.GONE, f"DHT advert {exc.reason}"
+            log.debug("%s: gone: %s", cand.peer_id, cand.reason)
             return
         if isinstance(signed.message, Tombstone):
             cand.status, cand.reason = CandidateStatus.WITHDRAWN, f"tombstone seq {signed.message.seq}"
+        log.debug("%s: %s: %s", cand.peer_id, cand.status.value, cand.reason)
 
 
 def _put(memory: OrderedDict[str, Any], key: str, value: Any) -> None:
@@ -470,8 +512,8 @@ class _Sweep:
             self.unknown_seen += 1
         cand = self.candidates[peer] = Candidate(peer, addrs)
         if remembered is not None:
-            cand.status = remembered[1]
-            cand.reason = f"{remembered[2]} ({now - remembered[0]} s ago; not checked again yet)"
+            cand.status = remembered.status
+            cand.reason = f"{remembered.reason} ({now - remembered.at} s ago; not checked again yet)"
         elif known:
             self.pending_known += 1
             self._start(cand, self.known, known=True)

@@ -39,7 +39,7 @@ from libp2p.records.validator import Validator
 from protocol.errors import ProtocolError
 from protocol.framing import decode_frame_prefix, encode_frame
 from protocol.kademlia import MAX_PROVIDERS_PER_KEY, Failure, ProviderRecords
-from protocol.kademlia_core import PROVIDER_TTL_S
+from protocol.kademlia_core import PROVIDER_TTL_S, jittered
 
 log = logging.getLogger("cpn.p2p")
 
@@ -67,6 +67,10 @@ QUERY_TIMEOUT = 2.0  #: one kad request and its answer, dial included (spec/dht.
 KAD_INBOUND_STREAM_S = 15.0
 KAD_PROTOCOL = "/ipfs/kad/1.0.0"
 MAINTENANCE_S = 600.0  #: routing table refresh and record expiry (see :class:`CpnKadDHT`)
+#: every wait for it is scaled by a random factor in [0.75, 1.25]: 60 daemons
+#: started together otherwise all ran their self-lookup in the same ~30 s, ten
+#: minutes later (both cores saturated, finds slow, connections replaced)
+MAINTENANCE_JITTER = 0.25
 TABLE_UPDATE_S = 2.0  #: adding a peer to the routing table (a full bucket pings its oldest)
 ADDR_TTL = 3600  #: peerstore lifetime of addresses learnt from kad answers (as py-libp2p)
 SELF_RECORD_S = 30.0  #: our signed peer record and addresses are re-read this often
@@ -198,7 +202,7 @@ class CpnKadDHT(KadDHT):
     through a ``FIND_NODE`` lookup that py-libp2p nodes refuse for our keys.
     At start-up that doubled every node's kad traffic; settled, it cost a
     60-node testnet some 15 requests a second.  Ours waits
-    :data:`MAINTENANCE_S`, runs :attr:`refresh` (the host's complete
+    :data:`MAINTENANCE_S` (+-:data:`MAINTENANCE_JITTER`), runs :attr:`refresh` (the host's complete
     self-lookup, :meth:`node.p2p.routing.KadRouting.bootstrap`), and drops
     expired records.  Providers and adverts are re-announced by their owner.
     """
@@ -207,7 +211,7 @@ class CpnKadDHT(KadDHT):
 
     async def _run_main_loop(self) -> None:
         while self.manager.is_running:
-            await trio.sleep(MAINTENANCE_S)
+            await trio.sleep(jittered(MAINTENANCE_S, random.random, MAINTENANCE_JITTER))
             try:
                 if self.refresh is not None:
                     await self.refresh()

@@ -18,6 +18,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.kad_dht.kad_dht import DHTMode
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.records.validator import NamespacedValidator
@@ -234,8 +235,9 @@ class P2PHost:
     async def _dial(self, pid: ID, addrs: Sequence[str]) -> None:
         """Connect unless connected: direct addresses first (given or known),
         then the relays of the circuit addresses given (or given before)."""
-        if self._host.get_network().get_connections(pid):
+        if self._live_connections(pid):
             return
+        self._drop_dead_connections(pid)
         peer = str(pid)
         direct = [split_peer(a)[0] for a in addrs if split_circuit(a) is None]
         circuits = [a for a in addrs if split_circuit(a) is not None]
@@ -295,10 +297,36 @@ class P2PHost:
         await self._dial(pid, addrs or ())
         try:
             with trio.fail_after(DIAL_TIMEOUT):
-                raw = await self._host.new_stream(pid, [TProtocol(protocol_id)])
+                try:
+                    raw = await self._host.new_stream(pid, [TProtocol(protocol_id)])
+                except SwarmException as exc:
+                    # No stream on the connection we hold: it died without the
+                    # swarm noticing (py-libp2p then neither dials nor opens a
+                    # stream until it prunes it).  Drop it, dial afresh, once.
+                    # (A resource-manager stream limit is not a dead connection.)
+                    if "limit" in str(exc).lower():
+                        raise
+                    log.debug("stream to %s failed on a held connection (%s); redialling", peer_id, exc)
+                    await self._host.get_network().close_peer(pid)
+                    self._drop_dead_connections(pid, every=True)
+                    await self._dial(pid, addrs or ())
+                    raw = await self._host.new_stream(pid, [TProtocol(protocol_id)])
         except (BaseLibp2pError, OSError, trio.TooSlowError) as exc:
             raise PeerUnreachable(f"cannot open {protocol_id} to {peer_id}: {exc}") from None
         return FramedStream(raw)
+
+    def _live_connections(self, pid: ID) -> list[Any]:
+        """Connections to ``pid`` that can still carry streams."""
+        return [c for c in self._host.get_network().get_connections(pid) if not _dead(c)]
+
+    def _drop_dead_connections(self, pid: ID, *, every: bool = False) -> None:
+        """Forget closed connections to ``pid`` the swarm still lists (all of
+        them with ``every``): while one is listed py-libp2p neither dials the
+        peer nor opens a stream to it ("No valid connections available")."""
+        net = self._host.get_network()
+        for conn in net.get_connections(pid):
+            if every or _dead(conn):
+                net.remove_conn(conn)
 
     # ---- DHT
 
@@ -433,6 +461,13 @@ class P2PHost:
     def remove_local_value(self, key: str) -> None:
         self._dht.value_store.remove(key.encode())
 
+
+
+def _dead(conn: Any) -> bool:
+    """A swarm connection that is closed, or whose yamux session is shutting down."""
+    muxed = getattr(conn, "muxed_conn", None)
+    shutting = getattr(muxed, "event_shutting_down", None)
+    return bool(getattr(conn, "is_closed", False)) or (shutting is not None and shutting.is_set())
 
 
 @asynccontextmanager

@@ -31,6 +31,8 @@ beside it.  It owns:
 from __future__ import annotations
 
 import logging
+import math
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -70,13 +72,23 @@ from node.reach import (
     public_ip,
     verdict,
 )
+from protocol.kademlia_core import jittered
 
 log = logging.getLogger("cpn.p2p.nat")
 
 __all__ = ["NatService", "RECHECK_S"]
 
 RECHECK_S = 600.0  #: AutoNAT again after this long
-TICK_S = 5.0  #: re-read identify's observations at least this often
+#: ... scaled by a random factor in [0.75, 1.25] per check: every re-check is
+#: a dial-back (a new connection and handshake) from up to four peers, and 60
+#: daemons started together would otherwise all re-check in the same minute
+RECHECK_JITTER = 0.25
+TICK_S = 5.0  #: look at connections, identify's observations and the routing table this often
+#: and redo the work (reachability, pruning kad clients, AutoNAT's due check)
+#: when one of them changed, or at least this often: with 60 peers the work
+#: costs milliseconds (multiaddr parsing per connection), so doing it every
+#: TICK_S on every daemon was a visible part of an idle testnet's CPU
+FULL_TICK_S = 60.0
 MIN_RECHECK_GAP_S = 5.0  #: a check triggered by new servers waits at least this long
 GOOD_SERVERS = 3  #: answers wanted before a verdict is left alone until RECHECK_S
 KAD_PROTOCOL = "/ipfs/kad/1.0.0"
@@ -125,6 +137,7 @@ class NatService:
         self.status: Status = "unknown"
         self._verified: tuple[str, ...] = ()
         self._checked_at: float | None = None
+        self._recheck_s = RECHECK_S  #: this time (see RECHECK_JITTER)
         self._asked = 0
         self._checked_ip: str | None = None
         self.on_change: list[Callable[[Reachability], None]] = []
@@ -276,15 +289,30 @@ class NatService:
     # ---- AutoNAT
 
     async def _check_loop(self) -> None:
+        seen, full_at = None, -math.inf
         while True:
             with trio.move_on_after(TICK_S):
                 await self._wake.wait()
+            woken = self._wake.is_set()
             self._wake = trio.Event()
+            inputs, now = self._inputs(), time.monotonic()
+            if not woken and inputs == seen and now - full_at < FULL_TICK_S:
+                continue  # nothing it depends on changed: nothing to redo
+            seen, full_at = inputs, now
             self._recompute()
             self._prune_clients()
             servers = self._servers()
             if self._check_due(servers):
                 await self._check(servers)
+
+    def _inputs(self) -> tuple[object, ...]:
+        """A cheap fingerprint of what :meth:`_check_loop` works from: the
+        connections (by identity), identify's observations, the routing table."""
+        conns = tuple(id(c) for cs in list(self.host.get_network().connections.values()) for c in cs)
+        mgr = getattr(self.host, "_observed_addr_manager", None)
+        table = getattr(mgr, "_conn_observations", None) or {}
+        observed = tuple((k, v[1]) for k, v in list(table.items()))
+        return conns, observed, tuple(self.dht.routing_table.get_peer_ids())
 
     def _prune_clients(self) -> None:
         """Drop kad clients from our routing table.  py-libp2p adds every peer
@@ -319,7 +347,7 @@ class NatService:
         if self._checked_at is None:
             return True
         since = time.monotonic() - self._checked_at
-        if since >= RECHECK_S:
+        if since >= self._recheck_s:
             return True
         if since < MIN_RECHECK_GAP_S:
             return False
@@ -352,6 +380,7 @@ class NatService:
             for s in servers:
                 nursery.start_soon(ask, s)
         self._checked_at = time.monotonic()
+        self._recheck_s = jittered(RECHECK_S, random.random, RECHECK_JITTER)
         self._checked_ip = self.reach.public_ip
         answered = [a for a in answers if a.ok is not None]
         self._asked = len(answered)

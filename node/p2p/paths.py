@@ -30,10 +30,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import trio
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.connection_types import ConnectionType
 from libp2p.peer.id import ID
-from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
+from libp2p.relay.circuit_v2.dcutr import MAX_HOLE_PUNCH_ATTEMPTS, DCUtRProtocol
 from multiaddr import Multiaddr
 
 from node.reach import Path
@@ -44,6 +45,7 @@ __all__ = ["HolePunch", "PathTracker", "ListenView", "is_relayed", "remote_ip"]
 
 #: best first: what ``path(peer)`` reports when several connections are open
 _RANK: dict[Path, int] = {"direct": 0, "hole-punched": 1, "reversed": 2, "relayed": 3}
+AUTO_DRIVE_S = 2.0  #: how often peers connected through a relay only are looked for (as py-libp2p)
 
 
 def is_relayed(conn: Any) -> bool:
@@ -90,6 +92,29 @@ class HolePunch(DCUtRProtocol):
         self.punching: Counter[ID] = Counter()
         self.tries: Counter[ID] = Counter()  #: hole punches (either role) that ended, per peer
         self.listeners: list[Callable[[str, bool], None]] = []  #: (peer, direct) after a punch
+        #: id(open relayed connection) -> its peer (kept by :class:`PathTracker`)
+        self.relayed: dict[int, ID] = {}
+
+    async def _auto_drive_loop(self) -> None:
+        """py-libp2p's loop: every :data:`AUTO_DRIVE_S`, start a hole punch to
+        each peer connected through a relay only (a peer that never initiates
+        would otherwise wait forever).  It found them by turning every
+        connection's addresses into strings every 2 s; with 60 peers that was
+        a large part of an idle daemon's CPU.  This one reads the relayed
+        connections :class:`PathTracker` saw open (usually none)."""
+        while True:
+            await trio.sleep(AUTO_DRIVE_S)
+            for peer_id in list(dict.fromkeys(self.relayed.values())):
+                if peer_id in self._in_progress or peer_id in self._direct_connections:
+                    continue
+                if self._hole_punch_attempts.get(peer_id, 0) >= MAX_HOLE_PUNCH_ATTEMPTS:
+                    continue
+                try:
+                    await self.initiate_hole_punch(peer_id)
+                except trio.Cancelled:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - best effort, as py-libp2p's loop
+                    log.debug("hole punch to %s: %r", peer_id, exc)
 
     def on_peer_disconnected(self, peer_id: ID) -> None:
         super().on_peer_disconnected(peer_id)
@@ -143,7 +168,9 @@ class PathTracker(INotifee):
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         peer = conn.muxed_conn.peer_id
-        if not is_relayed(conn):
+        if is_relayed(conn):
+            self._punch.relayed[id(conn)] = peer
+        else:
             others = [c for c in network.get_connections(peer) if c is not conn]
             if not any(is_relayed(c) for c in others):
                 kind: Path = "direct"
@@ -171,6 +198,7 @@ class PathTracker(INotifee):
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         self._kinds.pop(id(conn), None)
+        self._punch.relayed.pop(id(conn), None)
         self._tell(str(conn.muxed_conn.peer_id), False)
 
     def _tell(self, peer: str, up: bool) -> None:

@@ -10,6 +10,7 @@ import multiaddr
 import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from libp2p.peer.id import ID
 
 from node.keys import peer_id_of
 from node.p2p import (
@@ -217,3 +218,24 @@ async def test_local_value_reads_own_store_only() -> None:
             await a.put_value("/t/k", b"ok-1")
         assert a.local_value("/t/k") == b"ok-1"
         assert a.local_value("/t/missing") is None
+
+
+async def test_stream_opens_after_the_held_connection_died_unnoticed() -> None:
+    """A connection the swarm still lists but that is closed (py-libp2p prunes such
+    "phantom" connections only later) must not make a live peer unreachable:
+    py-libp2p neither dials nor opens a stream while it is listed.  Seen at N=60:
+    finds called live providers gone ("No valid connections available")."""
+    async with hosts(2) as (a, b):
+        a.set_stream_handler(ECHO, echo_handler)
+        first = await b.open_stream(a.peer_id, ECHO, a.listen_addrs)
+        await first.close()
+        swarm = b._host.get_network()
+        held = swarm.get_connections(ID.from_base58(a.peer_id))
+        assert held
+        for conn in held:
+            conn.event_closed.set()  # closed, and still listed: the phantom
+        with trio.fail_after(10):
+            s = await b.open_stream(a.peer_id, ECHO, a.listen_addrs)
+            await s.send_frame(b"live")
+            assert await s.receive_frame(10) == b"evil"
+        assert all(c not in held for c in swarm.get_connections(ID.from_base58(a.peer_id)))
