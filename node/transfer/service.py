@@ -244,18 +244,14 @@ class TransferService:
             except StreamClosed:
                 return
             except ProtocolError as exc:
-                self.stats["refused"] += 1
-                log.info("transfer request from %s refused: %s", peer, exc)
-                await self._refuse(stream, TransferError(reason=exc.reason, detail=exc.detail[:1024]))
+                await self._refuse_request(stream, exc)
                 return
             try:
                 reply = await self._answer(peer, signed.message)
             except StreamClosed:
                 return
             except ProtocolError as exc:
-                self.stats["refused"] += 1
-                log.info("transfer request from %s refused: %s", peer, exc)
-                await self._refuse(stream, TransferError(reason=exc.reason, detail=exc.detail[:1024]))
+                await self._refuse_request(stream, exc)
                 return
             except Exception as exc:  # noqa: BLE001 - a request must never take the node down
                 self.stats["errors"] += 1
@@ -266,6 +262,12 @@ class TransferService:
                 await self._send(stream, reply)
             except (StreamClosed, trio.TooSlowError):
                 return
+
+    async def _refuse_request(self, stream: FramedStream, exc: ProtocolError) -> None:
+        """A request that broke the protocol: counted, logged, answered with its reason."""
+        self.stats["refused"] += 1
+        log.info("transfer request from %s refused: %s", stream.remote_peer, exc)
+        await self._refuse(stream, TransferError(reason=exc.reason, detail=exc.detail[:1024]))
 
     async def _refuse(self, stream: FramedStream, err: TransferError) -> None:
         """Send ``err`` and close our side (spec/transfer.md section 2.1), as far
