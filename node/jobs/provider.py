@@ -83,6 +83,7 @@ MAX_KEPT_LINES = 20_000  #: live log lines kept per job (the whole log is the lo
 #: load, output collection); a submitter waits longer ([jobs] run_grace_s)
 DEADLINE_GRACE_S = 120
 OPERATOR_CANCEL = "cancelled by the provider's operator"
+CANCEL_PUSH_TRIES = 3  #: signed cancel pushes to the submitter (1 s, then 2 s apart)
 
 
 @dataclass(eq=False)
@@ -446,11 +447,23 @@ class ProviderJobs:
         return True
 
     async def _tell_cancel(self, pj: ProviderJob) -> None:
-        try:
-            with trio.fail_after(STEP_TIMEOUT * 3):
-                await push_cancel(self.p2p, self.key, self.store, pj.aid, clock=self.clock, detail=OPERATOR_CANCEL)
-        except (StreamClosed, trio.TooSlowError, ProtocolError, LocalProtocolError) as exc:
-            log.info("job %s: the submitter was not told of the cancel: %s", pj.aid, exc)
+        """Send the signed cancel, trying again a few times (the submitter may be
+        redialling, or briefly away); a failed push saved nothing, so a retry
+        repeats the same sequence number and a duplicate is only acknowledged."""
+        for attempt in range(CANCEL_PUSH_TRIES):
+            try:
+                with trio.fail_after(STEP_TIMEOUT * 3):
+                    await push_cancel(self.p2p, self.key, self.store, pj.aid, clock=self.clock,
+                                      detail=OPERATOR_CANCEL)
+                break
+            except (ProtocolError, LocalProtocolError) as exc:  # refused: trying again changes nothing
+                log.info("job %s: the submitter refused the cancel: %s", pj.aid, exc)
+                break
+            except (StreamClosed, trio.TooSlowError) as exc:
+                if attempt + 1 == CANCEL_PUSH_TRIES:
+                    log.info("job %s: the submitter was not told of the cancel: %s", pj.aid, exc)
+                else:
+                    await trio.sleep(2**attempt)
         pj.touch()
 
     # ---- the watch protocol (requests from the submitter)

@@ -16,6 +16,7 @@ from libp2p import new_host
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
+from libp2p.host.exceptions import StreamFailure
 from libp2p.kad_dht.kad_dht import DHTMode
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.exceptions import SwarmException
@@ -299,12 +300,14 @@ class P2PHost:
             with trio.fail_after(DIAL_TIMEOUT):
                 try:
                     raw = await self._host.new_stream(pid, [TProtocol(protocol_id)])
-                except SwarmException as exc:
+                except (SwarmException, StreamFailure) as exc:
                     # No stream on the connection we hold: it died without the
                     # swarm noticing (py-libp2p then neither dials nor opens a
-                    # stream until it prunes it).  Drop it, dial afresh, once.
-                    # (A resource-manager stream limit is not a dead connection.)
-                    if "limit" in str(exc).lower():
+                    # stream until it prunes it), or the new stream's very first
+                    # write failed (the session under it is gone).  Drop it,
+                    # dial afresh, once.  (A resource-manager stream limit, or a
+                    # protocol the peer refuses, is not a dead connection.)
+                    if not _connection_gone(exc):
                         raise
                     log.debug("stream to %s failed on a held connection (%s); redialling", peer_id, exc)
                     await self._host.get_network().close_peer(pid)
@@ -461,6 +464,14 @@ class P2PHost:
     def remove_local_value(self, key: str) -> None:
         self._dht.value_store.remove(key.encode())
 
+
+
+def _connection_gone(exc: Exception) -> bool:
+    """Whether ``new_stream`` failed because the connection under it is gone
+    (worth one redial), not because of a limit or a refused protocol."""
+    if isinstance(exc, SwarmException):
+        return "limit" not in str(exc).lower()
+    return "handshake write failed" in str(exc.__cause__ or "")
 
 
 def _dead(conn: Any) -> bool:

@@ -239,3 +239,35 @@ async def test_stream_opens_after_the_held_connection_died_unnoticed() -> None:
             await s.send_frame(b"live")
             assert await s.receive_frame(10) == b"evil"
         assert all(c not in held for c in swarm.get_connections(ID.from_base58(a.peer_id)))
+
+
+async def test_stream_opens_when_the_held_connection_cannot_write() -> None:
+    """A held connection whose session can no longer send (the first write of a
+    new stream's negotiation fails) is dropped and the peer dialled afresh, once:
+    seen in CI, where a provider's signed cancel never reached its submitter."""
+    from libp2p.io.exceptions import IOException
+
+    async with hosts(2) as (a, b):
+        a.set_stream_handler(ECHO, echo_handler)
+        first = await b.open_stream(a.peer_id, ECHO, a.listen_addrs)
+        await first.close()
+        swarm = b._host.get_network()
+        held = swarm.get_connections(ID.from_base58(a.peer_id))
+        assert held
+
+        for conn in held:
+            secured = conn.muxed_conn.secured_conn
+            writes = [secured.write]
+
+            async def cannot_write(data: bytes, writes: list = writes) -> None:
+                writes.append(data)
+                if len(writes) > 2:  # the new stream's SYN passes; its negotiation does not
+                    raise IOException("the session under this connection is gone")
+                await writes[0](data)
+
+            secured.write = cannot_write
+        with trio.fail_after(10):
+            s = await b.open_stream(a.peer_id, ECHO, a.listen_addrs)
+            await s.send_frame(b"live")
+            assert await s.receive_frame(10) == b"evil"
+        assert all(c not in held for c in swarm.get_connections(ID.from_base58(a.peer_id)))
