@@ -219,7 +219,9 @@ class DiscoverySection:
 
     enabled: bool = setting(True, "Advertise. `false`: the node routes and searches but offers nothing.")
     advert_lifetime_s: int = setting(
-        300, "Validity of one signed advert; refreshed before it expires.", rule=between(30, 600, " seconds")
+        600, "Validity of one signed advert; a fresh one is published half-way through (at once when the free "
+        "capacity changes). Shorter: a dead provider's advert goes sooner, for more DHT traffic.",
+        rule=between(30, 600, " seconds")
     )
     reprovide_interval_s: int = setting(
         3600,

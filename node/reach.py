@@ -24,6 +24,7 @@ feeds it what the network told us and acts on the answers.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -99,6 +100,7 @@ Path = Literal["direct", "relayed", "hole-punched", "reversed"]
 PATHS: tuple[Path, ...] = ("direct", "relayed", "hole-punched", "reversed")
 
 
+@functools.lru_cache(maxsize=4096)
 def ip_scope(ip: str) -> Scope:
     """The scope of an IP literal (an unparsable one counts as private: never announced)."""
     try:

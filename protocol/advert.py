@@ -19,7 +19,7 @@ chosen by :func:`select_newest`.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Final, TypeAlias
 
 from . import cbor
@@ -53,6 +53,7 @@ __all__ = [
     "validate_record",
     "open_record",
     "select_newest",
+    "select_opened",
     "select_raw",
     "refresh_due",
     "next_seq",
@@ -335,6 +336,7 @@ def open_record(
     peer_id: str | None = None,
     max_lifetime: int = MAX_LIFETIME,
     max_clock_skew: int = MAX_CLOCK_SKEW,
+    memo: MutableMapping[bytes, Signed[Advert] | Signed[Tombstone]] | None = None,
 ) -> Signed[Advert] | Signed[Tombstone]:
     """Decode, verify and validate record bytes from the DHT or a provider.
 
@@ -342,12 +344,23 @@ def open_record(
     envelope signature, the message schema and the record rules.  Raises
     :class:`ProtocolError` (the reason names the failed rule; schema errors keep
     the decoder's reasons such as ``invalid_field``, ``unknown_field``).
+
+    ``memo`` (the caller bounds it) keeps envelopes already decoded and
+    verified, keyed by their exact bytes: the same bytes opened again skip the
+    decoding and the signature check, never the record rules (the time-bound
+    ones depend on ``now``; the signer binding on ``peer_id``).
     """
     if len(raw) > MAX_RECORD_SIZE:
         raise ProtocolError("oversize", f"record is {len(raw)} bytes, limit {MAX_RECORD_SIZE}")
-    signed: Signed[Advert] | Signed[Tombstone] = open_envelope(  # type: ignore[assignment]
-        raw, expected=(Advert, Tombstone), limits=RECORD_LIMITS
-    )
+    known = memo.get(raw) if memo is not None else None
+    if known is None:
+        signed: Signed[Advert] | Signed[Tombstone] = open_envelope(  # type: ignore[assignment]
+            raw, expected=(Advert, Tombstone), limits=RECORD_LIMITS
+        )
+        if memo is not None:
+            memo[raw] = signed
+    else:
+        signed = known
     validate_record(
         signed, now, peer_id=peer_id, max_lifetime=max_lifetime, max_clock_skew=max_clock_skew
     )
@@ -383,19 +396,37 @@ def select_newest(records: Sequence[Signed[Advert] | Signed[Tombstone]], now: in
     return best
 
 
-def select_raw(values: Sequence[bytes], now: int, *, peer_id: str | None = None) -> int:
+def select_raw(
+    values: Sequence[bytes],
+    now: int,
+    *,
+    peer_id: str | None = None,
+    memo: MutableMapping[bytes, Signed[Advert] | Signed[Tombstone]] | None = None,
+) -> int:
     """:func:`select_newest` over raw record bytes; unreadable ones never win."""
+    return select_opened(values, now, peer_id=peer_id, memo=memo)[0]
+
+
+def select_opened(
+    values: Sequence[bytes],
+    now: int,
+    *,
+    peer_id: str | None = None,
+    memo: MutableMapping[bytes, Signed[Advert] | Signed[Tombstone]] | None = None,
+) -> tuple[int, Signed[Advert] | Signed[Tombstone]]:
+    """:func:`select_raw` and the winner, opened (each value is opened once)."""
     opened: list[Signed[Advert] | Signed[Tombstone]] = []
     index: list[int] = []
     for i, raw in enumerate(values):
         try:
-            opened.append(open_record(raw, now, peer_id=peer_id))
+            opened.append(open_record(raw, now, peer_id=peer_id, memo=memo))
         except ProtocolError:
             continue
         index.append(i)
     if not opened:
         raise ProtocolError("no_valid_record", f"none of {len(values)} records is valid")
-    return index[select_newest(opened, now)]
+    best = select_newest(opened, now)
+    return index[best], opened[best]
 
 
 def refresh_due(advert: Advert) -> int:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from .kademlia_core import (
     ALPHA,
+    FIND_ALPHA,
     MAX_PROVIDERS_PER_KEY,
     PAGE_SIZE,
     Failure,
@@ -55,6 +56,7 @@ from .kademlia_records import ProviderRecords
 __all__ = [
     "K",
     "ALPHA",
+    "FIND_ALPHA",
     "PAGE_SIZE",
     "MAX_PROVIDERS_PER_KEY",
     "Failure",

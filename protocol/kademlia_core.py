@@ -7,13 +7,15 @@ from collections.abc import Callable, Sequence
 from hashlib import sha256
 from typing import Final, TypeVar
 
-__all__ = ["K", "ALPHA", "PAGE_SIZE", "MAX_PAGES", "MAX_QUERIES", "MAX_LOOKUP_PROVIDERS", "SLOW_AFTER_S", "BUSY_RETRY_S", "MAX_PROVIDERS_PER_KEY", "PROVIDER_TTL_S", "PROVIDE_ATTEMPTS", "PROVIDE_BACKOFF_S", "PROVIDE_BACKOFF_MAX_S", "SEND_LIMIT", "SEND_WINDOW_S", "Failure", "Rand", "T", "kad_point", "distance", "common_prefix_len", "sample", "jittered"]
+__all__ = ["K", "ALPHA", "FIND_ALPHA", "PAGE_SIZE", "MAX_PAGES", "MAX_QUERIES", "MAX_LOOKUP_PROVIDERS", "SLOW_AFTER_S", "BUSY_RETRY_S", "MAX_PROVIDERS_PER_KEY", "PROVIDER_TTL_S", "PROVIDE_ATTEMPTS", "PROVIDE_BACKOFF_S", "PROVIDE_BACKOFF_MAX_S", "SEND_LIMIT", "SEND_WINDOW_S", "Failure", "Rand", "T", "kad_point", "distance", "common_prefix_len", "sample", "jittered"]
 
 Rand = Callable[[], float]  #: a source of uniform floats in [0, 1), injected
 T = TypeVar("T")
 
 K: Final = 20  #: bucket size, replication factor, and size of the closest set a lookup completes
-ALPHA: Final = 3  #: queries in flight per lookup
+ALPHA: Final = 3  #: queries in flight per lookup (announcements, refreshes, upkeep: load-bound)
+#: queries in flight per ``GET_PROVIDERS`` lookup of a find (a user waits: latency-bound; go-libp2p's default)
+FIND_ALPHA: Final = 10
 #: providers one GET_PROVIDERS answer carries at most (a fresh uniform sample when more are held)
 PAGE_SIZE: Final = 100
 MAX_PAGES: Final = 160  #: repeat queries one lookup makes for further pages

@@ -308,11 +308,13 @@ class NatService:
     def _inputs(self) -> tuple[object, ...]:
         """A cheap fingerprint of what :meth:`_check_loop` works from: the
         connections (by identity), identify's observations, the routing table."""
-        conns = tuple(id(c) for cs in list(self.host.get_network().connections.values()) for c in cs)
+        conns = frozenset(id(c) for cs in list(self.host.get_network().connections.values()) for c in cs)
         mgr = getattr(self.host, "_observed_addr_manager", None)
         table = getattr(mgr, "_conn_observations", None) or {}
-        observed = tuple((k, v[1]) for k, v in list(table.items()))
-        return conns, observed, tuple(self.dht.routing_table.get_peer_ids())
+        observed = frozenset((k, v[1]) for k, v in list(table.items()))
+        # Sets: the routing table reorders its buckets on every kad request (most
+        # recently seen last), which changes nothing here and must not count.
+        return conns, observed, frozenset(self.dht.routing_table.get_peer_ids())
 
     def _prune_clients(self) -> None:
         """Drop kad clients from our routing table.  py-libp2p adds every peer

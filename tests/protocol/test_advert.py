@@ -22,6 +22,7 @@ from protocol.advert import (
     open_record,
     refresh_due,
     select_newest,
+    select_opened,
     select_raw,
     validate_advert,
 )
@@ -382,3 +383,28 @@ def test_select_newest_is_order_independent(order: list[int], n: int) -> None:
     assert winner.message.seq == top
     if any(isinstance(r.message, Tombstone) and r.message.seq == top for r in valid):
         assert isinstance(winner.message, Tombstone)
+
+
+def test_memo_skips_only_the_signature_check_of_bytes_already_opened() -> None:
+    k = key(1)
+    signed = seal(advert(k), k)
+    memo: dict[bytes, object] = {}
+    first = open_record(signed.raw, T0, peer_id=pid(k), memo=memo)  # type: ignore[arg-type]
+    assert list(memo) == [signed.raw]
+    assert open_record(signed.raw, T0 + 1, peer_id=pid(k), memo=memo) is first  # type: ignore[arg-type]
+    # the record rules still run on every open: time, and the peer the caller expects
+    assert reason(open_record, signed.raw, T0 + 300, memo=memo) == "expired"
+    assert reason(open_record, signed.raw, T0, peer_id=pid(key(2)), memo=memo) == "wrong_peer"
+    # bytes that fail are not remembered, and other bytes are checked afresh
+    env = cbor.decode(seal(advert(k, seq=2), key(2)).raw)
+    env["key"] = public_key_proto_of(k)
+    assert reason(open_record, cbor.encode(env), T0, memo=memo) == "bad_signature"
+    assert list(memo) == [signed.raw]
+
+
+def test_select_opened_returns_the_winner_opened() -> None:
+    k = key(1)
+    old, new = seal(advert(k, seq=1), k), seal(advert(k, seq=2), k)
+    index, record = select_opened([old.raw, b"junk", new.raw], T0, peer_id=pid(k))
+    assert index == 2 and record.raw == new.raw
+    assert select_raw([old.raw, b"junk", new.raw], T0, peer_id=pid(k)) == 2

@@ -47,7 +47,7 @@ from . import NOW, accept, reject, seed, vector, vector_file
 
 AREA = "discovery"
 SPEC = "discovery.md"
-REVISION = 3
+REVISION = 4
 
 PROVIDER_SEED = seed("discovery provider")
 OTHER_SEED = seed("discovery other")
