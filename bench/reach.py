@@ -27,7 +27,8 @@ fetches the input; data out: the submitter fetches the output), from the
 fetching side's transfer record (``GET /v1/transfers/<digest>``), the data
 path (``direct``: TCP to the data port or a libp2p stream on a direct
 connection; ``reversed``, ``hole-punched``, ``relayed``: a libp2p data stream
-on such a connection), ``ttfb``: seconds from the fetch's start to its first
+on such a connection; ``punched-tcp``: a raw TCP connection punched through
+a symmetric NAT and an EIM one, spec/transfer.md section 3.7), ``ttfb``: seconds from the fetch's start to its first
 verified bytes (chunks are reported per request of 16 chunks, so this is the
 time to the first 16 MiB), and the throughput of the whole fetch; and the
 stage where a failed cell stopped.  Last line: ``reach: K/16 cells completed, D direct`` (D: completed
@@ -54,7 +55,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 KINDS = {"pub": "public", "eim": "eim", "sym": "symmetric", "fw": "firewall"}
 SUBMITTERS = {"pub": "pub-1", "eim": "eim1-0", "sym": "sym1-0", "fw": "fw1-0"}
 PROVIDERS = {"pub": "pub-2", "eim": "eim2-0", "sym": "sym2-0", "fw": "fw2-0"}
-DIRECT = ("direct", "reversed", "hole-punched")
+DIRECT = ("direct", "reversed", "hole-punched", "punched-tcp")
 
 
 def make_job(base: Path, image: Path, size_mib: int, transfer_s: int, seed: int

@@ -324,6 +324,10 @@ class TransferSection:
     tickets_per_peer: int = setting(
         64, "Unused data-plane tickets one peer may hold; the oldest goes first.", rule=between(1, 4096)
     )
+    punch: bool = setting(
+        True, "Punch TCP connections for bulk data between a symmetric NAT and an EIM NAT (a few hundred SYNs "
+        "per transfer, towards the other peer's public address only); off: such transfers go through a relay."
+    )
     cache_idle_s: int = setting(
         3 * 24 * 3600, "Unpinned blobs other peers delivered (a cache) are deleted after this long unused.",
         rule=at_least(60, " seconds"),

@@ -12,6 +12,8 @@ them:
 * :mod:`protocol.transfer_frames`: the **data plane**, a plaintext preamble
   naming the ticket, then AES-256-GCM sealed frames (requests for chunk
   ranges, chunks, end, stop, errors) and the server's checks of both;
+* :mod:`protocol.transfer_punch`: the **punch** data path (tags 77-79):
+  a birthday-paradox TCP punch between a symmetric NAT and an EIM one;
 * :mod:`protocol.transfer_chunklist`: chunk lists in pages (responder and
   initiator) and the check of each received chunk against its entry;
 * :mod:`protocol.transfer_scheduler`: **ChunkScheduler**, pure state deciding
@@ -64,6 +66,7 @@ from .transfer_messages import (
     MAX_PARTIAL,
     MAX_PATHS,
     MAX_WANT,
+    PATH_PUNCH,
     PATH_STREAM,
     PATH_TCP,
     PROTOCOL_ID,
@@ -86,6 +89,29 @@ from .transfer_messages import (
     bitmap_from_indexes,
     indexes_from_bitmap,
     usable_paths,
+)
+from .transfer_punch import (
+    MAX_PROBES,
+    MAX_SPRAY,
+    PORT_MAX,
+    PORT_MIN,
+    PORT_SPACE,
+    PROBE_ROUNDS,
+    PROBES_PER_ROUND,
+    PUNCH_PROTOCOL_ID,
+    PUNCH_S,
+    ROLE_PROBE,
+    ROLE_SPRAY,
+    ROLES,
+    ROUND_S,
+    SPRAY_SOCKETS,
+    PunchGo,
+    PunchReply,
+    PunchRequest,
+    complementary,
+    probe_ports,
+    punch_role,
+    success_probability,
 )
 from .transfer_scheduler import ChunkScheduler, SourceState
 
@@ -121,9 +147,32 @@ __all__ = [
     "DATA_PROTOCOL_ID",
     "PATH_TCP",
     "PATH_STREAM",
+    "PATH_PUNCH",
     "KNOWN_PATHS",
     "MAX_PATHS",
     "usable_paths",
+    # punched TCP (protocol.transfer_punch)
+    "PUNCH_PROTOCOL_ID",
+    "ROLE_SPRAY",
+    "ROLE_PROBE",
+    "ROLES",
+    "PORT_MIN",
+    "PORT_MAX",
+    "PORT_SPACE",
+    "SPRAY_SOCKETS",
+    "PROBES_PER_ROUND",
+    "PROBE_ROUNDS",
+    "MAX_SPRAY",
+    "MAX_PROBES",
+    "ROUND_S",
+    "PUNCH_S",
+    "PunchRequest",
+    "PunchReply",
+    "PunchGo",
+    "punch_role",
+    "complementary",
+    "probe_ports",
+    "success_probability",
     # data plane (protocol.transfer_frames)
     "MAX_RANGES",
     "MAX_REQUEST_CHUNKS",

@@ -32,6 +32,7 @@ __all__ = [
     "DATA_PROTOCOL_ID",
     "PATH_TCP",
     "PATH_STREAM",
+    "PATH_PUNCH",
     "KNOWN_PATHS",
     "MAX_PATHS",
     "usable_paths",
@@ -70,7 +71,8 @@ DATA_PROTOCOL_ID = "/cpn/transfer/data/0.1.0"
 #: Data paths a holder may offer in a Ticket, and what each means (spec/transfer.md section 3.1).
 PATH_TCP = "tcp"  #: dial the ticket's ``host:port``
 PATH_STREAM = "stream"  #: open DATA_PROTOCOL_ID on the libp2p connection to the holder
-KNOWN_PATHS = (PATH_TCP, PATH_STREAM)
+PATH_PUNCH = "punch"  #: punch a TCP connection (protocol.transfer_punch) and use it like ``tcp``
+KNOWN_PATHS = (PATH_TCP, PATH_STREAM, PATH_PUNCH)
 MAX_PATHS = 8  #: entries in ``Ticket.paths``
 #: Largest control frame (the envelope after the length prefix): the default
 #: CBOR decode limit of spec/encoding.md.  Every control message fits it (the

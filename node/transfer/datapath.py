@@ -15,9 +15,12 @@ stream on the event loop (two tasks, one buffer of at most PUMP_BYTES each
 way, so the pipelines' socket timeouts and back-pressure still hold).  Every
 way the bridge can end (EOF, reset, cancellation) closes both ends.
 
-Reverse dialling of the data port and raw TCP punching are not implemented:
-a libp2p stream over a reversed or hole-punched connection already runs
-direct between the two hosts (spec/transfer.md, "Design considerations").
+A third path, ``punch`` (:mod:`node.transfer.punch`), is offered where
+neither of those is direct: the libp2p connection is relayed because one side
+is behind a symmetric NAT, which DCUtR cannot pass.  Reverse dialling of the
+data port is not implemented: a libp2p stream over a reversed or
+hole-punched connection already runs direct between the two hosts
+(spec/transfer.md, "Design considerations").
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ import trio
 from node.p2p import FramedStream, StreamClosed
 from node.reach import Path, Scope, Status, ip_scope
 
-__all__ = ["bridge", "offer_tcp", "data_path_label", "PUMP_BYTES", "CLOSE_GRACE_S", "RELAYED"]
+__all__ = ["bridge", "offer_tcp", "data_path_label", "PUMP_BYTES", "CLOSE_GRACE_S", "RELAYED", "PUNCHED"]
 
 PUMP_BYTES = 256 << 10  #: bytes one pump reads at a time (one buffer per direction)
 CLOSE_GRACE_S = 5.0  #: seconds the other direction may finish after our socket's peer closed
 RELAYED = "relayed"
+#: the recorded data path of a ``punch`` fetch: raw TCP through both NATs (node/transfer/punch.py)
+PUNCHED = "punched-tcp"
 
 
 def offer_tcp(status: Status, data_host: str, fetcher_ip: str | None) -> bool:

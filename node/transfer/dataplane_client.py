@@ -24,7 +24,7 @@ import trio
 
 from node.p2p import FramedStream
 from node.transfer.blobtypes import CorruptChunk
-from node.transfer.datapath import bridge
+from node.transfer.datapath import PUNCHED, bridge
 from node.transfer.dataplane import (
     BATCH,
     HANDSHAKE_TIMEOUT,
@@ -39,6 +39,7 @@ from node.transfer.partial import Receiving
 from protocol.errors import ProtocolError
 from protocol.transfer import (
     DATA_BODY_LIMITS,
+    PATH_PUNCH,
     PATH_STREAM,
     PATH_TCP,
     TAG_SIZE,
@@ -57,10 +58,12 @@ from protocol.transfer import (
 )
 
 __all__ = ["FetchState", "SourceBanned", "fetch_from_source", "SourceFetch", "ReceivePipeline",
-           "DataStreamOpener", "TCP_FIRST_S"]
+           "DataStreamOpener", "PunchOpener", "TCP_FIRST_S"]
 
 #: opens a data stream to the source; returns it and the path label of its libp2p connection
 DataStreamOpener = Callable[[], Awaitable[tuple[FramedStream, str]]]
+#: punches a TCP connection to the source (raises OSError when the punch fails)
+PunchOpener = Callable[[], Awaitable[socket.socket]]
 
 
 class SourceBanned(Exception):
@@ -90,24 +93,43 @@ TCP_FIRST_S = 2.0
 
 async def fetch_from_source(state: FetchState, source: str, ticket: Ticket,
                             open_data_stream: DataStreamOpener | None = None,
-                            on_path: Callable[[str], None] | None = None) -> None:
+                            on_path: Callable[[str], None] | None = None,
+                            open_punched: PunchOpener | None = None) -> None:
     """Fetch chunks the scheduler assigns to ``source`` until none remain.
 
     Tries the ticket's paths in its order (spec/transfer.md section 3.1):
     ``tcp`` connects to ``host:port`` (TCP_FIRST_S when a stream can follow),
     ``stream`` opens the data protocol on the libp2p connection with
     ``open_data_stream`` (which returns the stream and the path label of the
-    libp2p connection).  ``on_path`` gets the label of the path used:
-    ``direct`` for TCP.  Returns normally when the blob is complete or nothing
-    more can come from this source; raises on connection or protocol failure
-    (the caller returns this source's chunks to the pool).
+    libp2p connection), ``punch`` asks ``open_punched`` for a punched TCP
+    connection (node/transfer/punch.py; it raises OSError when the punch
+    fails, and the next path is tried).  ``on_path`` gets the label of the
+    path used: ``direct`` for TCP, ``punched-tcp`` for a punched one.
+    Returns normally when the blob is complete or nothing more can come from
+    this source; raises on connection or protocol failure (the caller returns
+    this source's chunks to the pool).
     """
     known = [p for p in usable_paths(ticket.paths)
-             if p == PATH_TCP or (p == PATH_STREAM and open_data_stream is not None)]
+             if p == PATH_TCP or (p == PATH_STREAM and open_data_stream is not None)
+             or (p == PATH_PUNCH and open_punched is not None)]
     if not known:
         raise ProtocolError("no_usable_path", f"no path of {list(ticket.paths)} can be used here")
     problems: list[str] = []
     for i, path in enumerate(known):
+        if path == PATH_PUNCH:
+            assert open_punched is not None
+            try:
+                raw = await open_punched()
+            except OSError as exc:
+                if i + 1 == len(known):
+                    raise
+                problems.append(f"punch: {exc}")
+                continue
+            if on_path is not None:
+                on_path(PUNCHED)
+            with raw:
+                await _run_on(raw, state, source, ticket)
+            return
         if path == PATH_TCP:
             more = i + 1 < len(known)
             try:

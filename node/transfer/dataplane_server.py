@@ -142,6 +142,11 @@ class DataPlaneServer:
         return Ticket(ticket_id=tid, secret=secret, digest=meta.digest, host=self.host,
                       port=self.port, expires_at=int(now + TICKET_TTL), paths=paths)
 
+    def ticket_peer(self, ticket_id: bytes) -> str | None:
+        """The peer a live (unused, unexpired) ticket was issued to (None: no such ticket)."""
+        grant = self._tickets.get(ticket_id)
+        return grant.peer if grant is not None and grant.expires_at >= self._now() else None
+
     @property
     def open_connections(self) -> int:
         """Data connections open now (admitted or still in their handshake)."""

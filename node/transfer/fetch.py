@@ -26,6 +26,7 @@ the :class:`FetchHost` protocol, so this module does not import the service.
 from __future__ import annotations
 
 import functools
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -178,6 +179,10 @@ class FetchHost(Protocol):
 
     async def wait_unrelayed(self, peer: str) -> None:
         """Return once a non-relayed libp2p connection to ``peer`` is open."""
+
+    async def open_punched(self, peer: str, ticket: Ticket) -> socket.socket:
+        """A punched TCP connection to ``peer`` for ``ticket`` (the ``punch``
+        path); raises OSError when the punch fails."""
 
     async def ask(self, stream: FramedStream, msg: Message, expected: type[Message]) -> Any:
         """Send ``msg``; return the signed answer of type ``expected`` or
@@ -457,7 +462,8 @@ class BlobFetch:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch, nursery.cancel_scope)
                 await fetch_from_source(state, peer, ticket,
-                                        functools.partial(self.host.open_data_stream, peer), on_path)
+                                        functools.partial(self.host.open_data_stream, peer), on_path,
+                                        functools.partial(self.host.open_punched, peer, ticket))
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as eg:  # noqa: B036 - a source's failure is unwrapped, handled by the caller
             leaf = leaf_error(eg)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import socket
 import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
@@ -59,6 +60,7 @@ from node.transfer.fetch import (
     TransferRefused,
 )
 from node.transfer.guard import PeerLog
+from node.transfer.punch import PunchService
 from protocol.chunks import chunk_count
 from protocol.envelope import open_envelope, seal
 from protocol.errors import ProtocolError
@@ -68,9 +70,11 @@ from protocol.transfer import (
     MAX_CONTROL_FRAME,
     MAX_GRANT_TTL,
     MAX_PARTIAL,
+    PATH_PUNCH,
     PATH_STREAM,
     PATH_TCP,
     PROTOCOL_ID,
+    PUNCH_PROTOCOL_ID,
     Direction,
     FetchGrant,
     GetChunkList,
@@ -81,6 +85,7 @@ from protocol.transfer import (
     Offer,
     OfferResult,
     Present,
+    Ticket,
     TicketRequest,
     TransferError,
     Want,
@@ -154,9 +159,12 @@ class TransferService:
         self.addrs: dict[str, list[str]] = {}
         self.stats = {"chunks_received": 0, "bytes_received": 0, "corrupt_chunks": 0,
                       "dedup_hits": 0, "refused": 0, "fetches": 0, "proofs": 0, "errors": 0,
-                      "path_direct": 0, "path_reversed": 0, "path_hole_punched": 0, "path_relayed": 0}
+                      "path_direct": 0, "path_reversed": 0, "path_hole_punched": 0, "path_relayed": 0,
+                      "path_punched_tcp": 0}
         limits = data_limits(config)
         self.dataplane = DataPlaneServer(store, host=self.host, limits=limits)
+        #: the ``punch`` path, both sides ([transfer] punch)
+        self.punch = PunchService(p2p=p2p, key=key, dataplane=self.dataplane, enabled=config.punch)
         #: worker threads of the data connections we open (not trio's default limiter)
         self.fetch_limiter = trio.CapacityLimiter(limits.threads)
         #: blob-store lookups for control requests and fetches (SQLite, files), off the event loop
@@ -185,6 +193,7 @@ class TransferService:
             await nursery.start(self.dataplane.run)
             self._p2p.set_stream_handler(PROTOCOL_ID, self._handle)
             self._p2p.set_stream_handler(DATA_PROTOCOL_ID, self.dataplane.serve_stream)
+            self._p2p.set_stream_handler(PUNCH_PROTOCOL_ID, self.punch.serve)
             nursery.start_soon(self._sweeper)
             task_status.started(self)
 
@@ -314,9 +323,14 @@ class TransferService:
 
     def paths_for(self, peer: str) -> tuple[str, ...]:
         """The data paths a ticket for ``peer`` offers (spec/transfer.md section 3.1):
-        the data port first where ``peer`` can reach it, the libp2p stream always."""
-        tcp = offer_tcp(self._p2p.reachability.status, self.host, self._p2p.peer_ip(peer))
-        return (PATH_TCP, PATH_STREAM) if tcp else (PATH_STREAM,)
+        the data port first where ``peer`` can reach it, else a punched TCP
+        connection where the only libp2p connection is relayed and we can take
+        part in a punch (section 3.7); the libp2p stream always."""
+        if offer_tcp(self._p2p.reachability.status, self.host, self._p2p.peer_ip(peer)):
+            return (PATH_TCP, PATH_STREAM)
+        if self.punch.offered_to(peer):
+            return (PATH_PUNCH, PATH_STREAM)
+        return (PATH_STREAM,)
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Blob-store work (SQLite, files) in a worker thread of the store's limiter,
@@ -456,6 +470,10 @@ class TransferService:
         """Return once a non-relayed connection to ``peer`` is open."""
         await self._p2p.wait_unrelayed(peer)
 
+    async def open_punched(self, peer: str, ticket: Ticket) -> socket.socket:
+        """A punched TCP connection to ``peer`` (:class:`~node.transfer.punch.PunchService`)."""
+        return await self.punch.open(peer, ticket)
+
     async def fetch(self, blob: BlobLike, sources: Sequence[str], *, discover: bool = False,
                     on_behalf_of: str | None = None) -> BlobMeta:
         """Fetch ``blob`` from ``sources`` (peer IDs) into the store; return it.
@@ -555,5 +573,10 @@ class TransferService:
                            ("path_direct", "Data connections direct (TCP to the data port, or a direct libp2p one)"),
                            ("path_reversed", "Data streams on a reversed libp2p connection"),
                            ("path_hole_punched", "Data streams on a hole-punched libp2p connection"),
+                           ("path_punched_tcp", "Data connections punched through a symmetric NAT (punch path)"),
                            ("path_relayed", "Data streams through a relay (slow)")):
             metrics.gauge(f"cpn_transfer_{key}_total", help_, functools.partial(self.stats.__getitem__, key))
+        for key, help_ in (("punches", "TCP punches started (the punch path, either side)"),
+                           ("punches_won", "TCP punches that gave a connection"),
+                           ("punches_refused", "Punch requests refused (limits, roles, targets)")):
+            metrics.gauge(f"cpn_transfer_{key}_total", help_, functools.partial(self.punch.stats.__getitem__, key))

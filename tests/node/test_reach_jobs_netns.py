@@ -1,14 +1,16 @@
 """Jobs across real NATs with real daemons (issue 13; markers ``netns``, ``podman``).
 
-Runs ``bench/reach.py`` for two cells of its matrix, with small blobs: a
+Runs ``bench/reach.py`` for four cells of its matrix, with small blobs: a
 public submitter and a provider behind an EIM NAT (the private provider is
 found through its relay circuits, runs the job, and its data goes direct:
 the provider fetches the input from the public submitter's data port, the
 submitter fetches the output over a libp2p data stream on the connection
 the private provider dialled); both behind EIM NATs (hole punched, the data
-on the punched connection); and submitter and provider both behind
-symmetric NATs (no direct path: the data is relayed, and the job still
-completes).  The bench builds the NAT testbed (``tools/testnet up --nat``,
+on the punched connection); an EIM submitter and a symmetric provider (the
+libp2p connection stays relayed; the data of both directions goes on TCP
+connections punched by the ``punch`` path); and submitter and provider both
+behind symmetric NATs (no direct path: the data is relayed, and the job
+still completes).  The bench builds the NAT testbed (``tools/testnet up --nat``,
 execution on with the host's podman storage, as ``tools/testnet`` does) and
 tears it down; its JSON is checked here.  Relay failures mid-transfer are
 tested at the transfer level (tests/node/transfer/test_datapath_netns.py).
@@ -40,14 +42,14 @@ pytestmark = [
 ]
 
 
-def test_private_provider_eim_pair_and_symmetric_pair_complete_jobs(tmp_path: Path) -> None:
+def test_private_provider_eim_pair_eim_symmetric_and_symmetric_pair_complete_jobs(tmp_path: Path) -> None:
     why = netlab.preflight(nat=True)
     if why:
         pytest.skip(f"netns: {why}")
     done = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "bench" / "reach.py"), "--json",
-         "--cells", "pub:eim,eim:eim,sym:sym", "--size-mib", "2", "--logs", str(tmp_path / "logs")],
-        cwd=ROOT, capture_output=True, text=True, timeout=420,
+         "--cells", "pub:eim,eim:eim,eim:sym,sym:sym", "--size-mib", "2", "--logs", str(tmp_path / "logs")],
+        cwd=ROOT, capture_output=True, text=True, timeout=480,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(done.stdout)
@@ -58,7 +60,10 @@ def test_private_provider_eim_pair_and_symmetric_pair_complete_jobs(tmp_path: Pa
     punched = rows[("eim", "eim")]
     assert punched["completed"], punched
     assert punched["data_in"]["path"] == punched["data_out"]["path"] == "hole-punched", punched
+    across = rows[("eim", "sym")]
+    assert across["completed"] and across["path"] == "relayed", across
+    assert across["data_in"]["path"] == across["data_out"]["path"] == "punched-tcp", across
     relayed = rows[("sym", "sym")]
     assert relayed["completed"], relayed
     assert relayed["data_in"]["path"] == relayed["data_out"]["path"] == "relayed", relayed
-    assert result["summary"] == "reach: 3/3 cells completed, 2 direct"
+    assert result["summary"] == "reach: 4/4 cells completed, 3 direct"

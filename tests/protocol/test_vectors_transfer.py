@@ -33,6 +33,9 @@ from protocol.transfer import (
     Offer,
     OfferResult,
     Present,
+    PunchGo,
+    PunchReply,
+    PunchRequest,
     Ticket,
     TicketRequest,
     TransferError,
@@ -42,10 +45,12 @@ from protocol.transfer import (
     check_empty_body,
     check_ticket,
     chunk_list_page,
+    complementary,
     decode_header,
     decode_preamble,
     derive_keys,
     parse_request,
+    punch_role,
     usable_paths,
 )
 from protocol.wire import REGISTRY
@@ -54,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONTENT = json.loads((ROOT / "spec" / "vectors" / "transfer.json").read_text())
 VECTORS: list[dict[str, Any]] = CONTENT["vectors"]
 TYPES = (Want, Have, GetChunkList, ChunkList, TicketRequest, Ticket, Offer, OfferResult, TransferError,
-         WhoHas, Holders, FetchGrant, Present)
+         WhoHas, Holders, FetchGrant, Present, PunchRequest, PunchReply, PunchGo)
 
 
 def _json(value: Any) -> Any:
@@ -138,12 +143,15 @@ def _run(v: dict[str, Any]) -> dict[str, Any]:
         return {"outcome": "accept", "reason": err.reason, "detail": err.detail}
     if op == "transfer.ticket.paths":
         return {"outcome": "accept", "tried": usable_paths(inp["paths"], inp["known"])}
+    if op == "transfer.punch.role":
+        role = punch_role(inp["nat_type"], inp["status"])
+        return {"outcome": "accept", "role": role, "punch": complementary(role, inp["peer_role"])}
     raise AssertionError(f"unknown operation {op}")
 
 
 def test_file_header() -> None:
     assert CONTENT["area"] == "transfer" and CONTENT["spec"] == "transfer.md"
-    assert CONTENT["revision"] == 5
+    assert CONTENT["revision"] == 6
 
 
 @pytest.mark.parametrize("v", VECTORS, ids=[v["name"] for v in VECTORS])
@@ -160,13 +168,14 @@ def test_vector(v: dict[str, Any]) -> None:
 
 
 def test_every_transfer_message_has_accept_and_reject_vectors() -> None:
-    tags = {t for t, cls in REGISTRY.items() if cls.__module__ == "protocol.transfer_messages"}
+    tags = {t for t, cls in REGISTRY.items()
+            if cls.__module__ in ("protocol.transfer_messages", "protocol.transfer_punch")}
     seen: dict[str, set[int]] = {"accept": set(), "reject": set()}
     for v in VECTORS:
         if v["operation"] == "transfer.message.open":
             env = cbor.decode(bytes.fromhex(v["input"]["envelope_hex"]))
             seen[v["expected"]["outcome"]].add(env["type"])
-    assert tags == set(range(64, 77))
+    assert tags == set(range(64, 80))
     assert tags <= seen["accept"] and tags <= seen["reject"]
 
 

@@ -31,6 +31,9 @@ Operations (see spec/transfer.md, "Test vectors"):
 * ``transfer.data.error``: decode an ERROR plaintext; gives ``reason``, ``detail``.
 * ``transfer.ticket.paths``: the paths of a Ticket a fetcher that knows ``known``
   tries, in order; gives ``tried`` (rejects ``no_usable_path``).
+* ``transfer.punch.role``: the punch role of a node with ``nat_type`` and
+  ``status``; gives ``role`` and, with the other side's ``peer_role``,
+  whether the two make a ``punch`` (spec/transfer.md section 3.7).
 """
 
 from __future__ import annotations
@@ -64,15 +67,20 @@ from protocol.transfer import (
     Offer,
     OfferResult,
     Present,
+    PunchGo,
+    PunchReply,
+    PunchRequest,
     Request,
     Ticket,
     TicketRequest,
     TransferError,
     Want,
     WhoHas,
+    complementary,
     derive_keys,
     encode_header,
     encode_preamble,
+    punch_role,
 )
 from protocol.wire import Message
 
@@ -291,6 +299,26 @@ def _control_vectors(key: Any, signer: str, other: Any, data: bytes, hashes: lis
     bad("holders-too-many", "65 holder entries", Holders, {"holders": [h] * 65}, "invalid_field", "holders")
     ok("present", "Present: the owner's grant, shown to the holder", Present(grant=grant_env))
     bad("present-empty-grant", "Present without a grant", Present, {"grant": b""}, "invalid_field", "grant")
+
+    # ---- PunchRequest (77) / PunchReply (78) / PunchGo (79)
+    preq = PunchRequest(ticket_id=ticket_id, role="probe", ip="198.51.100.100", port=40123)
+    ok("punch-request", "a prober fetcher: its public IP and the mapped port its probes come from", preq)
+    ok("punch-request-spray", "a sprayer fetcher: port 0", preq.replace(role="spray", ip="198.51.100.101", port=0))
+    r = preq.to_wire()
+    bad("punch-request-short-ticket", "an 8-byte ticket id", PunchRequest, dict(r, ticket_id=ticket_id[:8]),
+        "invalid_field", "ticket_id")
+    bad("punch-request-bad-role", "an unknown role", PunchRequest, dict(r, role="listen"), "invalid_field", "role")
+    bad("punch-request-ipv6", "an IPv6 address", PunchRequest, dict(r, ip="2001:db8::1"), "invalid_field", "ip")
+    bad("punch-request-loopback", "a loopback address", PunchRequest, dict(r, ip="127.0.0.1"), "invalid_field", "ip")
+    bad("punch-request-low-port", "a prober's port below 1024", PunchRequest, dict(r, port=80),
+        "invalid_field", "port")
+    bad("punch-request-spray-port", "a sprayer naming a port", PunchRequest, dict(r, role="spray", port=40123),
+        "invalid_field", "port")
+    ok("punch-reply", "a sprayer holder: its connections are out", PunchReply(role="spray", ip="198.51.100.101", port=0))
+    bad("punch-reply-no-ip", "a reply without an ip", PunchReply, {"role": "probe", "port": 40123}, "missing_field")
+    ok("punch-go", "the sprayer fetcher opened 384 connections", PunchGo(sockets=384))
+    bad("punch-go-too-many", "513 connections (the most is 512)", PunchGo, {"sockets": 513}, "invalid_field", "sockets")
+    bad("punch-go-none", "no connection", PunchGo, {"sockets": 0}, "invalid_field", "sockets")
 
     # ---- envelope-level
     v.append(_open_vec("message-wrong-signer", "a valid Want signed by another peer than the stream's",
@@ -523,7 +551,30 @@ def generate() -> dict[str, Any]:
     v += _chunk_list_vectors(data, hashes)
     v += _data_plane_vectors(data, hashes, secret, ticket_id)
     v += _path_vectors()
-    return vector_file("transfer", "transfer.md", 5, v)
+    v += _punch_role_vectors()
+    return vector_file("transfer", "transfer.md", 6, v)
+
+
+def _punch_role_vectors() -> list[dict[str, Any]]:
+    """Who sprays, who probes, and which pairs punch (spec/transfer.md section 3.7)."""
+    op = "transfer.punch.role"
+    cases = [
+        ("symmetric-eim", "symmetric", "private", "probe", "a symmetric NAT sprays; with a prober: a punch"),
+        ("eim-symmetric", "eim", "private", "spray", "an EIM NAT probes; with a sprayer: a punch"),
+        ("firewall-symmetric", "none", "private", "spray", "private without NAT (a filter) probes"),
+        ("eim-eim", "eim", "unknown", "probe", "two probers: no punch (DCUtR's case)"),
+        ("symmetric-symmetric", "symmetric", "private", "spray", "two sprayers: no punch"),
+        ("public", "none", "public", "spray", "a public node takes no role"),
+        ("public-eim", "eim", "public", "spray", "public whatever identify says: no role"),
+        ("unknown-nat", "unknown", "private", "spray", "an unknown NAT type: no role"),
+        ("none-unknown", "none", "unknown", None, "no NAT, reachability not known yet: no role"),
+    ]
+    out = []
+    for name, nat, status, peer, desc in cases:
+        role = punch_role(nat, status)
+        out.append(vector(f"punch-role-{name}", desc, op, {"nat_type": nat, "status": status, "peer_role": peer},
+                          accept(role=role, punch=complementary(role, peer))))
+    return out
 
 
 def _path_vectors() -> list[dict[str, Any]]:

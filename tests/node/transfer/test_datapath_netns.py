@@ -6,8 +6,11 @@ A blob is fetched: from a private holder by a public fetcher (stream only:
 the holder's data port cannot be reached); from a public holder by a private
 one (TCP to the data port); between two EIM NATs after DCUtR punched them
 (the data stream runs on the hole-punched connection); between two symmetric
-NATs through a relay; and through a relay that is killed mid-transfer (the
-fetch resumes on a circuit through another relay, keeping what it verified).
+NATs through a relay; between a symmetric and an EIM NAT on a punched TCP
+connection (the ``punch`` path, both roles on either side), and through the
+relay when that punch fails; and through a relay that is killed mid-transfer
+(the fetch resumes on a circuit through another relay, keeping what it
+verified).
 
 Every wait is a driver command with a timeout (``wait``, ``wait_bytes``,
 ``fetch_wait`` return when their condition holds); no sleeps.  One testbed for
@@ -21,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import netlab
 import pytest
 from support.natlab import NatLab, unavailable
 
@@ -118,15 +122,48 @@ def test_two_symmetric_nats_move_data_through_a_relay(lab: NatLab) -> None:
     assert t["path"] == "relayed" and done["stats"]["path_relayed"] >= 1, t
 
 
+def test_a_symmetric_fetcher_punches_tcp_to_an_eim_holder(lab: NatLab) -> None:
+    """Symmetric x EIM: DCUtR cannot connect them, so the libp2p connection
+    stays relayed; the ticket offers ``punch`` and the sprayer (the symmetric
+    fetcher) and the prober (the EIM holder) punch a raw TCP connection."""
+    done = fetch(lab, "eim1-0", "sym1-0", 16 * MIB)
+    t = done["transfer"]
+    assert done["error"] is None and t["phase"] == "done" and t["moved_bytes"] == 16 * MIB, done
+    assert t["path"] == "punched-tcp" and done["stats"]["path_punched_tcp"] >= 1, done
+    assert ok(lab.cmd("sym1-0", "info"))["paths"][lab.peer("eim1-0")] == "relayed"
+
+
+def test_an_eim_fetcher_punches_tcp_to_a_symmetric_holder(lab: NatLab) -> None:
+    """The other way round: the holder sprays, then answers; the fetcher probes."""
+    done = fetch(lab, "sym2-0", "eim2-0", 16 * MIB)
+    t = done["transfer"]
+    assert done["error"] is None and t["phase"] == "done" and t["moved_bytes"] == 16 * MIB, done
+    assert t["path"] == "punched-tcp" and done["stats"]["path_punched_tcp"] >= 1, done
+
+
+def test_a_punch_that_fails_falls_back_to_the_relay(lab: NatLab) -> None:
+    """eim3-0's router drops every SYN it would forward to sym1-0's NAT: the
+    prober's probes never leave, the punch fails within its time limit and
+    the fetch moves its data on the relayed stream."""
+    sym_wan = lab.layout["routers"]["sym1"]["wan_ip"]
+    router = lab.layout["routers"]["eim3"]["ns"]
+    rule = f"inet cpn_filter forward ip daddr {sym_wan} tcp flags & (syn | ack) == syn drop"
+    netlab.must(netlab.run_in(router, ["nft", f"insert rule {rule}"]), "nft insert")
+    done = fetch(lab, "sym1-0", "eim3-0", 4 * MIB)
+    t = done["transfer"]
+    assert done["error"] is None and t["phase"] == "done" and t["done_bytes"] == 4 * MIB, done
+    assert t["path"] == "relayed" and done["stats"]["path_punched_tcp"] == 0, done
+
+
 def test_a_relay_that_dies_mid_transfer_the_fetch_resumes_elsewhere(lab: NatLab) -> None:
-    """sym1-0 fetches from eim1-0 (relayed: a symmetric side) through the first of
-    eim1-0's two relays; that relay is killed once data moves; the fetch resumes
-    on a circuit through the second one and completes."""
-    holder = ok(lab.cmd("eim1-0", "info"))
+    """sym1-0 fetches from sym2-0 (relayed: two symmetric sides) through the first
+    of sym2-0's two relays; that relay is killed once data moves; the fetch
+    resumes on a circuit through the second one and completes."""
+    holder = ok(lab.cmd("sym2-0", "info"))
     circuits = [a for a in holder["announced"] if split_circuit(a) is not None]
     assert len(circuits) >= 2
-    meta = ok(lab.cmd("eim1-0", "put", size=16 * MIB))["meta"]
-    ok(lab.cmd("eim1-0", "grant", peer=lab.peer("sym1-0"), digest=meta["digest"]))
+    meta = ok(lab.cmd("sym2-0", "put", size=16 * MIB))["meta"]
+    ok(lab.cmd("sym2-0", "grant", peer=lab.peer("sym1-0"), digest=meta["digest"]))
     ok(lab.cmd("sym1-0", "fetch_start", peer=holder["peer_id"], addrs=circuits, meta=meta))
     moving = ok(lab.cmd("sym1-0", "wait_bytes", digest=meta["digest"], n=2 * MIB, timeout=60))
     assert moving["transfer"]["path"] == "relayed"
