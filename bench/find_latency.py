@@ -14,7 +14,9 @@ at once (``tools/testnet up -n N``, fake GPU mix) and measures, in order:
    at or after 60 s, the worst share at any check from 60 s on, and the time
    from which every check found 100 %.
 2. **Idle CPU**: the sum of all daemons' CPU over ``--idle-s`` seconds with
-   nobody using the testnet (in % of one core), and the busiest second.
+   nobody using the testnet (in % of one core), and the busiest second.  The
+   default window, 300 s, is one advert refresh period (half the default
+   600 s lifetime), so it holds every daemon's periodic refresh.
 3. **Settled finds**: ``--queries`` finds from random nodes (a rotation of
    four requirements, ``--limit 10``): daemon-side time (lookup, verification,
    matching), client-side time (adds the API round trip), hops.
@@ -27,7 +29,7 @@ at the end): this machine is shared, so read every number with it.  Log lines
 at WARNING or above in all daemon logs are counted by logger.
 
     .venv/bin/python bench/find_latency.py [--sizes 60] [--curve-s 600] [--every 5]
-        [--idle-s 60] [--queries 60] [--joins 10] [--json]
+        [--idle-s 300] [--queries 60] [--joins 10] [--json]
 
 Targets (issue 14, N=60): 100 % findable 60 s after ``up`` returns and at
 every check for 10 minutes; a joining node findable p99 <= 10 s; settled find
@@ -303,7 +305,8 @@ def main() -> int:
     p.add_argument("--sizes", default="60", help="network sizes, comma-separated (default 60)")
     p.add_argument("--curve-s", type=float, default=600, help="findability curve length (0: skip)")
     p.add_argument("--every", type=float, default=5, help="seconds between curve checks")
-    p.add_argument("--idle-s", type=float, default=60, help="idle CPU window (0: skip)")
+    p.add_argument("--idle-s", type=float, default=300,
+                   help="idle CPU window (0: skip; default: one advert refresh period)")
     p.add_argument("--idle-wait-s", type=float, default=0,
                    help="wait this long before the idle window (with --curve-s 0: settle after up)")
     p.add_argument("--queries", type=int, default=60, help="settled finds (0: skip)")

@@ -327,7 +327,8 @@ class SourceFetch:
         c2s, s2c = derive_keys(ticket.secret, ticket.ticket_id)
         self.sealer = FrameSealer(c2s)
         self.pipeline = ReceivePipeline(conn, state.partial, FrameOpener(s2c), s2c)
-        self.to_send: list[bytes] = [encode_preamble(ticket.ticket_id)]  #: frames for the next batch
+        self.preamble = encode_preamble(ticket.ticket_id)
+        self.to_send: list[bytes] = [self.preamble]  #: frames for the next batch
         #: the chunks of each request sent (or queued) whose END has not arrived, oldest first
         self.requests: collections.deque[list[int]] = collections.deque()
 
@@ -357,8 +358,11 @@ class SourceFetch:
         finally:
             self.pipeline.shutdown()
         header, ct = self.sealer.seal(FrameType.STOP, 0, b"")
+        stop = header + ct
+        if self.to_send and self.to_send[0] is self.preamble:  # nothing was sent: a STOP needs its preamble
+            stop = self.preamble + stop
         with contextlib.suppress(OSError):
-            await trio.to_thread.run_sync(self.conn.send_all, header + ct, limiter=limiter)
+            await trio.to_thread.run_sync(self.conn.send_all, stop, limiter=limiter)
 
     def _check_complete(self, batch: list[int], arrived: set[int]) -> None:
         """An END came before some chunks of its request: they return to the pool

@@ -125,6 +125,7 @@ class DataPlaneServer:
         self.log = PeerLog(log)
         self.stats = {"connections": 0, "rejected": 0, "chunks_sent": 0, "bytes_sent": 0,
                       "refused_busy": 0, "errors": 0, "streams": 0}
+        self.conn_ended = trio.Event()  #: set (and replaced) whenever a data connection ends
 
     def issue(self, peer: str, meta: BlobMeta, held: Callable[[], Collection[int]] | None = None,
               paths: tuple[str, ...] = (PATH_TCP, PATH_STREAM)) -> Ticket:
@@ -227,6 +228,8 @@ class DataPlaneServer:
             self._per_addr[addr] -= 1
             if not self._per_addr[addr]:
                 del self._per_addr[addr]
+            self.conn_ended.set()
+            self.conn_ended = trio.Event()
 
     def _failed(self, addr: str, exc: BaseException) -> None:
         if isinstance(exc, _CONN_ERRORS):

@@ -550,3 +550,18 @@ async def test_owner_names_other_holders_and_grants_fetching_from_them(tmp_path:
         assert exc.value.reason == "unauthorized"
         with pytest.raises(TransferFailed, match="unauthorized"):
             await stranger.fetch(meta, [pid(holder)])  # no grant presented: the holder refuses
+
+
+async def test_a_connection_with_nothing_to_fetch_ends_cleanly(tmp_path: Path) -> None:
+    """A source given no chunk (an empty blob; or others took every chunk) still
+    opens its data connection with the preamble before its STOP: the holder saw
+    a bare STOP as "not a CPN transfer data connection" and logged it."""
+    async with services(tmp_path, 2) as (a, b):
+        meta = await put(a, b"")
+        a.grant(pid(b), meta.digest, Direction.FETCH)
+        got = await b.fetch(meta, [pid(a)])
+        assert got.digest == meta.digest and got.size == 0
+        with trio.fail_after(10):
+            while a.dataplane.stats["connections"] == 0 or a.dataplane._conns:
+                await a.dataplane.conn_ended.wait()
+        assert a.dataplane.stats["rejected"] == 0 and a.dataplane.stats["errors"] == 0
