@@ -116,34 +116,26 @@ async def fetch_from_source(state: FetchState, source: str, ticket: Ticket,
         raise ProtocolError("no_usable_path", f"no path of {list(ticket.paths)} can be used here")
     problems: list[str] = []
     for i, path in enumerate(known):
-        if path == PATH_PUNCH:
-            assert open_punched is not None
+        more = i + 1 < len(known)
+        if path in (PATH_TCP, PATH_PUNCH):  # a TCP socket of our own: connected, or punched
             try:
-                raw = await open_punched()
-            except OSError as exc:
-                if i + 1 == len(known):
-                    raise
-                problems.append(f"punch: {exc}")
-                continue
-            if on_path is not None:
-                on_path(PUNCHED)
-            with raw:
-                await _run_on(raw, state, source, ticket)
-            return
-        if path == PATH_TCP:
-            more = i + 1 < len(known)
-            try:
-                raw = await trio.to_thread.run_sync(
-                    functools.partial(socket.create_connection, (ticket.host, ticket.port),
-                                      timeout=TCP_FIRST_S if more else HANDSHAKE_TIMEOUT),
-                    limiter=state.limiter)
+                if path == PATH_PUNCH:
+                    assert open_punched is not None
+                    where, label = "punch", PUNCHED
+                    raw = await open_punched()
+                else:
+                    where, label = f"tcp {ticket.host}:{ticket.port}", "direct"
+                    raw = await trio.to_thread.run_sync(
+                        functools.partial(socket.create_connection, (ticket.host, ticket.port),
+                                          timeout=TCP_FIRST_S if more else HANDSHAKE_TIMEOUT),
+                        limiter=state.limiter)
             except OSError as exc:
                 if not more:
                     raise
-                problems.append(f"tcp {ticket.host}:{ticket.port}: {exc}")
+                problems.append(f"{where}: {exc}")
                 continue
             if on_path is not None:
-                on_path("direct")
+                on_path(label)
             with raw:
                 await _run_on(raw, state, source, ticket)
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from hashlib import sha256
+from typing import Any
 
 import multiaddr
 import pytest
@@ -220,25 +221,36 @@ async def test_local_value_reads_own_store_only() -> None:
         assert a.local_value("/t/missing") is None
 
 
+async def _held_connections(b: P2PHost, a: P2PHost) -> list[Any]:
+    """b's connections to a, after one echo stream opened and closed."""
+    a.set_stream_handler(ECHO, echo_handler)
+    first = await b.open_stream(a.peer_id, ECHO, a.listen_addrs)
+    await first.close()
+    swarm = b._host.get_network()
+    held = swarm.get_connections(ID.from_base58(a.peer_id))
+    assert held
+    return held
+
+
+async def _echo_on_a_fresh_connection(b: P2PHost, a: P2PHost, held: list[Any]) -> None:
+    """An echo from b to a works, on none of the connections ``held`` before."""
+    with trio.fail_after(10):
+        s = await b.open_stream(a.peer_id, ECHO, a.listen_addrs)
+        await s.send_frame(b"live")
+        assert await s.receive_frame(10) == b"evil"
+    assert all(c not in held for c in b._host.get_network().get_connections(ID.from_base58(a.peer_id)))
+
+
 async def test_stream_opens_after_the_held_connection_died_unnoticed() -> None:
     """A connection the swarm still lists but that is closed (py-libp2p prunes such
     "phantom" connections only later) must not make a live peer unreachable:
     py-libp2p neither dials nor opens a stream while it is listed.  Seen at N=60:
     finds called live providers gone ("No valid connections available")."""
     async with hosts(2) as (a, b):
-        a.set_stream_handler(ECHO, echo_handler)
-        first = await b.open_stream(a.peer_id, ECHO, a.listen_addrs)
-        await first.close()
-        swarm = b._host.get_network()
-        held = swarm.get_connections(ID.from_base58(a.peer_id))
-        assert held
+        held = await _held_connections(b, a)
         for conn in held:
             conn.event_closed.set()  # closed, and still listed: the phantom
-        with trio.fail_after(10):
-            s = await b.open_stream(a.peer_id, ECHO, a.listen_addrs)
-            await s.send_frame(b"live")
-            assert await s.receive_frame(10) == b"evil"
-        assert all(c not in held for c in swarm.get_connections(ID.from_base58(a.peer_id)))
+        await _echo_on_a_fresh_connection(b, a, held)
 
 
 async def test_stream_opens_when_the_held_connection_cannot_write() -> None:
@@ -248,12 +260,7 @@ async def test_stream_opens_when_the_held_connection_cannot_write() -> None:
     from libp2p.io.exceptions import IOException
 
     async with hosts(2) as (a, b):
-        a.set_stream_handler(ECHO, echo_handler)
-        first = await b.open_stream(a.peer_id, ECHO, a.listen_addrs)
-        await first.close()
-        swarm = b._host.get_network()
-        held = swarm.get_connections(ID.from_base58(a.peer_id))
-        assert held
+        held = await _held_connections(b, a)
 
         for conn in held:
             secured = conn.muxed_conn.secured_conn
@@ -266,8 +273,4 @@ async def test_stream_opens_when_the_held_connection_cannot_write() -> None:
                 await writes[0](data)
 
             secured.write = cannot_write
-        with trio.fail_after(10):
-            s = await b.open_stream(a.peer_id, ECHO, a.listen_addrs)
-            await s.send_frame(b"live")
-            assert await s.receive_frame(10) == b"evil"
-        assert all(c not in held for c in swarm.get_connections(ID.from_base58(a.peer_id)))
+        await _echo_on_a_fresh_connection(b, a, held)
