@@ -37,12 +37,14 @@ def container_proven(node: Node) -> None:
 
 @dataclass
 class Clock:
-    """A unix clock a test can move forward (``offset`` seconds ahead of real time)."""
+    """A unix clock a test can move forward (``offset`` seconds ahead of real time),
+    or hold still (``frozen``: the time it reads until set back to None)."""
 
     offset: int = 0
+    frozen: int | None = None
 
     def __call__(self) -> int:
-        return int(time.time()) + self.offset
+        return int(time.time()) + self.offset if self.frozen is None else self.frozen
 
 
 @dataclass
