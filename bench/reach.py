@@ -190,7 +190,7 @@ def cell(nodes: dict[str, dict[str, Any]], s: str, p: str, image: Path, size_mib
 
 
 def bench(cells: list[tuple[str, str]], size_mib: int, transfer_s: int,
-          logs: Path | None = None) -> dict[str, Any]:
+          logs: Path | None = None, log_level: str = "info") -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cpn-bench-reach-") as tmp:
         base = Path(tmp)
         os.environ["CPN_TESTNET_DIR"] = str(base / "testnet")
@@ -207,7 +207,7 @@ def bench(cells: list[tuple[str, str]], size_mib: int, transfer_s: int,
         build_busybox_image(image)
         t0 = time.monotonic()
         try:
-            up = testnet.up(0, nat=True, execution=execution, log_level="info", timeout=240)
+            up = testnet.up(0, nat=True, execution=execution, log_level=log_level, timeout=240)
             nodes = {n["name"]: n for n in up}
             up_s = round(time.monotonic() - t0, 1)
             reach = {n: api(nodes[n]).get("/v1/id")["reachability"] for n in nodes}
@@ -248,6 +248,8 @@ def main() -> int:
     p.add_argument("--size-mib", type=int, default=50)
     p.add_argument("--cells", help="e.g. pub:eim,sym:sym (submitter:provider; default all 16)")
     p.add_argument("--logs", type=Path, help="copy every daemon's log to this directory")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning"),
+                   help="the daemons' log level (with --logs: debug shows each hole punch's steps)")
     p.add_argument("--transfer-s", type=int, default=60,
                    help="the job's transfer timeout: how long a cell that cannot move data waits")
     args = p.parse_args()
@@ -262,7 +264,7 @@ def main() -> int:
     import logging
 
     logging.basicConfig(level=logging.ERROR)
-    result = bench(cells, args.size_mib, args.transfer_s, args.logs)
+    result = bench(cells, args.size_mib, args.transfer_s, args.logs, args.log_level)
     done = [r for r in result["rows"] if r["completed"]]
     direct = [r for r in done if data_direct(r)]
     summary = f"reach: {len(done)}/{len(cells)} cells completed, {len(direct)} direct"

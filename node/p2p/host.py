@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -182,6 +183,34 @@ class P2PHost:
             return path
         finally:
             self.nat.tracker.listeners.remove(poke)
+
+    async def wait_upgrade(self, peer_id: str, patience: float, limit: float) -> Path | None:
+        """Wait for a relayed connection to ``peer_id`` to be upgraded: up to
+        ``patience`` seconds, and on while a hole punch with it is under way,
+        up to ``limit`` in all.  The path then (unchanged: ``relayed``)."""
+        woken = [trio.Event()]
+
+        def poke(peer: str, *_: object) -> None:
+            if peer == peer_id:
+                woken[0].set()
+
+        punch, tracker = self.nat.punch, self.nat.tracker
+        tracker.listeners.append(poke)
+        punch.session_listeners.append(poke)
+        try:
+            start = trio.current_time()
+            with trio.move_on_after(limit):
+                while self.connection_path(peer_id) == "relayed":
+                    patient = trio.current_time() < start + patience
+                    if not patient and not punch.under_way(peer_id):
+                        break
+                    with trio.move_on_at(start + patience if patient else math.inf):
+                        await woken[0].wait()
+                    woken[0] = trio.Event()
+            return self.connection_path(peer_id)
+        finally:
+            tracker.listeners.remove(poke)
+            punch.session_listeners.remove(poke)
 
     def peer_ip(self, peer_id: str) -> str | None:
         """The remote IP of a direct connection to ``peer_id`` as we see it (None when

@@ -106,6 +106,7 @@ PENALTY_SKIP = 3  #: penalties after which a peer is used only as a last resort
 SWEEP_EVERY_S = 600.0  #: seconds between sweeps of idle unpinned blobs
 LOCAL_GRACE_S = 600.0  #: an unpinned blob only this node produced is swept after this long unused
 UPGRADE_WAIT_S = 4.0  #: seconds a data stream waits for a relayed connection to be hole punched
+UPGRADE_LIMIT_S = 10.0  #: ... and on while a hole punch is under way (two of its 5 s rounds)
 
 Authorizer = Callable[[str, str, Direction], bool]
 T = TypeVar("T")
@@ -459,10 +460,10 @@ class TransferService:
         p2p, addrs = self._p2p, self.addrs.get(peer)
         await p2p.connect(peer, addrs or ())
         if p2p.connection_path(peer) == "relayed" and p2p.reachability.nat_type != "symmetric":
-            # a fresh relayed connection is often upgraded by DCUtR within a second or two:
-            # bulk data had better wait for it than crawl through the relay
-            with trio.move_on_after(UPGRADE_WAIT_S):
-                await p2p.wait_unrelayed(peer)
+            # a fresh relayed connection is often upgraded by DCUtR within a second or two
+            # (its hole punch starts when it opens): bulk data had better wait for it than
+            # crawl through the relay, and see out a punch under way
+            await p2p.wait_upgrade(peer, UPGRADE_WAIT_S, UPGRADE_LIMIT_S)
         stream: FramedStream = await p2p.open_stream(peer, DATA_PROTOCOL_ID, addrs)
         return stream, data_path_label(p2p.connection_path(peer))
 

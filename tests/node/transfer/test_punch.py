@@ -17,7 +17,7 @@ from support.transfer import transfer_services
 
 from node.reach import Reachability
 from node.transfer.blobtypes import BlobMeta
-from node.transfer.punch import PunchGate, PunchLimits, racing
+from node.transfer.punch import PunchFailed, PunchGate, PunchLimits, racing
 from node.transfer.service import TransferService
 from protocol.errors import ProtocolError
 from protocol.transfer import ROLE_PROBE, ROLE_SPRAY, Direction, PunchRequest
@@ -181,3 +181,35 @@ async def test_a_punch_that_cannot_be_had_falls_back_to_the_stream(
         assert b.stats["path_punched_tcp"] == 0 and a.dataplane.stats["streams"] == 1
         assert a.punch.stats["punches_refused"] == (1 if fetcher_can_punch else 0)
         assert b.punch.stats["punches_won"] == 0
+
+
+@pytest.mark.parametrize("first", ["no hit", "refused"])
+async def test_a_punch_that_found_no_connection_is_tried_once_more(tmp_path: Path, first: str) -> None:
+    """One try misses about one time in a hundred: the fetcher tries once more
+    (fresh random ports) before the relay.  A refusal is not retried."""
+    async with transfer_services(tmp_path, 2) as (a, b):
+        meta = await put(a, os.urandom(2 * CS))
+        ticket = a.dataplane.issue(b.peer_id, meta)
+        b._p2p.connection_path = lambda peer: "relayed"  # type: ignore[method-assign]
+        b.punch.role = lambda: (ROLE_SPRAY, "198.51.100.101")  # type: ignore[method-assign]
+        ours, theirs = socket.socketpair()
+        tries: list[int] = []
+
+        async def fetch_side(peer: str, t: object, mine: object) -> socket.socket:
+            tries.append(1)
+            if len(tries) == 1:
+                if first == "no hit":
+                    raise trio.TooSlowError
+                raise ProtocolError("punch_unavailable", "the holder is a spray too")
+            return ours
+
+        b.punch._fetch_side = fetch_side  # type: ignore[method-assign]
+        with theirs:
+            if first == "no hit":
+                assert await b.punch.open(a.peer_id, ticket) is ours
+                assert b.punch.stats["punches"] == 2 and b.punch.stats["punches_won"] == 1
+            else:
+                with pytest.raises(PunchFailed, match="punch_unavailable"):
+                    await b.punch.open(a.peer_id, ticket)
+                assert len(tries) == 1
+            ours.close()
