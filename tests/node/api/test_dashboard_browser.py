@@ -50,6 +50,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,900"]
 #: virtual time for a page's scripts to fetch and render (virtual: it does not wait for real)
 BUDGET_MS = 15000
+LOAD_TRIES = 3  #: dumps of a page that has not rendered yet (Browser.load)
 #: two H100s, one of them busy, as NVML would report them
 FAKE_GPUS = json.dumps({"gpus": [
     {"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559, "cc": "9.0", "free_mib": 40960, "utilisation": 63},
@@ -117,23 +118,33 @@ class Browser:
     tokens: dict[int, str] = field(default_factory=dict)
 
     async def load(self, port: int, path: str, shot: str = "") -> Dom:
-        """The DOM of ``http://127.0.0.1:<port><path>`` once its scripts have rendered."""
-        self.loads += 1
+        """The DOM of ``http://127.0.0.1:<port><path>`` once its scripts have rendered.
+
+        Chromium holds virtual time still only while a request awaits its
+        response, not while a streamed body (the job page's NDJSON events) is
+        read: on a loaded machine such a page was dumped before its stream
+        ended (seen once in CI).  A page not rendered is loaded again with
+        twice the budget, up to LOAD_TRIES times; one that never renders fails."""
         url = f"http://127.0.0.1:{port}{path}"
         if port in self.tokens:  # handed over in the address, as `cpn dashboard` prints it
             url += f"#token={self.tokens[port]}"
-        args = [CHROMIUM or "chromium", *FLAGS, f"--user-data-dir={self.tmp / f'profile{self.loads}'}",
-                f"--virtual-time-budget={BUDGET_MS}"]
-        with trio.fail_after(120):
-            done = await trio.run_process([*args, "--dump-dom", url], capture_stdout=True, capture_stderr=True,
-                                          check=False)
-            if self.shots is not None and shot:
+        for attempt in range(LOAD_TRIES):
+            self.loads += 1
+            args = [CHROMIUM or "chromium", *FLAGS, f"--user-data-dir={self.tmp / f'profile{self.loads}'}",
+                    f"--virtual-time-budget={BUDGET_MS << attempt}"]
+            with trio.fail_after(120):
+                done = await trio.run_process([*args, "--dump-dom", url], capture_stdout=True,
+                                              capture_stderr=True, check=False)
+            html = done.stdout.decode(errors="replace")
+            assert done.returncode == 0 and html, done.stderr.decode(errors="replace")[-2000:]
+            dom = Dom(html)
+            if dom.body.get("data-ready") == "1":
+                break
+        assert dom.body.get("data-ready") == "1", f"{path} never rendered: {dom.all[:1500]}"
+        if self.shots is not None and shot:
+            with trio.fail_after(120):
                 await trio.run_process([*args, f"--screenshot={self.shots / shot}", url], capture_stdout=True,
                                        capture_stderr=True, check=False)
-        html = done.stdout.decode(errors="replace")
-        assert done.returncode == 0 and html, done.stderr.decode(errors="replace")[-2000:]
-        dom = Dom(html)
-        assert dom.body.get("data-ready") == "1", f"{path} never rendered: {dom.all[:1500]}"
         assert "Cannot read the daemon" not in dom.all, dom.all[:1500]
         return dom
 
