@@ -6,8 +6,8 @@ import logging
 import math
 import os
 import struct
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import multiaddr
@@ -108,6 +108,36 @@ setattr(_yamux.YamuxStream, "_auto_tune_and_send_window_update", _window_update_
 
 
 
+class _Wake:
+    """A listener (on :class:`~node.p2p.paths.PathTracker` or hole-punch session
+    lists) that wakes :meth:`wait` whenever ``peer`` is named."""
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self._event = trio.Event()
+
+    def __call__(self, peer: str, *_: object) -> None:
+        if peer == self.peer:
+            self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+@contextmanager
+def _woken_by(peer: str, *lists: list[Callable[..., None]]) -> Iterator[_Wake]:
+    """A :class:`_Wake` for ``peer`` on each of ``lists`` while the block runs."""
+    wake = _Wake(peer)
+    for listeners in lists:
+        listeners.append(wake)
+    try:
+        yield wake
+    finally:
+        for listeners in lists:
+            listeners.remove(wake)
+
+
 class P2PHost:
     """A running libp2p host with a kad-dht; create with :func:`open_host`."""
 
@@ -168,36 +198,18 @@ class P2PHost:
     async def wait_unrelayed(self, peer_id: str) -> Path:
         """Return once a non-relayed connection to ``peer_id`` is open (a DCUtR hole
         punch, or the private side dialled us): its path.  Callers bound the wait."""
-        woken = [trio.Event()]
-
-        def poke(peer: str, _up: bool) -> None:
-            if peer == peer_id:
-                woken[0].set()
-
-        self.nat.tracker.listeners.append(poke)
-        try:
+        with _woken_by(peer_id, self.nat.tracker.listeners) as wake:
             while (path := self.connection_path(peer_id)) in (None, "relayed"):
-                await woken[0].wait()
-                woken[0] = trio.Event()
+                await wake.wait()
             assert path is not None
             return path
-        finally:
-            self.nat.tracker.listeners.remove(poke)
 
     async def wait_upgrade(self, peer_id: str, patience: float, limit: float) -> Path | None:
         """Wait for a relayed connection to ``peer_id`` to be upgraded: up to
         ``patience`` seconds, and on while a hole punch with it is under way,
         up to ``limit`` in all.  The path then (unchanged: ``relayed``)."""
-        woken = [trio.Event()]
-
-        def poke(peer: str, *_: object) -> None:
-            if peer == peer_id:
-                woken[0].set()
-
-        punch, tracker = self.nat.punch, self.nat.tracker
-        tracker.listeners.append(poke)
-        punch.session_listeners.append(poke)
-        try:
+        punch = self.nat.punch
+        with _woken_by(peer_id, self.nat.tracker.listeners, punch.session_listeners) as wake:
             start = trio.current_time()
             with trio.move_on_after(limit):
                 while self.connection_path(peer_id) == "relayed":
@@ -205,12 +217,8 @@ class P2PHost:
                     if not patient and not punch.under_way(peer_id):
                         break
                     with trio.move_on_at(start + patience if patient else math.inf):
-                        await woken[0].wait()
-                    woken[0] = trio.Event()
+                        await wake.wait()
             return self.connection_path(peer_id)
-        finally:
-            tracker.listeners.remove(poke)
-            punch.session_listeners.remove(poke)
 
     def peer_ip(self, peer_id: str) -> str | None:
         """The remote IP of a direct connection to ``peer_id`` as we see it (None when

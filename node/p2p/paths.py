@@ -160,7 +160,7 @@ class HolePunch(DCUtRProtocol):
     async def _drive(self, peer_id: ID) -> None:
         try:
             async with self._limit:
-                if any(p == peer_id for p in self.relayed.values()):  # still relayed only?
+                if peer_id in self.relayed.values():  # still relayed only?
                     await self.initiate_hole_punch(peer_id)
         except trio.Cancelled:
             raise
@@ -281,7 +281,7 @@ class PathTracker(INotifee):
         peer = conn.muxed_conn.peer_id
         if is_relayed(conn):
             self._punch.relayed[id(conn)] = peer
-            if not _dialled(conn) and not any(not is_relayed(c) for c in network.get_connections(peer)):
+            if not _dialled(conn) and all(is_relayed(c) for c in network.get_connections(peer)):
                 self._punch.kick(peer)  # relayed only: try for a direct connection now
         else:
             others = [c for c in network.get_connections(peer) if c is not conn]

@@ -80,8 +80,10 @@ async def test_the_plain_dial_before_a_punch_tries_only_announced_addresses(trap
         assert not dialled(trap)
 
 
-async def test_a_punch_starts_when_a_relayed_connection_opens(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(paths, "AUTO_DRIVE_S", 3600.0)  # py-libp2p's way would wait an hour
+@asynccontextmanager
+async def relayed(punching: bool) -> AsyncIterator[tuple[P2PHost, P2PHost]]:
+    """A source connected to a target through a relay only (the target holds a
+    slot on it); without ``punching``, neither does any hole punching."""
     async with AsyncExitStack() as stack:
         relay = await stack.enter_async_context(
             open_host(Ed25519PrivateKey.generate(), [LOOP], relay=RelayPolicy()))
@@ -89,9 +91,18 @@ async def test_a_punch_starts_when_a_relayed_connection_opens(monkeypatch: pytes
         target = await stack.enter_async_context(
             open_host(Ed25519PrivateKey.generate(), [LOOP], bootstrap=relay.listen_addrs[:1]))
         source = await stack.enter_async_context(open_host(Ed25519PrivateKey.generate(), [LOOP]))
+        if not punching:
+            for host in (target, source):
+                await host.nat.punch.manager.stop()
         await reserve(target._host, relay.peer_id)
         await dial_circuit(source._host, relay.listen_addrs[0].split("/p2p/")[0], relay.peer_id,
                            target.peer_id)
+        yield source, target
+
+
+async def test_a_punch_starts_when_a_relayed_connection_opens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(paths, "AUTO_DRIVE_S", 3600.0)  # py-libp2p's way would wait an hour
+    async with relayed(punching=True) as (source, target):
         # The target, which was dialled, starts the punch (the source would wait an hour).
         with trio.fail_after(30):
             path = await source.wait_upgrade(target.peer_id, 30, 30)
@@ -99,16 +110,5 @@ async def test_a_punch_starts_when_a_relayed_connection_opens(monkeypatch: pytes
 
 
 async def test_waiting_for_an_upgrade_with_no_punch_under_way_ends_at_its_patience() -> None:
-    async with AsyncExitStack() as stack:
-        relay = await stack.enter_async_context(
-            open_host(Ed25519PrivateKey.generate(), [LOOP], relay=RelayPolicy()))
-        relay.nat.relay.offer(True)
-        target = await stack.enter_async_context(
-            open_host(Ed25519PrivateKey.generate(), [LOOP], bootstrap=relay.listen_addrs[:1]))
-        source = await stack.enter_async_context(open_host(Ed25519PrivateKey.generate(), [LOOP]))
-        for host in (target, source):
-            await host.nat.punch.manager.stop()  # no hole punching at all
-        await reserve(target._host, relay.peer_id)
-        await dial_circuit(source._host, relay.listen_addrs[0].split("/p2p/")[0], relay.peer_id,
-                           target.peer_id)
+    async with relayed(punching=False) as (source, target):
         assert await source.wait_upgrade(target.peer_id, 0, 30) == "relayed"
