@@ -14,7 +14,7 @@ Record rules (signature, lifetime, ``select``) are spec/discovery.md's, in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Final
 
 from . import cbor
@@ -107,10 +107,13 @@ def check_request(frame: bytes) -> None:
         raise ProtocolError("bad_request", "an advert request is an empty frame")
 
 
-def decode_answer(frame: bytes, now: int, peer_id: str) -> Record:
+def decode_answer(
+    frame: bytes, now: int, peer_id: str, *, memo: MutableMapping[bytes, Record] | None = None
+) -> Record:
     """The finder's check of an answer from ``peer_id``: the answer's shape
     (``oversize``, CBOR reasons, ``malformed``), ``refused`` for an error
-    answer, then the record for that peer (``open_record``'s reasons)."""
+    answer, then the record for that peer (``open_record``'s reasons;
+    ``memo`` as there: bytes already decoded and verified are not again)."""
     answer = cbor.decode(frame, ANSWER_LIMITS)
     if not isinstance(answer, dict) or len(answer) != 1:
         raise ProtocolError("malformed", "an advert answer is {record} or {error}")
@@ -119,4 +122,4 @@ def decode_answer(frame: bytes, now: int, peer_id: str) -> Record:
     raw = answer.get("record")
     if not isinstance(raw, bytes):
         raise ProtocolError("malformed", "an advert answer's record is a byte string")
-    return open_record(raw, now, peer_id=peer_id)
+    return open_record(raw, now, peer_id=peer_id, memo=memo)

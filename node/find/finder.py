@@ -375,7 +375,8 @@ class Finder:
         last = len(FIND_FETCH_TIMEOUTS) - 1
         for i, limit_s in enumerate(FIND_FETCH_TIMEOUTS):
             try:
-                return await fetch_advert(self.p2p, cand.peer_id, cand.addrs, now, limit_s=limit_s)
+                return await fetch_advert(self.p2p, cand.peer_id, cand.addrs, now, limit_s=limit_s,
+                                         memo=self.opened)
             except (PeerUnreachable, StreamClosed, trio.TooSlowError):
                 if i == last:
                     raise

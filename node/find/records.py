@@ -11,6 +11,7 @@ advertiser (:mod:`node.find.adverts`) and the finder
 from __future__ import annotations
 
 import time
+from collections.abc import MutableMapping
 
 import trio
 
@@ -51,22 +52,20 @@ class AdvertValidator:
 
 
 async def fetch_advert(
-    p2p: P2PHost, peer_id: str, addrs: list[str], now: int, *, limit_s: float = FETCH_TIMEOUT
+    p2p: P2PHost, peer_id: str, addrs: list[str], now: int, *, limit_s: float = FETCH_TIMEOUT,
+    memo: MutableMapping[bytes, Record] | None = None,
 ) -> tuple[Record, int]:
     """Fetch and verify ``peer_id``'s current record directly; return it and the RTT (ms).
 
     Raises :class:`~node.p2p.PeerUnreachable`/:class:`~node.p2p.StreamClosed`
     if the peer cannot be reached, ``trio.TooSlowError`` after ``limit_s``
     seconds, and :class:`ProtocolError` for an invalid answer (forged, wrong
-    signer, expired, malformed).
+    signer, expired, malformed).  ``memo``: as :func:`protocol.advert.open_record`'s.
     """
     with trio.fail_after(limit_s):
-        stream = await p2p.open_stream(peer_id, ADVERT_PROTOCOL, addrs)
-        try:
-            t0 = time.perf_counter()
-            await stream.send_frame(b"")
-            frame = await stream.receive_frame(MAX_ANSWER)
-            rtt_ms = max(0, round((time.perf_counter() - t0) * 1000))
-        finally:
-            await stream.close()
-    return decode_answer(frame, now, peer_id), rtt_ms
+        await p2p.connect(peer_id, addrs)  # a dial, if one is needed, is not part of the RTT
+        t0 = time.perf_counter()
+        # one round trip: the protocol proposal and the (empty) request in one write
+        frame = await p2p.request(peer_id, ADVERT_PROTOCOL, b"", MAX_ANSWER, addrs)
+        rtt_ms = max(0, round((time.perf_counter() - t0) * 1000))
+    return decode_answer(frame, now, peer_id, memo=memo), rtt_ms

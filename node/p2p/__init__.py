@@ -10,7 +10,10 @@ NAT traversal: :mod:`~node.p2p.nat` (reachability, announced addresses),
 :mod:`~node.p2p.autonat` (AutoNAT with a real dial-back),
 :mod:`~node.p2p.relay` (circuit relay v2 service and client calls),
 :mod:`~node.p2p.keeper` (a private node's relay slots), :mod:`~node.p2p.paths`
-(DCUtR hole punching, the path of each connection).
+(DCUtR hole punching, the path of each connection); and how it talks:
+:mod:`~node.p2p.lazy` (one request, one answer, one round trip) and
+:mod:`~node.p2p.tuning` (yamux frames: window updates, RTT pings, SYN and
+ACK on the next frame).
 The rest of the node imports from ``node.p2p`` only.
 
 Everything py-libp2p-specific is handled here once, so the rest of the node

@@ -21,7 +21,6 @@ from typing import Any, Protocol
 import multiaddr
 import trio
 from google.protobuf.message import DecodeError
-from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.host.exceptions import StreamFailure
 from libp2p.io.exceptions import IncompleteReadError
@@ -36,8 +35,8 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.records.validator import Validator
 
+from node.p2p.lazy import NegotiationFailed, exchange, open_raw
 from protocol.errors import ProtocolError
-from protocol.framing import decode_frame_prefix, encode_frame
 from protocol.kademlia import MAX_PROVIDERS_PER_KEY, Failure, ProviderRecords
 from protocol.kademlia_core import PROVIDER_TTL_S, jittered
 
@@ -407,32 +406,20 @@ class KadClient:
         return True
 
     async def _rpc(self, peer: ID, msg: Message, expect: Any) -> Message:
-        """One request and its answer on a fresh stream, in one round trip.
-
-        multistream-select is pipelined ("lazy", as go-libp2p does): the
-        handshake line, the protocol line and the request go out in one write
-        and the two echoes and the answer are read after.  py-libp2p's own
-        ``new_stream`` waits for each echo before the next line: two more
-        round trips and two more frames per request.
-        """
+        """One request and its answer on a fresh stream, in one round trip
+        (multistream-select pipelined: :func:`node.p2p.lazy.exchange`)."""
         try:
-            stream = await self._host.get_network().new_stream(peer)
+            stream = await open_raw(self._host.get_network(), peer)
         except _CONNECT_ERRORS as exc:
             raise QueryFailed(Failure.UNREACHABLE, str(exc) or type(exc).__name__) from None
-        done = False
-        frames = _Frames(stream)
         try:
-            await stream.write(_NEGOTIATE + encode_frame(msg.SerializeToString()))
-            await _negotiated(frames)
-            stream.set_protocol(TProtocol(KAD_PROTOCOL))
-            raw = await frames.next(MAX_DHT_MESSAGE_SIZE)
-            done = True
+            raw = await exchange(stream, KAD_PROTOCOL, msg.SerializeToString(), MAX_DHT_MESSAGE_SIZE)
+        except NegotiationFailed as exc:
+            raise QueryFailed(Failure.UNREACHABLE, str(exc)) from None
         except ProtocolError as exc:
             raise QueryFailed(Failure.INVALID, str(exc)) from None
         except _BUSY_ERRORS as exc:
             raise QueryFailed(Failure.BUSY, str(exc) or type(exc).__name__) from None
-        finally:
-            await _close(stream, reset=not done)
         resp = Message()
         try:
             resp.ParseFromString(raw)
@@ -491,66 +478,3 @@ def _multiaddrs(raws: Any) -> list[Any]:
 def addr_strings(raws: list[bytes]) -> list[str]:
     """Binary multiaddrs from a kad answer as strings (malformed ones left out)."""
     return [str(a) for a in _multiaddrs(raws)]
-
-
-_MULTISTREAM = b"/multistream/1.0.0\n"
-_KAD_LINE = KAD_PROTOCOL.encode() + b"\n"
-_NEGOTIATE = encode_frame(_MULTISTREAM) + encode_frame(_KAD_LINE)
-MAX_NEGOTIATION_LINE = 1024
-
-
-class _Frames:
-    """``uvarint(length) || body`` messages off a stream, read as they arrived.
-
-    py-libp2p's reader takes a length prefix one byte per read (and its yamux
-    used to send a window update after every read); this takes what is there
-    and splits it, keeping what belongs to the next message.  A close or a
-    reset before a whole message raises ``IncompleteReadError``.
-    """
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self._buf = bytearray()
-
-    async def next(self, max_size: int) -> bytes:
-        while True:
-            head = decode_frame_prefix(self._buf, max_size)
-            if head is not None and len(self._buf) >= sum(head):
-                n, i = head
-                body = bytes(self._buf[i : i + n])
-                del self._buf[: i + n]
-                return body
-            try:
-                chunk = await self._stream.read()  # what has arrived (read(n) waits for all n)
-            except EOFError:
-                chunk = b""
-            if not chunk:
-                raise IncompleteReadError(
-                    "stream ended before the whole message", received_bytes=len(self._buf)
-                )
-            self._buf += chunk
-
-
-async def _negotiated(frames: _Frames) -> None:
-    """The two multistream-select echoes; anything else (``na``: not served, a
-    close, a reset, garbage) means the peer cannot be asked: ``UNREACHABLE``."""
-    for line in (_MULTISTREAM, _KAD_LINE):
-        try:
-            got = await frames.next(MAX_NEGOTIATION_LINE)
-        except (IncompleteReadError, BaseLibp2pError, EOFError, ProtocolError) as exc:
-            raise QueryFailed(Failure.UNREACHABLE, f"protocol negotiation: {exc}") from None
-        if got != line:
-            raise QueryFailed(Failure.UNREACHABLE, f"peer answered {got[:40]!r} to {line!r}")
-
-
-async def _close(stream: Any, *, reset: bool) -> None:
-    """Close our side (the server's handler then ends and frees its slot), or reset
-    it when the exchange broke off; never blocks a cancelled caller for long."""
-    with trio.CancelScope(shield=True), trio.move_on_after(1):
-        try:
-            if reset:
-                await stream.reset()
-            else:
-                await stream.close()
-        except BaseLibp2pError:
-            pass

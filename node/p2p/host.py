@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import struct
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -47,11 +46,13 @@ from node.p2p.dht import (
 )
 from node.p2p.guards import install as install_stream_guards
 from node.p2p.keys import to_libp2p_keypair
+from node.p2p.lazy import NegotiationFailed, exchange, open_raw
 from node.p2p.nat import NatService
 from node.p2p.paths import remote_ip
 from node.p2p.relay import RelayRefused, dial_circuit
 from node.p2p.routing import EarlyStop, KadRouting
 from node.p2p.streams import FramedStream, PeerUnreachable, StreamClosed, StreamHandler
+from node.p2p.tuning import install as install_tuning
 from node.reach import Path, Reachability, RelayPolicy, split_circuit
 from protocol.errors import ProtocolError
 from protocol.kademlia import ALPHA, K
@@ -66,46 +67,11 @@ MAX_REMEMBERED = 4096  #: peers whose circuit addresses we keep for later dials
 SETTLE_TIMEOUT = 15.0  #: longest start-up wait for the reachability verdict and a relay slot
 PING_TIMEOUT = 0.5  #: one muxer-level ping (a miss falls back to a full request)
 
-# py-libp2p's yamux sends a WINDOW_UPDATE frame after *every* read by default
-# (``PY_YAMUX_RELEASE_ON_READ=1``): one extra Noise-encrypted write per
-# message, ~20 % of a find's CPU in a profile.  With it off, yamux credits the
-# window go-yamux style (batched at half the window), which every other
-# implementation expects; bulk streams keep a full window.  The variable is
-# read on every call, so setting it here (before any host runs) is enough; an
-# operator's explicit setting wins.
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+# py-libp2p tuned: fewer frames per request, window updates at half (node/p2p/tuning.py).
+install_tuning()
 
 # A peer's stream must never end the node (node/p2p/guards.py).
 install_stream_guards()
-
-# py-libp2p's yamux pings every connection every 30 s to measure its round trip
-# (used to tune receive windows; it is no keepalive).  A 60-node testnet is a
-# full mesh: 1,770 connections, each pinged by both ends every 30 s, cost about
-# a fifth of a core with nobody using the network.  Every 5 minutes is enough
-# to tune windows; the finder's liveness ping (:meth:`P2PHost.ping`) is separate.
-setattr(_yamux, "RTT_MEASURE_INTERVAL", 300.0)  # noqa: B010 - a module constant, read per loop
-
-_window_update = _yamux.YamuxStream._auto_tune_and_send_window_update
-
-
-async def _window_update_at_half(self: _yamux.YamuxStream, *, bytes_read: int = 0) -> None:
-    """go-yamux's rule: credit the receive window once half of it is consumed.
-
-    py-libp2p 0.8.1 also sends a ``WINDOW_UPDATE`` after every read that
-    leaves less than half the window consumed ("partial slack"), whatever
-    ``PY_YAMUX_RELEASE_ON_READ`` says: 13 of the 24 frames of one kad request
-    and answer were window updates, each one encrypted, sent, received and
-    decrypted.  Below half a window there is nothing to credit yet: the
-    sender still has at least half its window.
-    """
-    buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
-    if self.target_recv_window - (self.recv_window + buffered) < self._grow_threshold():
-        return
-    await _window_update(self, bytes_read=bytes_read)
-
-
-setattr(_yamux.YamuxStream, "_auto_tune_and_send_window_update", _window_update_at_half)  # noqa: B010
-
 
 
 class _Wake:
@@ -327,8 +293,33 @@ class P2PHost:
         from an advert rather than from the DHT.
         """
         pid = ID.from_base58(peer_id)
+        raw = await self._new_stream(pid, addrs, protocol_id, lambda: self._host.new_stream(pid, [TProtocol(protocol_id)]))
+        return FramedStream(raw)
+
+    async def request(
+        self, peer_id: str, protocol_id: str, payload: bytes, max_answer: int,
+        addrs: Sequence[str] | None = None,
+    ) -> bytes:
+        """One frame to ``peer_id`` over ``protocol_id``, its one answer frame back,
+        in one round trip (:func:`node.p2p.lazy.exchange`; ``addrs`` as for
+        :meth:`open_stream`).  Raises :class:`PeerUnreachable` (no connection,
+        or the protocol refused), :class:`StreamClosed` (closed or reset before
+        the whole answer) and the frame prefix's ``ProtocolError``."""
+        pid = ID.from_base58(peer_id)
+        raw = await self._new_stream(pid, addrs, protocol_id, lambda: open_raw(self._host.get_network(), pid))
+        try:
+            return await exchange(raw, protocol_id, payload, max_answer)
+        except NegotiationFailed as exc:
+            raise PeerUnreachable(f"{protocol_id} to {peer_id}: {exc}") from None
+        except (BaseLibp2pError, EOFError) as exc:  # IncompleteReadError is one
+            raise StreamClosed(str(exc) or type(exc).__name__) from None
+
+    async def _new_stream(
+        self, pid: ID, addrs: Sequence[str] | None, protocol_id: str, new: Callable[[], Any]
+    ) -> Any:
+        """Dial ``pid`` if need be, then ``new()`` a stream on the connection."""
         direct = [a for a in addrs or () if split_circuit(a) is None]
-        if direct:
+        if direct and not self._live_connections(pid):  # (parsing them costs, and only a dial needs them)
             self._host.get_peerstore().add_addrs(
                 pid, [multiaddr.Multiaddr(split_peer(a)[0]) for a in direct], 3600
             )
@@ -336,7 +327,7 @@ class P2PHost:
         try:
             with trio.fail_after(DIAL_TIMEOUT):
                 try:
-                    raw = await self._host.new_stream(pid, [TProtocol(protocol_id)])
+                    return await new()
                 except (SwarmException, StreamFailure) as exc:
                     # No stream on the connection we hold: it died without the
                     # swarm noticing (py-libp2p then neither dials nor opens a
@@ -346,14 +337,13 @@ class P2PHost:
                     # protocol the peer refuses, is not a dead connection.)
                     if not _connection_gone(exc):
                         raise
-                    log.debug("stream to %s failed on a held connection (%s); redialling", peer_id, exc)
+                    log.debug("stream to %s failed on a held connection (%s); redialling", pid, exc)
                     await self._host.get_network().close_peer(pid)
                     self._drop_dead_connections(pid, every=True)
                     await self._dial(pid, addrs or ())
-                    raw = await self._host.new_stream(pid, [TProtocol(protocol_id)])
+                    return await new()
         except (BaseLibp2pError, OSError, trio.TooSlowError) as exc:
-            raise PeerUnreachable(f"cannot open {protocol_id} to {peer_id}: {exc}") from None
-        return FramedStream(raw)
+            raise PeerUnreachable(f"cannot open {protocol_id} to {pid}: {exc}") from None
 
     def _live_connections(self, pid: ID) -> list[Any]:
         """Connections to ``pid`` that can still carry streams."""
