@@ -94,6 +94,9 @@ def _dialled(conn: Any) -> bool:
         return True
 
 
+_UNKNOWN = object()
+
+
 def remote_ip(conn: Any) -> str | None:
     """The remote IP of a direct connection (None for a relayed or unknown one).
 
@@ -102,7 +105,7 @@ def remote_ip(conn: Any) -> str | None:
     "unknown" until the relay protocol tags it): the NAT loop asks for
     every connection's, and turning each one's multiaddrs into text was a
     fifth of an idle daemon's CPU in a 60-node full mesh."""
-    known = conn.__dict__.get("_cpn_remote_ip", _UNKNOWN) if hasattr(conn, "__dict__") else _UNKNOWN
+    known = getattr(conn, "_cpn_remote_ip", _UNKNOWN)
     if known is not _UNKNOWN:
         return known  # type: ignore[return-value]
     ip: str | None = None
@@ -112,8 +115,8 @@ def remote_ip(conn: Any) -> str | None:
         except Exception:  # noqa: BLE001
             return None
         ip = str(remote[0]) if remote else None
-    if _path_known(conn) and hasattr(conn, "__dict__"):
-        conn.__dict__["_cpn_remote_ip"] = ip
+    if _path_known(conn):
+        conn._cpn_remote_ip = ip
     return ip
 
 
@@ -125,8 +128,6 @@ def _path_known(conn: Any) -> bool:
     except Exception:  # noqa: BLE001 - a closing connection may raise anything
         return False
 
-
-_UNKNOWN = object()
 
 
 class ListenView:

@@ -115,8 +115,8 @@ async def send_opening(stream: Any, data: bytes) -> bool:
     held = getattr(conn, "_cpn_syn_held", None)
     if muxed is None or conn is None or not held or muxed.stream_id not in held:
         return False
-    held.discard(muxed.stream_id)
     sid = muxed.stream_id
+    held.discard(sid)
     if len(data) > min(muxed.send_window, _yamux.MAX_MESSAGE_SIZE - _yamux.HEADER_SIZE):
         await _write_frame(conn, struct.pack(_yamux.YAMUX_HEADER_FORMAT, 0, *_SYN_ONLY, sid, 0))
         return False
