@@ -73,16 +73,21 @@ def peer_of_advert_key(key: str | bytes) -> str:
     return peer
 
 
-def validate_value(key: str | bytes, value: bytes, now: int) -> Record:
+def validate_value(
+    key: str | bytes, value: bytes, now: int, *, memo: MutableMapping[bytes, Record] | None = None
+) -> Record:
     """The namespace validator's ``validate``: the key first, then the record
-    for the peer it names (:func:`protocol.advert.open_record`)."""
-    return open_record(value, now, peer_id=peer_of_advert_key(key))
+    for the peer it names (:func:`protocol.advert.open_record`, whose ``memo``
+    this is: a holder checks a stored value again at each ``select``)."""
+    return open_record(value, now, peer_id=peer_of_advert_key(key), memo=memo)
 
 
-def select_value(key: str | bytes, values: Sequence[bytes], now: int) -> int:
+def select_value(
+    key: str | bytes, values: Sequence[bytes], now: int, *, memo: MutableMapping[bytes, Record] | None = None
+) -> int:
     """The namespace validator's ``select``: index of the winning value
     (spec/discovery.md section 3.4); a value for another peer never wins."""
-    return select_raw(values, now, peer_id=peer_of_advert_key(key))
+    return select_raw(values, now, peer_id=peer_of_advert_key(key), memo=memo)
 
 
 def encode_answer(record: bytes | None = None, error: str | None = None) -> bytes:

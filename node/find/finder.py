@@ -39,7 +39,7 @@ import trio
 
 from node.clock import UnixClock
 from node.config import DiscoverySection
-from node.find.records import Record, advert_key, fetch_advert
+from node.find.records import OpenedMemo, Record, advert_key, fetch_advert
 from node.metrics import Metrics
 from node.p2p import EarlyStop, P2PHost, PeerUnreachable, StreamClosed
 from protocol.advert import Advert, Tombstone, open_record, select_opened
@@ -62,7 +62,6 @@ DHT_FALLBACK_TIMEOUT = 1.0  #: DHT advert lookup for a provider that did not ans
 #: trusted for as long as they are valid, as providers re-store on every change
 CACHE_TRUST_S = 10
 CACHE_MAX = 4096  #: adverts a finder remembers
-OPENED_MAX = 512  #: verified records a finder keeps by their bytes (at most 32 KiB each: 16 MiB)
 FETCH_CONCURRENCY = 16  #: checks at once, per pool (known providers, unknown ones)
 MIN_PROVIDERS = 20  #: providers a lookup collects at least (kad's k)
 VERIFIED_MEMORY_S = 3600  #: a provider whose advert verified is preferred for this long
@@ -207,7 +206,7 @@ class Finder:
         self.limits = limits or FinderLimits()
         #: peer -> (raw record, clock time fetched): records this finder fetched
         self.cache: dict[str, tuple[bytes, int]] = {}
-        self.opened: _Opened = _Opened()  #: records already verified, by their bytes
+        self.opened = OpenedMemo()  #: records already verified, by their bytes
         #: peer -> clock time its advert last verified (preferred in later finds)
         self.verified: OrderedDict[str, int] = OrderedDict()
         #: peer -> its last failed check (skipped for a while: :meth:`failed_recently`)
@@ -458,19 +457,6 @@ class Finder:
         if isinstance(signed.message, Tombstone):
             cand.status, cand.reason = CandidateStatus.WITHDRAWN, f"tombstone seq {signed.message.seq}"
         log.debug("%s: %s: %s", cand.peer_id, cand.status.value, cand.reason)
-
-
-class _Opened(OrderedDict[bytes, Record]):
-    """Record bytes already decoded and signature-checked -> the record, the
-    :data:`OPENED_MAX` most recently added (``open_record``'s ``memo``): a
-    finder sees the same adverts find after find (its DHT store's copies,
-    answers of providers it fetched) and verified each one up to three times
-    per find, a fifth of a settled find's CPU at N=60."""
-
-    def __setitem__(self, key: bytes, value: Record) -> None:
-        super().__setitem__(key, value)
-        while len(self) > OPENED_MAX:
-            self.popitem(last=False)
 
 
 def _put(memory: OrderedDict[str, Any], key: str, value: Any) -> None:

@@ -155,6 +155,7 @@ class HolePunch(DCUtRProtocol):
         self.listeners: list[Callable[[str, bool], None]] = []  #: (peer, direct) after a punch
         #: id(open relayed connection) -> its peer (kept by :class:`PathTracker`)
         self.relayed: dict[int, ID] = {}
+        self._any_relayed = trio.Event()  #: set when :attr:`relayed` gains an entry
         #: hole punch sessions under way with each peer, either role (:meth:`under_way`)
         self.sessions: Counter[ID] = Counter()
         #: told (peer) when a session (or a kicked task) ends, whatever its outcome
@@ -245,12 +246,21 @@ class HolePunch(DCUtRProtocol):
         connections :class:`PathTracker` saw open (usually none), and runs
         each peer's punch in a task of its own (py-libp2p awaited them one
         after another).  It retries: a first punch starts at once
-        (:meth:`kick`, from :class:`PathTracker`)."""
+        (:meth:`kick`, from :class:`PathTracker`).  With no relayed connection
+        it sleeps until one opens: a public node's loop never wakes."""
         while True:
+            while not self.relayed:
+                self._any_relayed = trio.Event()
+                await self._any_relayed.wait()
             await trio.sleep(AUTO_DRIVE_S)
             for peer_id in list(dict.fromkeys(self.relayed.values())):
                 if peer_id not in self._in_progress:
                     self.kick(peer_id)
+
+    def add_relayed(self, conn: object, peer: ID) -> None:
+        """A relayed connection to ``peer`` opened (:class:`PathTracker`)."""
+        self.relayed[id(conn)] = peer
+        self._any_relayed.set()
 
     def on_peer_disconnected(self, peer_id: ID) -> None:
         super().on_peer_disconnected(peer_id)
@@ -305,7 +315,7 @@ class PathTracker(INotifee):
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         peer = conn.muxed_conn.peer_id
         if is_relayed(conn):
-            self._punch.relayed[id(conn)] = peer
+            self._punch.add_relayed(conn, peer)
             if not _dialled(conn) and all(is_relayed(c) for c in network.get_connections(peer)):
                 self._punch.kick(peer)  # relayed only: try for a direct connection now
         else:

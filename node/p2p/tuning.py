@@ -12,8 +12,10 @@ which flags share a frame, which the yamux spec allows.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -25,8 +27,11 @@ from libp2p.protocol_muxer.exceptions import MultiselectCommunicatorError
 from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.utils.varint import encode_delim
+from trio.lowlevel import RunVar
 
-__all__ = ["install", "syn_with_first_frame", "send_opening"]
+__all__ = ["install", "syn_with_first_frame", "send_opening", "sweep_one"]
+
+log = logging.getLogger("cpn.p2p")
 
 #: the task that is opening a stream in :func:`syn_with_first_frame`: that
 #: stream's SYN waits for its first frame.  A task, not a flag: tasks that
@@ -165,6 +170,66 @@ async def _write_holding_header(self: MultiselectCommunicator, msg_str: str) -> 
         raise MultiselectCommunicatorError("fail to write to multiselect communicator") from error
 
 
+#: the yamux connections of this trio run, swept together (:func:`_shared_sweeper`)
+_SWEPT: RunVar[weakref.WeakSet[_yamux.Yamux]] = RunVar("cpn_yamux_swept")
+SWEEP_WAIT_S = 1.0  #: longest a sweep waits for one connection's streams lock
+_ENV: dict[tuple[str, str], str] = {}
+_py_yamux_env = _yamux._py_yamux_env
+
+
+def _py_yamux_env_once(name: str, default: str = "") -> str:
+    """py-libp2p reads its ``PY_YAMUX_*`` tuning variables from the environment
+    on every frame read (two lookups per read, 6 % of a quiet daemon's CPU in
+    a profile); they are read once per process here (set them before start)."""
+    key = (name, default)
+    if key not in _ENV:
+        _ENV[key] = _py_yamux_env(name, default)
+    return _ENV[key]
+
+
+async def _shared_sweeper(self: _yamux.Yamux) -> None:
+    """py-libp2p's yamux runs a sweeper per connection (reclaiming the
+    bookkeeping of closed streams whose buffers were never read) that wakes
+    every 30 s: a 60-node full mesh woke every daemon twice a second for it,
+    a timer each, with nothing to do.  Here a connection joins its run's set
+    and one task sweeps them all at the same interval (:func:`_sweep_loop`)."""
+    try:
+        swept = _SWEPT.get()
+    except LookupError:
+        swept = weakref.WeakSet()
+        _SWEPT.set(swept)
+        trio.lowlevel.spawn_system_task(_sweep_loop, swept, name="cpn: yamux stale-stream sweeps")
+    swept.add(self)
+    try:
+        await self.event_shutting_down.wait()
+    finally:
+        swept.discard(self)
+
+
+async def _sweep_loop(swept: weakref.WeakSet[_yamux.Yamux]) -> None:
+    while True:
+        await trio.sleep(_yamux._STALE_STREAM_SWEEP_INTERVAL)
+        for mux in list(swept):
+            await sweep_one(mux)
+
+
+async def sweep_one(mux: _yamux.Yamux) -> int:
+    """One connection's sweep, as py-libp2p's sweeper does it (under the
+    streams lock, waited for at most :data:`SWEEP_WAIT_S`: a connection
+    whose lock is held longer is swept next time).  Returns the streams
+    reclaimed.  Never raises: it runs in a system task, where an exception
+    would end the whole run."""
+    reclaimed = 0
+    with trio.move_on_after(SWEEP_WAIT_S):
+        async with mux.streams_lock:
+            if not mux.event_shutting_down.is_set():
+                try:
+                    reclaimed = mux._sweep_stale_streams()
+                except Exception:  # noqa: BLE001 - py-libp2p's bookkeeping: never end the run for it
+                    log.debug("yamux sweep of %s failed", mux.peer_id, exc_info=True)
+    return reclaimed
+
+
 def install() -> None:
     """Apply every change (idempotent)."""
     # py-libp2p's yamux sends a WINDOW_UPDATE frame after *every* read by default
@@ -185,3 +250,5 @@ def install() -> None:
     setattr(_yamux.YamuxStream, "_auto_tune_and_send_window_update", _window_update_at_half)  # noqa: B010
     setattr(_yamux.Yamux, "_write_frame", _write_frame_holding_flags)  # noqa: B010
     setattr(MultiselectCommunicator, "write", _write_holding_header)  # noqa: B010
+    setattr(_yamux, "_py_yamux_env", _py_yamux_env_once)  # noqa: B010
+    setattr(_yamux.Yamux, "_stale_stream_sweeper", _shared_sweeper)  # noqa: B010

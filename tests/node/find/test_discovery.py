@@ -23,6 +23,7 @@ from node.find.finder import Finder
 from node.find.records import AdvertValidator, advert_key, fetch_advert
 from node.keys import peer_id_of
 from node.p2p import FramedStream, StreamClosed, open_host
+from protocol import advert as advert_mod
 from protocol import cbor
 from protocol.advert import NO_CONTAINER, Advert, FreeCapacity, Price, Tombstone
 from protocol.envelope import seal
@@ -225,6 +226,36 @@ def test_validator_rejects_expired_forged_and_wrong_signer() -> None:
     tomb = seal(Tombstone(peer_id=peer_id_of(key), seq=2, issued_at=now), key)
     assert v.select(advert_key(peer_id_of(key)), [good.raw, newer.raw]) == 1
     assert v.select(advert_key(peer_id_of(key)), [tomb.raw, newer.raw]) == 0
+
+
+def test_validator_verifies_a_stored_value_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A holder validates a PUT_VALUE, then ``select``s it against the value it
+    holds: each record is decoded and its signature checked once, not at each
+    call; the time-bound rules still apply to a remembered one."""
+    key = Ed25519PrivateKey.generate()
+    now = 1_800_000_000
+    clock = [now]
+    v = AdvertValidator(lambda: clock[0])
+    opened: list[bytes] = []
+    real = advert_mod.open_envelope
+
+    def counting(raw: bytes, **kw: Any) -> Any:
+        opened.append(raw)
+        return real(raw, **kw)
+
+    monkeypatch.setattr(advert_mod, "open_envelope", counting)
+    k = advert_key(peer_id_of(key))
+    old, new = (seal(sample_advert(key, now=now, seq=s), key).raw for s in (1, 2))
+    v.validate(k, old)
+    v.validate(k, new)
+    assert v.select(k, [new, old]) == 0
+    assert v.select(k, [old, new]) == 1
+    assert sorted(opened) == sorted([old, new])
+    clock[0] = now + 601  # past the lifetime: remembered, and still expired
+    with pytest.raises(ProtocolError) as err:
+        v.validate(k, new)
+    assert err.value.reason == "expired"
+    assert len(opened) == 2
 
 
 async def test_forged_and_wrong_signer_adverts_rejected_on_store(tmp_path: Path) -> None:
