@@ -200,19 +200,35 @@ class GpuProbe:
     cuda_driver_version: str | None
 
 
+_SAID: set[str] = set()  #: probe findings already logged at their level (see :func:`_once`)
+SAID_MAX = 256
+
+
+def _once(level: int, message: str) -> None:
+    """Log ``message`` at ``level`` the first time, at DEBUG after: the host is
+    probed again before every advert refresh (every ~5 minutes), and a host
+    without a GPU said "NVML unavailable" as a warning each time."""
+    if message in _SAID:
+        log.debug("%s", message)
+        return
+    if len(_SAID) < SAID_MAX:
+        _SAID.add(message)
+    log.log(level, "%s", message)
+
+
 def probe_gpus(nv: NvmlBackend) -> GpuProbe:
     """Ask NVML about every GPU.  Never raises :class:`NvmlError`: failures are
-    logged once and reported in the result."""
+    logged once (each distinct one; again at DEBUG) and reported in the result."""
     try:
         nv.init()
     except NvmlError as exc:
-        log.warning("NVML unavailable (%s): advertising zero GPUs", exc)
+        _once(logging.WARNING, f"NVML unavailable ({exc}): advertising zero GPUs")
         return GpuProbe((), f"init: {exc}", (), None, None)
     try:
         try:
             count = nv.device_count()
         except NvmlError as exc:
-            log.warning("NVML cannot count GPUs (%s): advertising zero GPUs", exc)
+            _once(logging.WARNING, f"NVML cannot count GPUs ({exc}): advertising zero GPUs")
             return GpuProbe((), f"device count: {exc}", (), None, None)
         driver = _optional(nv.driver_version, "driver version", -1)
         cuda = _optional(nv.cuda_driver_version, "CUDA driver version", -1)
@@ -223,10 +239,10 @@ def probe_gpus(nv: NvmlBackend) -> GpuProbe:
                 gpus.append(_probe_one(nv, i))
             except NvmlError as exc:
                 line = f"GPU {i}: left out, NVML error: {exc}"
-                log.warning("%s", line)
+                _once(logging.WARNING, line)
                 errors.append(line)
         if count == 0:
-            log.info("NVML reports no GPUs")
+            _once(logging.INFO, "NVML reports no GPUs")
         return GpuProbe(
             tuple(gpus), None, tuple(errors), driver, None if cuda is None else _cuda_text(cuda)
         )

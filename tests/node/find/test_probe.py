@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from node.find import probe as probe_mod
 from node.find.nvml import FAKE_PRESETS, FakeNvml, RealNvml, load_fake_nvml, make_backend
 from node.find.probe import cpu_cores as probe_cpu_cores
 from node.find.probe import describe, probe, probe_gpus, probe_sync
@@ -25,6 +26,12 @@ from protocol.envelope import public_key_proto_of, seal
 from protocol.identity import peer_id_from_proto_key
 
 MIB = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def nothing_said_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from a process that has logged no probe finding yet."""
+    monkeypatch.setattr(probe_mod, "_SAID", set())
 
 
 def test_compact_spec_several_models() -> None:
@@ -90,6 +97,23 @@ def test_init_failure_gives_zero_gpus_and_one_log_line(caplog: pytest.LogCapture
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["NVML unavailable (Driver Not Loaded): advertising zero GPUs"]
     assert "shutdown" not in nv.calls  # never initialised
+
+
+def test_a_finding_is_a_warning_once_and_debug_after(caplog: pytest.LogCaptureFixture) -> None:
+    """The host is probed again before every advert refresh (every ~5 minutes):
+    a host without NVML said so as a warning each time."""
+    nv = FakeNvml({"gpus": [], "fail": {"init": "NVML Shared Library Not Found"}})
+    with caplog.at_level(logging.DEBUG, logger="cpn.probe"):
+        for _ in range(3):
+            assert probe_gpus(nv).nvml_error == "init: NVML Shared Library Not Found"
+        assert probe_gpus(FakeNvml({"gpus": [], "fail": {"init": "Driver Not Loaded"}})).gpus == ()
+    said = [(r.levelname, r.getMessage().split(" (")[1].split(")")[0]) for r in caplog.records]
+    assert said == [
+        ("WARNING", "NVML Shared Library Not Found"),
+        ("DEBUG", "NVML Shared Library Not Found"),
+        ("DEBUG", "NVML Shared Library Not Found"),
+        ("WARNING", "Driver Not Loaded"),  # a new finding is said again
+    ]
 
 
 def test_count_failure_gives_zero_gpus_and_shuts_down() -> None:
