@@ -81,7 +81,7 @@ START_SPREAD_S = 5.0  #: the first announcement of each identifier waits a rando
 PROVIDE_CONCURRENCY = 1
 ACTIVITY_LOG_S = 600.0  #: how often a line sums up announcements and kad traffic
 REPROVIDE_JITTER = 0.25  #: every gap is scaled by a random factor in [0.75, 1.25]
-REFRESH_JITTER = 0.1  #: advert refreshes at half-life, +-10 % of it, so nodes drift apart
+REFRESH_JITTER = 0.2  #: advert refreshes at half-life, +-20 % of it, so nodes drift apart (spec/dht.md §6.4)
 
 
 class DiscoveryService:
@@ -205,7 +205,7 @@ class DiscoveryService:
 
     async def _refresh_loop(self) -> None:
         """Publish a fresh advert half-way through each lifetime (re-probing the
-        host first), +-10 % so nodes started together drift apart, and,
+        host first), +-20 % so nodes started together drift apart, and,
         debounced, whenever the scheduler's free capacity changes."""
         while True:
             assert self.current is not None and isinstance(self.current.message, Advert)
@@ -221,7 +221,7 @@ class DiscoveryService:
 
     @staticmethod
     def _refresh_at(adv: Advert) -> float:
-        """When to refresh ``adv``: its ``refresh_due``, moved by up to 10 % of
+        """When to refresh ``adv``: its ``refresh_due``, moved by up to 20 % of
         the time from issue to then (always before it expires)."""
         half = refresh_due(adv) - adv.issued_at
         return adv.issued_at + jittered(half, random.random, REFRESH_JITTER)

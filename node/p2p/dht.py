@@ -28,7 +28,6 @@ from libp2p.kad_dht.common import MAX_DHT_MESSAGE_SIZE
 from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.kad_dht.pb.kademlia_pb2 import Message
 from libp2p.kad_dht.provider_store import ProviderStore
-from libp2p.kad_dht.utils import maybe_consume_signed_record
 from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
@@ -36,6 +35,7 @@ from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.records.validator import Validator
 
 from node.p2p.lazy import NegotiationFailed, exchange, open_raw
+from node.p2p.tuning import SEEN_RECORDS, consume_signed_record
 from protocol.errors import ProtocolError
 from protocol.kademlia import MAX_PROVIDERS_PER_KEY, Failure, ProviderRecords
 from protocol.kademlia_core import PROVIDER_TTL_S, jittered
@@ -73,8 +73,6 @@ MAINTENANCE_JITTER = 0.25
 TABLE_UPDATE_S = 2.0  #: adding a peer to the routing table (a full bucket pings its oldest)
 ADDR_TTL = 3600  #: peerstore lifetime of addresses learnt from kad answers (as py-libp2p)
 SELF_RECORD_S = 30.0  #: our signed peer record and addresses are re-read this often
-SEEN_RECORDS = 4096  #: signed peer records remembered as verified (skipped when seen again)
-SEEN_RECORD_S = 600.0  #: for this long (the peerstore keeps them 2 h)
 MAX_ADDRS = 16  #: addresses taken per peer from one answer
 MAX_PEER_ID = 128  #: longest peer ID accepted from an answer (Ed25519 IDs are 38 bytes)
 
@@ -323,8 +321,6 @@ class KadClient:
         self._envelope = b""
         self._local: Any = None  #: the peerstore's local record ``_envelope`` was made from
         self._my_addrs: list[bytes] = []
-        #: (expected peer, signed record bytes) -> when verified and consumed
-        self._seen: dict[tuple[bytes, bytes], float] = {}
         #: peer -> (addresses an answer named, when they went to the peerstore)
         self._seen_addrs: dict[bytes, tuple[tuple[bytes, ...], float]] = {}
 
@@ -383,27 +379,10 @@ class KadClient:
         return msg
 
     def _consume(self, msg: Any, peer: ID | None) -> bool:
-        """``maybe_consume_signed_record``, skipped for a record verified lately.
-
-        Every answer repeats the signed records of the peers it names; checking
-        the same bytes again (an Ed25519 verification each) was an eighth of a
-        node's CPU during start-up.  The key includes the peer the record must
-        name, so a record is never accepted for a peer it was not checked for.
-        """
-        record = msg.senderRecord if peer is not None else msg.signedRecord
-        if not record:
-            return True
-        key = (peer.to_bytes() if peer is not None else bytes(msg.id), bytes(record))
-        now = trio.current_time()
-        seen = self._seen.get(key)
-        if seen is not None and now < seen + SEEN_RECORD_S:
-            return True
-        if not maybe_consume_signed_record(msg, self._host, peer):
-            return False
-        if len(self._seen) >= SEEN_RECORDS:
-            self._seen.pop(next(iter(self._seen)))
-        self._seen[key] = now
-        return True
+        """The signed peer record of an answer (``peer``: its sender) or of a
+        peer it names, verified once per :data:`~node.p2p.tuning.SEEN_RECORD_S`
+        (:func:`node.p2p.tuning.consume_signed_record`)."""
+        return consume_signed_record(msg, self._host, peer)
 
     async def _rpc(self, peer: ID, msg: Message, expect: Any) -> Message:
         """One request and its answer on a fresh stream, in one round trip

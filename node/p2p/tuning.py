@@ -23,13 +23,18 @@ from typing import Any
 
 import trio
 from libp2p.io.exceptions import IOException
+from libp2p.kad_dht import kad_dht as _kad_dht
+from libp2p.kad_dht import peer_routing as _peer_routing
+from libp2p.kad_dht.pb.kademlia_pb2 import Message
+from libp2p.kad_dht.utils import maybe_consume_signed_record
+from libp2p.peer.id import ID
 from libp2p.protocol_muxer.exceptions import MultiselectCommunicatorError
 from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 from libp2p.stream_muxer.yamux import yamux as _yamux
 from libp2p.utils.varint import encode_delim
 from trio.lowlevel import RunVar
 
-__all__ = ["install", "syn_with_first_frame", "send_opening", "sweep_one"]
+__all__ = ["install", "syn_with_first_frame", "send_opening", "sweep_one", "consume_signed_record"]
 
 log = logging.getLogger("cpn.p2p")
 
@@ -230,6 +235,47 @@ async def sweep_one(mux: _yamux.Yamux) -> int:
     return reclaimed
 
 
+SEEN_RECORDS = 4096  #: signed peer records a host remembers as verified (skipped when seen again)
+SEEN_RECORD_S = 600.0  #: for this long (the peerstore keeps them 2 h)
+#: host -> (peer the record must name, signed record bytes) -> when verified and consumed
+_SEEN: weakref.WeakKeyDictionary[Any, dict[tuple[bytes, bytes], float]] = weakref.WeakKeyDictionary()
+
+
+def consume_signed_record(msg: Any, host: Any, peer_id: ID | None = None) -> bool:
+    """py-libp2p's ``maybe_consume_signed_record``, skipped for a record this
+    host verified lately.
+
+    Every kad request carries its sender's signed peer record and every answer
+    the records of the peers it names; py-libp2p parses and verifies each one
+    (an Ed25519 verification) and stores it again, though the bytes are the
+    same request after request: an eighth of a node's CPU during start-up as
+    a client, a tenth of the samples of an advert refresh wave as a server.
+    The memo is per host (its peerstore is) and its key includes the peer
+    the record must name, so a record is never accepted for a peer, or into
+    a peerstore, it was not checked for.
+    """
+    if isinstance(msg, Message):
+        if not msg.HasField("senderRecord"):
+            return True
+        key = (peer_id.to_bytes() if peer_id is not None else b"", bytes(msg.senderRecord))
+    else:
+        if not msg.HasField("signedRecord"):
+            return True
+        key = (b"/" + bytes(msg.id), bytes(msg.signedRecord))
+    seen = _SEEN.setdefault(host, {})
+    now = trio.current_time()
+    at = seen.get(key)
+    if at is not None and now < at + SEEN_RECORD_S:
+        return True
+    if not maybe_consume_signed_record(msg, host, peer_id):
+        return False
+    if len(seen) >= SEEN_RECORDS:
+        seen.pop(next(iter(seen)))
+    seen.pop(key, None)
+    seen[key] = now
+    return True
+
+
 def install() -> None:
     """Apply every change (idempotent)."""
     # py-libp2p's yamux sends a WINDOW_UPDATE frame after *every* read by default
@@ -252,3 +298,5 @@ def install() -> None:
     setattr(MultiselectCommunicator, "write", _write_holding_header)  # noqa: B010
     setattr(_yamux, "_py_yamux_env", _py_yamux_env_once)  # noqa: B010
     setattr(_yamux.Yamux, "_stale_stream_sweeper", _shared_sweeper)  # noqa: B010
+    setattr(_kad_dht, "maybe_consume_signed_record", consume_signed_record)  # noqa: B010 - its kad server
+    setattr(_peer_routing, "maybe_consume_signed_record", consume_signed_record)  # noqa: B010

@@ -56,7 +56,7 @@ def _run(v: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_file_header() -> None:
-    assert (CONTENT["area"], CONTENT["spec"], CONTENT["revision"]) == ("dht", "dht.md", 8)
+    assert (CONTENT["area"], CONTENT["spec"], CONTENT["revision"]) == ("dht", "dht.md", 9)
     assert {v["operation"] for v in VECTORS} == {
         "dht.advert_key", "dht.advert_key.parse", "dht.validate", "dht.select", "dht.advert_request.check",
         "dht.advert_answer.encode", "dht.advert_answer.decode"}

@@ -153,4 +153,4 @@ def generate() -> dict[str, Any]:
     env = cbor.decode(a7)
     forged = cbor.encode(dict(env, sig=bytes([env["sig"][0] ^ 1]) + env["sig"][1:]))
     dec("forged", "an advert whose signature does not verify", encode_answer(forged), reject("bad_signature"))
-    return vector_file("dht", "dht.md", 8, v)
+    return vector_file("dht", "dht.md", 9, v)

@@ -171,3 +171,24 @@ def test_yamux_tuning_variables_are_read_once(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("PY_YAMUX_CPN_TEST", "second")
     assert os.environ["PY_YAMUX_CPN_TEST"] == "second"
     assert _yamux._py_yamux_env("CPN_TEST", "x") == "first"
+
+
+async def test_a_signed_peer_record_is_verified_once_per_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every kad request carries the sender's signed peer record: the server
+    (py-libp2p's kad handler) checked it at every request, and an advert
+    refresh wave is mostly such requests.  Now each host checks a record once."""
+    checked: Counter[tuple[str, bytes]] = Counter()
+    real = tuning.maybe_consume_signed_record
+
+    def counting(msg: Any, host: Any, peer_id: ID | None = None) -> bool:
+        record = msg.senderRecord if msg.HasField("senderRecord") else b""
+        checked[(str(host.get_id()), bytes(record))] += 1
+        return real(msg, host, peer_id)
+
+    monkeypatch.setattr(tuning, "maybe_consume_signed_record", counting)
+    async with mesh(3) as (a, b, c):
+        for i in range(5):
+            await a.find_providers(b"\x01\x55\x12\x20" + bytes([i]) * 32)
+        for server in (b, c):  # each host checks a's record itself, once (the memo is per host)
+            at = {rec: n for (host, rec), n in checked.items() if host == str(server.peer_id) and rec}
+            assert at and all(n == 1 for n in at.values()), at
