@@ -183,6 +183,8 @@ def settled_finds(nodes: list[dict[str, Any]], queries: int, rng: random.Random)
     lookup_ms: list[float] = []
     hops: list[int] = []
     offers: list[int] = []
+    pids = [n["pid"] for n in nodes]
+    cpu0, wall0 = cpu_seconds(pids), time.monotonic()
     for i in range(queries):
         node = rng.choice(nodes)
         body = dict(QUERIES[i % len(QUERIES)], limit=10)
@@ -193,9 +195,15 @@ def settled_finds(nodes: list[dict[str, Any]], queries: int, rng: random.Random)
         lookup_ms.append(res["lookup_ms"] or 0)
         hops.append(res["hops"])
         offers.append(len(res["offers"]))
+    # the daemons' CPU while the finds ran (theirs included): a find that meets a
+    # refresh wave waits for busy peers
+    finds_cpu = 100 * (cpu_seconds(pids) - cpu0) / (time.monotonic() - wall0)
     return {
         "queries": queries,
+        "finds_cpu_pct": round(finds_cpu, 1),
+        "find_p25_ms": round(pct(daemon_ms, 25), 1),
         "find_p50_ms": round(pct(daemon_ms, 50), 1),
+        "find_p75_ms": round(pct(daemon_ms, 75), 1),
         "find_p99_ms": round(pct(daemon_ms, 99), 1),
         "find_max_ms": round(max(daemon_ms), 1),
         "lookup_p50_ms": round(pct(lookup_ms, 50), 1),
