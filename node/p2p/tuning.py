@@ -249,7 +249,7 @@ def consume_signed_record(msg: Any, host: Any, peer_id: ID | None = None) -> boo
     the records of the peers it names; py-libp2p parses and verifies each one
     (an Ed25519 verification) and stores it again, though the bytes are the
     same request after request: an eighth of a node's CPU during start-up as
-    a client, a tenth of the samples of an advert refresh wave as a server.
+    a client, 8 % of the samples of an advert refresh wave as a server.
     The memo is per host (its peerstore is) and its key includes the peer
     the record must name, so a record is never accepted for a peer, or into
     a peerstore, it was not checked for.
