@@ -45,6 +45,7 @@ from libp2p.identity.identify.identify import ID as IDENTIFY_PROTOCOL
 from libp2p.identity.identify.identify import identify_handler_for
 from libp2p.identity.identify_push.identify_push import push_identify_to_peers
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
 from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
@@ -206,14 +207,16 @@ class NatService:
 
     # ---- the state
 
-    def _direct_peers(self) -> dict[str, str]:
-        """Peers with a direct connection -> the remote IP of one of them."""
-        out: dict[str, str] = {}
+    def _direct_peers(self) -> dict[ID, str]:
+        """Peers with a direct connection (py-libp2p's peer IDs, as objects: decoding
+        them back from text for :meth:`_servers` was a sixth of a daemon's CPU
+        while AutoNAT ran) -> the remote IP of one of them."""
+        out: dict[ID, str] = {}
         for pid, conns in list(self.host.get_network().connections.items()):
             for conn in conns:
                 ip = remote_ip(conn)
                 if ip is not None:
-                    out[str(pid)] = ip
+                    out[pid] = ip
                     break
         return out
 
@@ -330,15 +333,10 @@ class NatService:
                 self.dht.routing_table.remove_peer(pid)
 
     def _servers(self) -> list[str]:
-        """AutoNAT servers among the direct peers that do not say they lack it.
-        The peer IDs come from the connections as objects: decoding 60 base58
-        IDs back from text was a sixth of a daemon's CPU while AutoNAT ran."""
+        """AutoNAT servers among the direct peers that do not say they lack it."""
         store = self.host.get_peerstore()
         usable = {}
-        for pid, conns in list(self.host.get_network().connections.items()):
-            ip = next((i for i in map(remote_ip, conns) if i is not None), None)
-            if ip is None:
-                continue
+        for pid, ip in self._direct_peers().items():
             try:
                 protocols = store.get_protocols(pid)
             except (BaseLibp2pError, KeyError, ValueError):
@@ -374,7 +372,7 @@ class NatService:
         return list(dict.fromkeys(out))
 
     async def _check(self, servers: list[str]) -> None:
-        peers = self._direct_peers()
+        peers = {str(p): ip for p, ip in self._direct_peers().items()}
         local = all(ip_scope(peers.get(s, "")) is Scope.LOOPBACK for s in servers)
         cands = self._candidates(local)
         answers: list[DialBack] = []

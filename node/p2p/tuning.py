@@ -269,9 +269,9 @@ def consume_signed_record(msg: Any, host: Any, peer_id: ID | None = None) -> boo
         return True
     if not maybe_consume_signed_record(msg, host, peer_id):
         return False
+    seen.pop(key, None)  # (re-verified: to the end of the eviction order)
     if len(seen) >= SEEN_RECORDS:
         seen.pop(next(iter(seen)))
-    seen.pop(key, None)
     seen[key] = now
     return True
 
